@@ -1,0 +1,29 @@
+# hrnet_mm: the two set-up commands are `make test` and `make demo`; both install the stack first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint demo env clean
+
+install:  ## create .venv with the pinned stack (idempotent; fast when nothing changed)
+	@bash tools/install_stack.sh
+
+test: install  ## the whole test suite (lint included)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m flake8 hrnet_mm tools tests
+	$(PY) -m isort --check-only --diff hrnet_mm tools tests
+
+demo: install  ## the main job on the embedded default
+	$(PY) -m hrnet_mm.demo $(DEMO_ARGS)
+
+env: install
+	$(PY) -m hrnet_mm.env
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,17 @@
+"""hrnet_mm: one HRNet for the OpenMMLab ecosystem.
+
+Implements the networks of Wang et al., "Deep High-Resolution Representation Learning for Visual
+Recognition", TPAMI 2020, as an MMEngine plugin package: the ``hrnet_mm.HRNet`` backbone (HRNetV1 and the
+input of HRNetV2/V2p), the ``hrnet_mm.HRNetV2Neck`` and ``hrnet_mm.HRNetV2pNeck`` representations and the
+``hrnet_mm.HRFuseScales`` classification head, registered in the ``hrnet_mm`` registry scope.
+Importing the package also applies the runtime fixes of :mod:`hrnet_mm.compat`.
+"""
+from . import compat
+from .version import __version__
+
+compat.apply()
+
+from .models import HRFuseScales, HRNet, HRNetV2Neck, HRNetV2pNeck  # noqa: E402  (registers the modules)
+from .registry import MODELS  # noqa: E402
+
+__all__ = ['__version__', 'HRNet', 'HRNetV2Neck', 'HRNetV2pNeck', 'HRFuseScales', 'MODELS']

@@ -1,0 +1,44 @@
+"""Runtime fixes for the pinned OpenMMLab stack on current torch, applied when ``hrnet_mm`` is imported
+(and so by ``custom_imports=dict(imports=['hrnet_mm'])`` in every config).
+
+* Resuming from an mmengine checkpoint on torch >= 2.6: ``torch.load`` now defaults to
+  ``weights_only=True`` and mmengine 0.10.7 calls it without the argument, so a checkpoint that mmengine
+  itself wrote fails with ``pickle.UnpicklingError`` (its message hub holds ``HistoryBuffer`` objects and
+  numpy arrays). Safety stays on: exactly the types found in mmengine's own checkpoints are added to torch's
+  allow-list of safe globals, nothing else. Any other pickled object still fails to load.
+"""
+from __future__ import annotations
+
+from typing import List
+
+_APPLIED = False
+
+
+def mmengine_checkpoint_globals() -> List[object]:
+    """The non-tensor types that mmengine's ``CheckpointHook``/``Runner.save_checkpoint`` write."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
+                                          'uint8', 'bool', 'complex128')]
+    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Adds :func:`mmengine_checkpoint_globals` to torch's weights-only allow-list (idempotent)."""
+    import torch.serialization as ts
+    if hasattr(ts, 'add_safe_globals'):
+        ts.add_safe_globals(mmengine_checkpoint_globals())
+
+
+def apply() -> None:
+    """Applies every fix once."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    allow_mmengine_checkpoints()
+    _APPLIED = True

@@ -1,0 +1,147 @@
+"""Residual blocks of HRNet (Wang et al., "Deep High-Resolution Representation Learning for Visual
+Recognition", TPAMI 2020): the Basic block of the parallel branches and the Bottleneck of stage 1 and
+of the classification head.
+
+Parameter names follow the official code and every OpenMMLab peer (``conv1``, ``bn1``, ..., ``downsample.0``,
+``downsample.1``), so published checkpoints load without conversion. The norm layers take the names that
+``mmcv.cnn.build_norm_layer`` gives them (``bn1`` for BN, ``gn1`` for GN), as in mmdet/mmseg/mmpose.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_conv_layer, build_norm_layer
+
+
+class _ResidualBlock(nn.Module):
+    """Shared plumbing: norm layer naming, gradient checkpointing and the residual sum."""
+
+    expansion = 1
+    num_norms = 2
+
+    def __init__(self, with_cp: bool = False) -> None:
+        super().__init__()
+        self.with_cp = with_cp
+        self.relu = nn.ReLU(inplace=True)
+
+    def _add_norm(self, index: int, norm_cfg: dict, channels: int) -> None:
+        name, layer = build_norm_layer(norm_cfg, channels, postfix=index)
+        setattr(self, f'_norm{index}_name', name)
+        self.add_module(name, layer)
+
+    def norm(self, index: int) -> nn.Module:
+        """Returns the ``index``-th norm layer (1-based)."""
+        return getattr(self, getattr(self, f'_norm{index}_name'))
+
+    @property
+    def last_norm(self) -> nn.Module:
+        """The norm layer that ``zero_init_residual`` sets to zero."""
+        return self.norm(self.num_norms)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self._residual(x) + identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps ``(N, C_in, H, W)`` to ``(N, planes * expansion, H', W')``."""
+        if self.with_cp and self.training and x.requires_grad:
+            out = cp.checkpoint(self._inner, x, use_reentrant=False)
+        else:
+            out = self._inner(x)
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions with a residual connection.
+
+    Args:
+        inplanes: Input channels.
+        planes: Output channels.
+        stride: Stride of the first convolution.
+        downsample: Module applied to the identity path, or None.
+        with_cp: Recompute the block in the backward pass to save activation memory.
+        conv_cfg: mmcv conv config (None for ``nn.Conv2d``).
+        norm_cfg: mmcv norm config.
+    """
+
+    expansion = 1
+    num_norms = 2
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 with_cp: bool = False, conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None) -> None:
+        super().__init__(with_cp)
+        norm_cfg = norm_cfg or dict(type='BN')
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self._add_norm(1, norm_cfg, planes)
+        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, padding=1, bias=False)
+        self._add_norm(2, norm_cfg, planes)
+        self.downsample = downsample
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.norm(1)(self.conv1(x)))
+        return self.norm(2)(self.conv2(out))
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce, 3x3, 1x1 expand (x4), with a residual connection (stride on the 3x3 conv).
+
+    Args:
+        inplanes: Input channels.
+        planes: Width of the 3x3 convolution; the block outputs ``planes * 4`` channels.
+        stride: Stride of the 3x3 convolution.
+        downsample: Module applied to the identity path, or None.
+        with_cp: Recompute the block in the backward pass to save activation memory.
+        conv_cfg: mmcv conv config (None for ``nn.Conv2d``).
+        norm_cfg: mmcv norm config.
+    """
+
+    expansion = 4
+    num_norms = 3
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 with_cp: bool = False, conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None) -> None:
+        super().__init__(with_cp)
+        norm_cfg = norm_cfg or dict(type='BN')
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 1, bias=False)
+        self._add_norm(1, norm_cfg, planes)
+        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, stride=stride, padding=1, bias=False)
+        self._add_norm(2, norm_cfg, planes)
+        self.conv3 = build_conv_layer(conv_cfg, planes, planes * self.expansion, 1, bias=False)
+        self._add_norm(3, norm_cfg, planes * self.expansion)
+        self.downsample = downsample
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.norm(1)(self.conv1(x)))
+        out = self.relu(self.norm(2)(self.conv2(out)))
+        return self.norm(3)(self.conv3(out))
+
+
+BLOCKS = {'BASIC': BasicBlock, 'BOTTLENECK': Bottleneck}
+
+
+def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride: int = 1,
+                   with_cp: bool = False, conv_cfg: Optional[dict] = None,
+                   norm_cfg: Optional[dict] = None) -> nn.Sequential:
+    """A sequence of ``num_blocks`` blocks; the first gets a 1x1 conv+norm shortcut when the shape changes.
+
+    Returns:
+        ``nn.Sequential`` whose keys are ``{k}.conv1``, ..., ``0.downsample.{0,1}`` as in the official code.
+    """
+    norm_cfg = norm_cfg or dict(type='BN')
+    downsample = None
+    out = planes * block.expansion
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(
+            build_conv_layer(conv_cfg, inplanes, out, 1, stride=stride, bias=False),
+            build_norm_layer(norm_cfg, out)[1])
+    layers = [block(inplanes, planes, stride, downsample, with_cp, conv_cfg, norm_cfg)]
+    layers += [block(out, planes, 1, None, with_cp, conv_cfg, norm_cfg) for _ in range(1, num_blocks)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,58 @@
+"""Shared fixtures and helpers of the hrnet_mm test suite (CPU, small widths, 64-160 px inputs)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A narrow four-branch spec in the peers' `extra` format, quick to build and run.
+TINY_EXTRA = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1,), num_channels=(16,)),
+    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=(8, 16)),
+    stage3=dict(num_modules=2, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=(8, 16, 32)),
+    stage4=dict(num_modules=2, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1),
+                num_channels=(8, 16, 32, 64)))
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Fills every parameter and BN statistic with seeded random values, so a parity test compares
+    networks whose every weight matters (a fresh BN is the identity and would hide a wrong path)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, t in sorted(module.state_dict(keep_vars=True).items()):
+        if not t.is_floating_point():
+            continue
+        if name.endswith('running_var'):
+            t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+        elif name.endswith(('running_mean', '.bias')):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        elif t.dim() == 1:  # norm weights
+            t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+        else:  # conv / linear weights, scaled to keep activations O(1)
+            fan_in = t[0].numel()
+            t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    return module
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: the error relative to the output's scale."""
+    assert a.shape == b.shape, f'shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}'
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture
+def tiny_extra():
+    import copy
+    return copy.deepcopy(TINY_EXTRA)
+
+
+def pytest_configure(config):
+    sys.path.insert(0, ROOT)
