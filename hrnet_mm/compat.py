@@ -5,13 +5,27 @@
   ``weights_only=True`` and mmengine 0.10.7 calls it without the argument, so a checkpoint that mmengine
   itself wrote fails with ``pickle.UnpicklingError`` (its message hub holds ``HistoryBuffer`` objects and
   numpy arrays). Safety stays on: exactly the types found in mmengine's own checkpoints are added to torch's
-  allow-list of safe globals, nothing else. Any other pickled object still fails to load.
+  allow-list of safe globals, nothing else. A ``HistoryBuffer`` pickles its statistics methods as
+  ``getattr(HistoryBuffer, 'mean')``; ``getattr`` itself stays forbidden and is replaced, for these files, by
+  a function that resolves only the statistics methods of ``HistoryBuffer``. Any other pickled object
+  still fails to load.
 """
 from __future__ import annotations
 
 from typing import List
 
 _APPLIED = False
+
+
+def _history_buffer_getattr(obj: object, name: str) -> object:
+    """``getattr`` restricted to what mmengine's ``HistoryBuffer`` pickles: its statistics methods."""
+    import pickle
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not part of an mmengine checkpoint; '
+                                 'refusing it under weights_only loading')
 
 
 def mmengine_checkpoint_globals() -> List[object]:
@@ -25,7 +39,8 @@ def mmengine_checkpoint_globals() -> List[object]:
         from numpy.core.multiarray import _reconstruct, scalar
     dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
                                           'uint8', 'bool', 'complex128')]
-    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
+    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes,
+            (_history_buffer_getattr, 'builtins.getattr')]
 
 
 def allow_mmengine_checkpoints() -> None:

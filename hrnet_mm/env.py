@@ -42,9 +42,13 @@ class Check:
     required: bool = True
 
 
-def _version_of(import_name: str) -> str:
-    module = importlib.import_module(import_name)
-    return str(getattr(module, '__version__', 'unknown'))
+def _version_of(dist: str, import_name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    importlib.import_module(import_name)
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return 'importable, no distribution metadata'
 
 
 def _try(name: str, fn: Callable[[], str], required: bool = True) -> Check:
@@ -55,9 +59,8 @@ def _try(name: str, fn: Callable[[], str], required: bool = True) -> Check:
 
 
 def _mmcv_ops() -> str:
-    from mmcv.ops import RoIAlign, nms  # noqa: F401
-
     import torch
+    from mmcv.ops import RoIAlign, nms  # noqa: F401
     boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     _, keep = nms(boxes, scores, 0.5)
@@ -100,7 +103,7 @@ def collect() -> List[Check]:
     """Runs every check; never raises."""
     checks = [Check('python', sys.version_info[:2] == (3, 11), platform.python_version())]
     for dist, mod, required in COMPONENTS:
-        checks.append(_try(dist, lambda mod=mod: _version_of(mod), required))
+        checks.append(_try(dist, lambda dist=dist, mod=mod: _version_of(dist, mod), required))
     checks.append(_try('mmcv ops', _mmcv_ops))
     checks.append(_try('cuda', _cuda, required=False))
     for lib in TASK_LIBRARIES:

@@ -212,7 +212,7 @@ def test_two_new_branches_in_one_transition():
     (dict(arch='w18', extra=TINY_EXTRA), 'not both'),
     (dict(), 'arch is required'),
     (dict(extra=dict(TINY_EXTRA, stage3=dict(TINY_EXTRA['stage3'], num_blocks=(1, 1)))),
-     'stage3: num_blocks has 2 entries but num_channels has 3'),
+     'extra.stage3: num_branches=3 but num_blocks has 2 entries'),
     (dict(extra=dict(TINY_EXTRA, stage2=dict(TINY_EXTRA['stage2'], block='RESNEXT'))),
      "stage2.block: unknown block 'RESNEXT'"),
     (dict(extra=dict(TINY_EXTRA, stage4=dict(TINY_EXTRA['stage4'], num_channels=(8, 16, 0, 64)))),

@@ -20,8 +20,8 @@ TRAIN_JOB = textwrap.dedent('''
             self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                                      nn.Flatten(), nn.Linear(4, 1))
         def forward(self, x, y, mode='loss'):
-            out = self.net(torch.stack(x))
-            return dict(loss=((out.squeeze(1) - torch.stack(y)) ** 2).mean()) if mode == 'loss' else out
+            out = self.net(x)
+            return dict(loss=((out.squeeze(1) - y) ** 2).mean()) if mode == 'loss' else out
 
     g = torch.Generator().manual_seed(0)
     data = [dict(x=torch.randn(3, 16, 16, generator=g), y=torch.randn((), generator=g)) for _ in range(8)]
@@ -72,4 +72,23 @@ def test_other_pickled_objects_are_still_refused(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'payload': Arbitrary()}, path)
     with pytest.raises(Exception, match='Weights only load failed'):
+        torch.load(path)
+
+
+def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
+    """HistoryBuffer pickles `getattr(HistoryBuffer, 'mean')`; any other getattr stays refused."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    import hrnet_mm  # noqa: F401
+
+    class Evil:
+        def __reduce__(self):
+            return getattr, (np.ndarray, 'tofile')
+
+    path = tmp_path / 'evil_getattr.pth'
+    torch.save({'x': Evil()}, path)
+    with pytest.raises(pickle.UnpicklingError, match='not part of an mmengine checkpoint'):
         torch.load(path)

@@ -147,10 +147,10 @@ def _mmpretrain_classifier(backbone, neck0):
 
 
 def test_mmpretrain_classifier():
-    peer = _peer('mmpretrain', _mmpretrain_classifier(dict(type='HRNet', arch='w18'),
-                                                     dict(type='HRFuseScales', in_channels=(18, 36, 72, 144))))
-    ours = _peer('mmpretrain', _mmpretrain_classifier(dict(type='hrnet_mm.HRNet', arch='w18'),
-                                                     dict(type='hrnet_mm.HRFuseScales', in_channels='w18')))
+    peer = _peer('mmpretrain', _mmpretrain_classifier(
+        dict(type='HRNet', arch='w18'), dict(type='HRFuseScales', in_channels=(18, 36, 72, 144))))
+    ours = _peer('mmpretrain', _mmpretrain_classifier(
+        dict(type='hrnet_mm.HRNet', arch='w18'), dict(type='hrnet_mm.HRFuseScales', in_channels='w18')))
     assert isinstance(ours.backbone, HRNet) and isinstance(ours.neck[0], HRFuseScales)
     randomize_(peer, 9)
     ours.load_state_dict(peer.state_dict(), strict=True)

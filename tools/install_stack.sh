@@ -89,9 +89,8 @@ key="mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp${pyver/./}-$(uname -m)"
 wheel_dir="$CACHE/wheels/$key"
 have_mmcv_ops() { "$PY" -c "import mmcv; from mmcv.ops import nms, RoIAlign; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; }
 build_mmcv_wheel() {
-  local src tmp
+  local src tmp whl
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
   pip download --no-deps --no-binary mmcv --no-build-isolation "mmcv==$MMCV_VERSION" -d "$tmp/sdist"
   tar -xzf "$tmp"/sdist/mmcv-*.tar.gz -C "$tmp"
   src=$(echo "$tmp"/mmcv-"$MMCV_VERSION")
@@ -103,8 +102,9 @@ build_mmcv_wheel() {
      "$PY" -m pip wheel --no-deps --no-build-isolation -w "$tmp/out" .)
   mkdir -p "$wheel_dir"
   # atomic: a half-written wheel never appears in the cache
-  local whl; whl=$(ls "$tmp"/out/mmcv-*.whl)
+  whl=$(ls "$tmp"/out/mmcv-*.whl)
   cp "$whl" "$wheel_dir/.partial" && mv "$wheel_dir/.partial" "$wheel_dir/$(basename "$whl")"
+  rm -rf "$tmp"
 }
 if have_mmcv_ops; then
   say "mmcv $MMCV_VERSION with ops already installed"
