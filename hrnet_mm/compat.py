@@ -22,7 +22,10 @@ def _history_buffer_getattr(obj: object, name: str) -> object:
     import pickle
 
     from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+
+    # the built-in statistics (registered lazily by the first HistoryBuffer) and any registered later
+    if obj is HistoryBuffer and (name in ('min', 'max', 'current', 'mean')
+                                 or name in HistoryBuffer._statistics_methods):
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not part of an mmengine checkpoint; '
                                  'refusing it under weights_only loading')
