@@ -26,6 +26,7 @@ TORCH_VERSION=2.14.1
 
 # Everything that decides the installed set goes into the stamp.
 stamp_inputs=(requirements.txt requirements/special.txt requirements/tests.txt requirements/build.txt
+              requirements/constraints.txt
               setup.cfg setup.py tools/install_stack.sh)
 stamp_value() {
   (cd "$ROOT" && cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)
@@ -80,6 +81,7 @@ fi
 mkdir -p "$LOGS"
 rm -f "$STAMP"
 pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
+CONSTRAINTS=(-c "$ROOT/requirements/constraints.txt")
 
 step "build tools (pip, setuptools<81, wheel, cython)" pip install -U pip -r "$ROOT/requirements/build.txt"
 step "torch $TORCH_VERSION + torchvision" pip install "torch==$TORCH_VERSION" "torchvision==0.29.1"
@@ -117,10 +119,10 @@ else
   step "mmcv $MMCV_VERSION: install cached wheel" pip install --no-deps "$wheel_dir"/mmcv-*.whl
 fi
 
-step "runtime stack (requirements.txt)" pip install -r "$ROOT/requirements.txt" "mmcv==$MMCV_VERSION"
+step "runtime stack (requirements.txt)" pip install "${CONSTRAINTS[@]}" -r "$ROOT/requirements.txt" "mmcv==$MMCV_VERSION"
 step "mmpose 1.3.2 + openmim 0.3.9 (--no-deps)" pip install --no-deps mmpose==1.3.2 openmim==0.3.9
-step "xtcocotools (from source, numpy 2)" pip install --no-build-isolation --no-binary xtcocotools xtcocotools==1.14.3
-step "test and lint tools" pip install -r "$ROOT/requirements/tests.txt"
+step "xtcocotools (from source, numpy 2)" pip install "${CONSTRAINTS[@]}" --no-build-isolation --no-binary xtcocotools xtcocotools==1.14.3
+step "test and lint tools" pip install "${CONSTRAINTS[@]}" -r "$ROOT/requirements/tests.txt"
 step "hrnet_mm (editable)" pip install --no-deps --no-build-isolation -e "$ROOT"
 step "check: imports, mmcv ops, registries" "$PY" -m hrnet_mm.env
 
