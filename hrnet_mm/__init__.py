@@ -6,8 +6,13 @@ input of HRNetV2/V2p), the ``hrnet_mm.HRNetV2Neck`` and ``hrnet_mm.HRNetV2pNeck`
 ``hrnet_mm.HRFuseScales`` classification head, registered in the ``hrnet_mm`` registry scope.
 Importing the package also applies the runtime fixes of :mod:`hrnet_mm.compat`.
 """
-from . import compat
-from .version import __version__
+import warnings
+
+# mmengine/mmcv import pkg_resources (kept below setuptools 81 by the install); its deprecation notice is noise.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+from . import compat  # noqa: E402
+from .version import __version__  # noqa: E402
 
 compat.apply()
 

@@ -48,10 +48,13 @@ def run(arch: str = 'w18', size: int = 128) -> List[str]:
     for lib, (what, cfgs) in TASKS.items():
         modules = [build_in_scope(lib, _fill(c, arch)).eval() for c in cfgs]
         model = torch.nn.Sequential(*modules)
-        t0 = time.perf_counter()
+        times = []
         with torch.no_grad():
-            outs = model(x)
-        ms = (time.perf_counter() - t0) * 1e3
+            for _ in range(3):  # the first call pays one-off kernel set-up: report the best of three
+                t0 = time.perf_counter()
+                outs = model(x)
+                times.append(time.perf_counter() - t0)
+        ms = min(times) * 1e3
         gflops = count_macs(model, (3, size, size))['total'] / 2 ** 30
         names = ' + '.join(f'{type(m).__module__.split(".")[0]}.{type(m).__name__}' for m in modules)
         shapes = ', '.join('x'.join(map(str, o.shape[1:])) for o in outs)

@@ -174,7 +174,8 @@ def timm_to_mmpretrain_layout(state):
     return out
 
 
-@pytest.mark.parametrize('name,arch', [('hrnet_w18_small', 'w18_small'), ('hrnet_w18_small_v2', 'w18_small_v2')])
+@pytest.mark.parametrize('name,arch', [('hrnet_w18_small', 'w18_small'), ('hrnet_w18_small_v2', 'w18_small_v2'),
+                                       ('hrnet_w18', 'w18')])
 def test_timm_classification_official_layout(name, arch):
     peer = timm.create_model(name, pretrained=False, num_classes=10)
     ours = _peer('mmpretrain', dict(

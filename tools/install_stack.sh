@@ -18,7 +18,7 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 LOGS="$VENV/install-logs"
 STAMP="$VENV/.hrnet_mm-installed"
-CACHE="${HRNET_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hrnet_mm}"
+CACHE="${HRNET_MM_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/hrnet_mm}"
 PYTHON="${PYTHON:-python3.11}"
 
 MMCV_VERSION=2.1.0
