@@ -16,6 +16,13 @@ from .version import __version__  # noqa: E402
 
 compat.apply()
 
+try:  # `_base_ = 'hrnet_mm::...'` in configs (normally already done at start-up by the installed .pth file)
+    import _hrnet_mm_config_hook
+    _hrnet_mm_config_hook.install()
+except ImportError:  # the package is imported from a source tree that was not installed
+    from mmengine.config import utils as _config_utils
+    _config_utils.MODULE2PACKAGE.setdefault('hrnet_mm', 'hrnet_mm')
+
 from .models import HRFuseScales, HRNet, HRNetV2Neck, HRNetV2pNeck  # noqa: E402  (registers the modules)
 from .registry import MODELS  # noqa: E402
 

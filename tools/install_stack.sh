@@ -25,7 +25,7 @@ MMCV_VERSION=2.1.0
 TORCH_VERSION=2.14.1
 
 # Everything that decides the installed set goes into the stamp.
-stamp_inputs=(requirements.txt requirements/special.txt requirements/tests.txt requirements/build.txt
+stamp_inputs=(requirements.txt hrnet_mm-config-hook.pth requirements/special.txt requirements/tests.txt requirements/build.txt
               requirements/constraints.txt
               setup.cfg setup.py tools/install_stack.sh)
 stamp_value() {
@@ -124,6 +124,13 @@ step "mmpose 1.3.2 + openmim 0.3.9 (--no-deps)" pip install --no-deps mmpose==1.
 step "xtcocotools (from source, numpy 2)" pip install "${CONSTRAINTS[@]}" --no-build-isolation --no-binary xtcocotools xtcocotools==1.14.3
 step "test and lint tools" pip install "${CONSTRAINTS[@]}" -r "$ROOT/requirements/tests.txt"
 step "hrnet_mm (editable)" pip install --no-deps --no-build-isolation -e "$ROOT"
+# An editable install does not carry the start-up .pth that a wheel install puts into site-packages
+# (it lets configs anywhere write `_base_ = 'hrnet_mm::...'`); put it there the same way.
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp "$ROOT/hrnet_mm-config-hook.pth" "$site/"
+# mmengine finds a package's configs at <dist location>/<package>/.mim/configs; for an editable install the
+# dist location is site-packages, which has no hrnet_mm folder: link it to the source tree.
+ln -sfn "$ROOT/hrnet_mm" "$site/hrnet_mm"
 step "check: imports, mmcv ops, registries" "$PY" -m hrnet_mm.env
 
 echo "$want" > "$STAMP"
