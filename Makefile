@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint demo env clean
+.PHONY: install test test-fast lint demo demo-smoke env clean
 
 install:  ## create .venv with the pinned stack (idempotent; fast when nothing changed)
 	@bash tools/install_stack.sh
@@ -19,8 +19,12 @@ lint: install
 	$(PY) -m flake8 hrnet_mm tools tests
 	$(PY) -m isort --check-only --diff hrnet_mm tools tests
 
-demo: install  ## the main job on the embedded default
-	$(PY) -m hrnet_mm.demo $(DEMO_ARGS)
+TASK ?= all
+demo: install  ## generate the demo data, train and evaluate one small model per task (TASK=det|seg|pose|cls)
+	$(PY) -m hrnet_mm.demo --task $(TASK) $(DEMO_ARGS)
+
+demo-smoke: install  ## build an HRNet through each of the four task registries and run it once
+	$(PY) -m hrnet_mm.demo --smoke
 
 env: install
 	$(PY) -m hrnet_mm.env

@@ -1,22 +1,155 @@
-"""``make demo``: builds hrnet_mm's models through each task library's registry and runs them.
+"""``make demo``: the project's main job on its embedded default.
 
-For each of mmdet, mmseg, mmpose and mmpretrain it builds the representation that library uses (HRNetV2p
-pyramid, HRNetV2 concat, HRNetV1 high-resolution map, classification head) from a config dict with the
-library as default scope, runs one forward pass on a random image and prints what it built.
+Writes the synthetic demo datasets in their real formats (if absent), then for each task trains a small
+hrnet_mm model through that task library's runner with ``tools/train.py``, evaluates it with
+``tools/test.py`` and the task's real metric, and prints a results table:
+
+* detection: Faster R-CNN + HRNetV2p on COCO-format shapes, COCO bbox mAP;
+* segmentation: FCN + HRNetV2 on a Cityscapes-format set, mIoU;
+* pose: top-down heatmaps + HRNetV1 on COCO-keypoints-format figures, COCO keypoint AP;
+* classification: HRNet + the paper's head on an ImageNet-style folder set, top-1.
+
+``python -m hrnet_mm.demo --task seg`` runs one task (``make demo TASK=seg``); ``--smoke`` only builds an
+HRNet through each of the four task registries and runs it once (seconds).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import subprocess
 import sys
 import time
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 
 from .registry import build_in_scope
 from .utils import count_macs, count_params
 
-TASKS = {
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One task of the demo."""
+
+    name: str
+    config: str  # file in configs/demo/
+    data: str  # folder under the data root, and the generator kind of `python -m hrnet_mm.datasets`
+    metric: str  # key printed by the evaluator
+    metric_name: str
+    chance: str  # what a model that learned nothing would score
+
+
+TASKS: Dict[str, DemoTask] = {
+    'det': DemoTask('detection', 'faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py', 'coco', 'coco/bbox_mAP',
+                    'COCO bbox mAP', '0.0'),
+    'seg': DemoTask('segmentation', 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py', 'cityscapes', 'mIoU',
+                    'mIoU (%)', 'one class everywhere'),
+    'pose': DemoTask('pose', 'td-hm_hrnet-tiny_1xb8-20e_demo-coco-64x64.py', 'coco_keypoints', 'coco/AP',
+                     'COCO keypoint AP', '0.0'),
+    'cls': DemoTask('classification', 'hrnet-tiny_1xb8-6e_demo-imagenet.py', 'imagenet', 'accuracy/top1',
+                    'top-1 (%)', '100 / classes'),
+}
+
+
+def _config_path(name: str) -> str:
+    for base in (os.path.join(REPO, 'configs', 'demo'),
+                 os.path.join(os.path.dirname(os.path.abspath(__file__)), '.mim', 'configs', 'demo')):
+        if os.path.exists(os.path.join(base, name)):
+            return os.path.join(base, name)
+    raise FileNotFoundError(f'demo config {name} not found under configs/demo')
+
+
+def _tool(name: str) -> str:
+    path = os.path.join(REPO, 'tools', name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} not found: run the demo from a clone of hrnet_mm')
+    return path
+
+
+def _run(cmd: List[str], log_path: str, cwd: str) -> str:
+    with open(log_path, 'w') as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    with open(log_path) as f:
+        text = f.read()
+    if proc.returncode != 0:
+        tail = '\n'.join(text.splitlines()[-15:])
+        raise RuntimeError(f'command failed ({proc.returncode}): {" ".join(cmd)}\nlog: {log_path}\n{tail}')
+    return text
+
+
+def parse_test_metrics(log_text: str) -> Dict[str, float]:
+    """The ``key: value`` pairs of the last ``Epoch(test)`` summary line of an mmengine log."""
+    lines = [ln for ln in log_text.splitlines() if 'Epoch(test)' in ln and ':' in ln]
+    if not lines:
+        return {}
+    pairs = re.findall(r'([\w/.-]+): (-?[\d.]+(?:e-?\d+)?)', lines[-1].split('Epoch(test)')[-1])
+    return {k: float(v) for k, v in pairs}
+
+
+def _loss_curve(work_dir: str) -> List[float]:
+    runs = sorted(d for d in os.listdir(work_dir) if re.fullmatch(r'\d{8}_\d{6}', d))
+    losses = []
+    for run in runs:
+        path = os.path.join(work_dir, run, 'vis_data', 'scalars.json')
+        if os.path.exists(path):
+            with open(path) as f:
+                losses += [json.loads(ln)['loss'] for ln in f if '"loss"' in ln]
+    return losses
+
+
+def ensure_data(data_root: str, kinds: List[str]) -> None:
+    """Writes the demo datasets that are missing under ``data_root``."""
+    for kind in kinds:
+        folder = os.path.join(data_root, kind)
+        if os.path.isdir(folder) and os.listdir(folder):
+            continue
+        print(f'[demo] writing {kind} demo data to {folder}', flush=True)
+        cli = {'coco': 'coco', 'cityscapes': 'cityscapes', 'coco_keypoints': 'coco-keypoints',
+               'imagenet': 'imagenet'}[kind]
+        from .datasets.__main__ import main as data_main
+        data_main([cli, folder])
+
+
+def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:
+    """Trains and evaluates one demo task in ``root`` (whose ``data/demo/<kind>/`` the configs read); returns
+    its row of the results table."""
+    task = TASKS[key]
+    cfg = _config_path(task.config)
+    work_dir = os.path.abspath(os.path.join(work_root, key))
+    os.makedirs(work_dir, exist_ok=True)
+    t0 = time.time()
+    print(f'[demo] {task.name}: training {task.config} (log: {work_dir}/train.log)', flush=True)
+    _run([sys.executable, _tool('train.py'), cfg, '--work-dir', work_dir], os.path.join(work_dir, 'train.log'), root)
+    train_s = time.time() - t0
+    with open(os.path.join(work_dir, 'last_checkpoint')) as f:
+        ckpt = f.read().strip()
+    print(f'[demo] {task.name}: evaluating {os.path.basename(ckpt)}', flush=True)
+    text = _run([sys.executable, _tool('test.py'), cfg, ckpt, '--work-dir', work_dir],
+                os.path.join(work_dir, 'test.log'), root)
+    metrics = parse_test_metrics(text)
+    losses = _loss_curve(work_dir)
+    return dict(task=task.name, config=task.config, train_s=train_s, loss_first=losses[0] if losses else None,
+                loss_last=losses[-1] if losses else None, metric=task.metric_name,
+                value=metrics.get(task.metric), chance=task.chance, checkpoint=ckpt)
+
+
+def format_table(rows: List[Dict[str, object]]) -> List[str]:
+    head = f'{"task":<15} {"train":>7} {"loss first -> last":>20}  {"metric":<18} {"value":>7}  chance'
+    lines = [head, '-' * len(head)]
+    for r in rows:
+        loss = (f'{r["loss_first"]:.3f} -> {r["loss_last"]:.3f}' if r['loss_first'] is not None else 'n/a')
+        value = f'{r["value"]:.3f}' if isinstance(r['value'], float) else 'n/a'
+        lines.append(f'{r["task"]:<15} {r["train_s"]:>6.0f}s {loss:>20}  {r["metric"]:<18} {value:>7}  {r["chance"]}')
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ smoke
+SMOKE = {
     'mmdet': ('HRNetV2p pyramid (detection)',
               [dict(type='hrnet_mm.HRNet', arch='{arch}'),
                dict(type='hrnet_mm.HRNetV2pNeck', in_channels='{arch}', out_channels=256, num_outs=5)]),
@@ -39,13 +172,13 @@ def _fill(cfg: dict, arch: str) -> dict:
     return out
 
 
-def run(arch: str = 'w18', size: int = 128) -> List[str]:
-    """Builds and runs each task's model; returns the printed lines."""
-    lines = [f'hrnet_mm demo: {arch}, input 1x3x{size}x{size}, CPU threads {torch.get_num_threads()}']
+def smoke(arch: str = 'w18', size: int = 128) -> List[str]:
+    """Builds and runs each task's representation through its library's registry; returns printed lines."""
+    lines = [f'hrnet_mm smoke run: {arch}, input 1x3x{size}x{size}, CPU threads {torch.get_num_threads()}']
     header = f'{"library":<11} {"built":<44} {"params":>11} {"GFLOPs":>7} {"ms":>7}  outputs'
     lines += [header, '-' * len(header)]
     x = torch.randn(1, 3, size, size)
-    for lib, (what, cfgs) in TASKS.items():
+    for lib, (what, cfgs) in SMOKE.items():
         modules = [build_in_scope(lib, _fill(c, arch)).eval() for c in cfgs]
         model = torch.nn.Sequential(*modules)
         times = []
@@ -54,22 +187,39 @@ def run(arch: str = 'w18', size: int = 128) -> List[str]:
                 t0 = time.perf_counter()
                 outs = model(x)
                 times.append(time.perf_counter() - t0)
-        ms = min(times) * 1e3
         gflops = count_macs(model, (3, size, size))['total'] / 2 ** 30
         names = ' + '.join(f'{type(m).__module__.split(".")[0]}.{type(m).__name__}' for m in modules)
         shapes = ', '.join('x'.join(map(str, o.shape[1:])) for o in outs)
-        lines.append(f'{lib:<11} {names:<44} {count_params(model):>11,} {gflops:>7.2f} {ms:>7.1f}  {shapes}')
+        lines.append(f'{lib:<11} {names:<44} {count_params(model):>11,} {gflops:>7.2f} {min(times) * 1e3:>7.1f}  '
+                     f'{shapes}')
         lines.append(f'{"":<11} ({what})')
     return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='w18', help='backbone preset (default w18)')
-    parser.add_argument('--size', type=int, default=128, help='input height and width (default 128)')
+    parser = argparse.ArgumentParser(prog='python -m hrnet_mm.demo', description=__doc__.splitlines()[0])
+    parser.add_argument('--task', default=os.environ.get('TASK') or 'all', choices=['all', *TASKS],
+                        help='one task or all (default; env TASK)')
+    parser.add_argument('--root', default='.', help='folder whose data/demo/ holds the demo data (default: cwd)')
+    parser.add_argument('--work-dir', default='work_dirs/demo', help='checkpoints and logs (default work_dirs/demo)')
+    parser.add_argument('--smoke', action='store_true', help='only build and run each task\'s model once')
+    parser.add_argument('--arch', default='w18', help='backbone preset of the smoke run (default w18)')
     args = parser.parse_args(argv)
-    for line in run(args.arch, args.size):
-        print(line)
+    if args.smoke:
+        print('\n'.join(smoke(args.arch)))
+        return 0
+    keys = list(TASKS) if args.task == 'all' else [args.task]
+    t0 = time.time()
+    ensure_data(os.path.join(args.root, 'data', 'demo'), [TASKS[k].data for k in keys])
+    rows = []
+    for key in keys:
+        try:
+            rows.append(run_task(key, args.root, args.work_dir))
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            print(f'[demo] {TASKS[key].name} failed: {exc}', file=sys.stderr)
+            return 1
+    print(f'\nhrnet_mm demo results ({time.time() - t0:.0f}s in all; checkpoints and logs under {args.work_dir})')
+    print('\n'.join(format_table(rows)))
     return 0
 
 
