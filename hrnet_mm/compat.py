@@ -9,12 +9,27 @@
   ``getattr(HistoryBuffer, 'mean')``; ``getattr`` itself stays forbidden and is replaced, for these files, by
   a function that resolves only the statistics methods of ``HistoryBuffer``. Any other pickled object
   still fails to load.
+* Distributed training on a machine without a GPU (``--launcher pytorch``, e.g. ``tools/dist_train.sh`` with
+  2 CPU processes): mmengine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device(local_rank)``
+  unconditionally (``RuntimeError: Found no NVIDIA driver``), defaults to the NCCL backend, and the runner
+  wraps the model in ``MMDistributedDataParallel(device_ids=[LOCAL_RANK])``, which torch refuses for a CPU
+  module. Only when no accelerator is present (no CUDA, NPU, MLU or MUSA), hrnet_mm's wrappers of
+  mmengine's pytorch/slurm/mpi initialisers skip that ``set_device`` call and replace ``nccl`` by ``gloo``
+  (with a warning), and ``MMDistributedDataParallel`` of a CPU module is built without ``device_ids`` /
+  ``output_device``. ``SyncBatchNorm`` has no CPU implementation in torch (it raises in the forward), so on
+  CPU its layers are reverted to plain BatchNorm with a warning: every rank then keeps its own BN statistics,
+  as with ``broadcast_buffers=False``. With an accelerator present every call goes to mmengine's original
+  code unchanged (the NCCL path is untouched).
 """
 from __future__ import annotations
 
-from typing import List
+import contextlib
+import functools
+import warnings
+from typing import Any, Callable, Iterator, List
 
 _APPLIED = False
+_PATCHED = '_hrnet_mm_cpu_distributed'
 
 
 def _history_buffer_getattr(obj: object, name: str) -> object:
@@ -53,10 +68,114 @@ def allow_mmengine_checkpoints() -> None:
         ts.add_safe_globals(mmengine_checkpoint_globals())
 
 
+def accelerator_available() -> bool:
+    """Whether mmengine's distributed initialisers have a device to bind to (CUDA, NPU, MLU or MUSA)."""
+    import torch
+    from mmengine.device import is_mlu_available, is_musa_available, is_npu_available
+
+    return torch.cuda.is_available() or is_npu_available() or is_mlu_available() or is_musa_available()
+
+
+@contextlib.contextmanager
+def _cuda_set_device_skipped() -> Iterator[None]:
+    """Makes ``torch.cuda.set_device`` a no-op for the duration of the block (only used without CUDA)."""
+    import torch
+
+    original = torch.cuda.set_device
+    torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def cpu_safe_dist_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Wraps one of mmengine's ``_init_dist_{pytorch,slurm,mpi}(backend, ...)`` for machines without a GPU.
+
+    With an accelerator the original is called unchanged. Without one, ``nccl`` becomes ``gloo`` and the
+    original runs with ``torch.cuda.set_device`` skipped; everything else (environment parsing, the
+    ``init_process_group`` call, its keyword arguments) stays mmengine's own code.
+
+    Args:
+        init: The mmengine initialiser to wrap.
+
+    Returns:
+        The wrapper (marked so that wrapping twice is a no-op).
+    """
+    if getattr(init, _PATCHED, False):
+        return init
+
+    @functools.wraps(init)
+    def wrapper(backend: str, *args: Any, **kwargs: Any) -> None:
+        if accelerator_available():
+            return init(backend, *args, **kwargs)
+        if backend == 'nccl':
+            warnings.warn('hrnet_mm: no GPU on this machine; distributed backend nccl replaced by gloo '
+                          "(set env_cfg.dist_cfg.backend='gloo' to silence this)", RuntimeWarning, stacklevel=2)
+            backend = 'gloo'
+        with _cuda_set_device_skipped():
+            return init(backend, *args, **kwargs)
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper
+
+
+def _is_cpu_module(module: Any) -> bool:
+    import torch
+
+    tensors = list(module.parameters()) + list(module.buffers())
+    return all(t.device.type == 'cpu' for t in tensors) if isinstance(module, torch.nn.Module) else False
+
+
+def allow_cpu_distributed() -> None:
+    """Lets mmengine's distributed training run on CPU processes (gloo) when no GPU is present (idempotent).
+
+    Patches ``mmengine.dist.utils._init_dist_{pytorch,slurm,mpi}`` (looked up by ``init_dist`` at call time)
+    with :func:`cpu_safe_dist_init` and ``MMDistributedDataParallel.__init__`` so that, without an
+    accelerator, a CPU module is wrapped without ``device_ids``/``output_device`` and with its SyncBN layers
+    reverted to BatchNorm (torch's SyncBatchNorm has no CPU implementation).
+    """
+    from mmengine.dist import utils as dist_utils
+    from mmengine.model import MMDistributedDataParallel
+
+    for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
+        setattr(dist_utils, name, cpu_safe_dist_init(getattr(dist_utils, name)))
+
+    original_init = MMDistributedDataParallel.__init__
+    if getattr(original_init, _PATCHED, False):
+        return
+
+    @functools.wraps(original_init)
+    def ddp_init(self: Any, module: Any, *args: Any, **kwargs: Any) -> None:
+        if not accelerator_available() and _is_cpu_module(module):
+            kwargs['device_ids'] = None
+            kwargs['output_device'] = None
+            module = _revert_sync_bn_on_cpu(module)
+        original_init(self, module, *args, **kwargs)
+
+    setattr(ddp_init, _PATCHED, True)
+    MMDistributedDataParallel.__init__ = ddp_init
+
+
+def _revert_sync_bn_on_cpu(module: Any) -> Any:
+    """Replaces SyncBN layers (torch's or mmcv's) by BatchNorm, with a warning, when there are any."""
+    import torch
+
+    if not any(isinstance(m, torch.nn.SyncBatchNorm) or type(m).__name__ == 'SyncBatchNorm'
+               for m in module.modules()):
+        return module
+    from mmengine.model import revert_sync_batchnorm
+
+    warnings.warn('hrnet_mm: SyncBatchNorm has no CPU implementation; reverted to BatchNorm for CPU '
+                  'distributed training (each rank keeps its own BN statistics)', RuntimeWarning, stacklevel=3)
+    return revert_sync_batchnorm(module)
+
+
 def apply() -> None:
     """Applies every fix once."""
     global _APPLIED
     if _APPLIED:
         return
     allow_mmengine_checkpoints()
+    allow_cpu_distributed()
     _APPLIED = True
