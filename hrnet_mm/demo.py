@@ -15,6 +15,7 @@ HRNet through each of the four task registries and runs it once (seconds).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -37,7 +38,7 @@ class DemoTask:
     """One task of the demo."""
 
     name: str
-    config: str  # file in configs/demo/
+    config: str  # start of the file name in configs/demo/ (one file per task)
     data: str  # folder under the data root, and the generator kind of `python -m hrnet_mm.datasets`
     metric: str  # key printed by the evaluator
     metric_name: str
@@ -45,23 +46,27 @@ class DemoTask:
 
 
 TASKS: Dict[str, DemoTask] = {
-    'det': DemoTask('detection', 'faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py', 'coco', 'coco/bbox_mAP',
+    'det': DemoTask('detection', 'faster-rcnn_hrnetv2p-tiny_', 'coco', 'coco/bbox_mAP',
                     'COCO bbox mAP', '0.0'),
-    'seg': DemoTask('segmentation', 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py', 'cityscapes', 'mIoU',
+    'seg': DemoTask('segmentation', 'fcn_hrnetv2-tiny_', 'cityscapes', 'mIoU',
                     'mIoU (%)', 'one class everywhere'),
-    'pose': DemoTask('pose', 'td-hm_hrnet-tiny_1xb8-20e_demo-coco-64x64.py', 'coco_keypoints', 'coco/AP',
+    'pose': DemoTask('pose', 'td-hm_hrnet-tiny_', 'coco_keypoints', 'coco/AP',
                      'COCO keypoint AP', '0.0'),
-    'cls': DemoTask('classification', 'hrnet-tiny_1xb8-6e_demo-imagenet.py', 'imagenet', 'accuracy/top1',
+    'cls': DemoTask('classification', 'hrnet-tiny_', 'imagenet', 'accuracy/top1',
                     'top-1 (%)', '100 / classes'),
 }
 
 
-def _config_path(name: str) -> str:
+def _config_path(prefix: str) -> str:
+    """The one demo config whose name starts with ``prefix``."""
     for base in (os.path.join(REPO, 'configs', 'demo'),
                  os.path.join(os.path.dirname(os.path.abspath(__file__)), '.mim', 'configs', 'demo')):
-        if os.path.exists(os.path.join(base, name)):
-            return os.path.join(base, name)
-    raise FileNotFoundError(f'demo config {name} not found under configs/demo')
+        found = sorted(glob.glob(os.path.join(base, prefix + '*.py')))
+        if len(found) > 1:
+            raise FileNotFoundError(f'several demo configs start with {prefix}: {found}')
+        if found:
+            return found[0]
+    raise FileNotFoundError(f'no demo config {prefix}*.py under configs/demo')
 
 
 def _tool(name: str) -> str:
@@ -123,7 +128,7 @@ def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:
     work_dir = os.path.abspath(os.path.join(work_root, key))
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.time()
-    print(f'[demo] {task.name}: training {task.config} (log: {work_dir}/train.log)', flush=True)
+    print(f'[demo] {task.name}: training {os.path.basename(cfg)} (log: {work_dir}/train.log)', flush=True)
     _run([sys.executable, _tool('train.py'), cfg, '--work-dir', work_dir], os.path.join(work_dir, 'train.log'), root)
     train_s = time.time() - t0
     with open(os.path.join(work_dir, 'last_checkpoint')) as f:
@@ -133,7 +138,7 @@ def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:
                 os.path.join(work_dir, 'test.log'), root)
     metrics = parse_test_metrics(text)
     losses = _loss_curve(work_dir)
-    return dict(task=task.name, config=task.config, train_s=train_s, loss_first=losses[0] if losses else None,
+    return dict(task=task.name, config=os.path.basename(cfg), train_s=train_s, loss_first=losses[0] if losses else None,
                 loss_last=losses[-1] if losses else None, metric=task.metric_name,
                 value=metrics.get(task.metric), chance=task.chance, checkpoint=ckpt)
 
