@@ -22,6 +22,7 @@ CONFIG = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_hrnetv2p-tiny_1xb2-2
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 TEST = os.path.join(ROOT, 'tools', 'test.py')
 DIST_TRAIN = os.path.join(ROOT, 'tools', 'dist_train.sh')
+DIST_TEST = os.path.join(ROOT, 'tools', 'dist_test.sh')
 
 # Test-only hooks, imported by the configs below through custom_imports (the tmp cwd is on PYTHONPATH).
 HOOKS = textwrap.dedent('''
@@ -185,6 +186,54 @@ def test_train_then_test_the_detection_demo(demo_cwd: Path) -> None:
     assert (demo_cwd / 'results.pkl').stat().st_size > 0
 
 
+CLS_CONFIG = """
+default_scope = 'mmpretrain'
+custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
+model = dict(type='ImageClassifier',
+             data_preprocessor=dict(num_classes=2, mean=[128.0] * 3, std=[64.0] * 3, to_rgb=True),
+             backbone=dict(type='ResNet', depth=18, base_channels=8, num_stages=1, strides=(1, ), dilations=(1, ),
+                           out_indices=(0, )),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=2, in_channels=8, loss=dict(type='CrossEntropyLoss')))
+pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32), dict(type='PackInputs')]
+dataset = dict(type='CustomDataset', data_root='data/cls', pipeline=pipeline)
+train_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=True))
+val_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=False))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9))
+train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1), logger=dict(type='LoggerHook', interval=1))
+"""
+
+
+@pytest.mark.slow
+def test_train_then_test_an_mmpretrain_config(tmp_path: Path) -> None:
+    """The scope picks mmpretrain's handling: its dataloader defaults (persistent_workers, here without
+    workers), flip TTA and ``--out --out-item metrics``."""
+    import cv2
+    import mmengine
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    for label in ('a', 'b'):
+        (tmp_path / 'data' / 'cls' / label).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / 'data' / 'cls' / label / f'{i}.png'), rng.randint(0, 255, (32, 32, 3), np.uint8))
+    (tmp_path / 'cls_cfg.py').write_text(CLS_CONFIG)
+    train = _py(tmp_path, TRAIN, 'cls_cfg.py', '--work-dir', 'work')
+    assert train.returncode == 0, _out(train)[-4000:]
+    assert 'accuracy/top1' in _out(train)
+    test = _py(tmp_path, TEST, 'cls_cfg.py', 'work/epoch_1.pth', '--tta', '--out', 'metrics.json', '--out-item',
+               'metrics')
+    assert test.returncode == 0, _out(test)[-4000:]
+    assert "type='mmpretrain.AverageClsScoreTTA'" in _out(test)  # the logged config
+    assert set(mmengine.load(tmp_path / 'metrics.json')) == {'accuracy/top1'}
+
+
 # ---------------------------------------------------------------------------------------------- resume
 
 
@@ -249,6 +298,16 @@ def test_two_process_cpu_training_through_dist_train_sh(demo_cwd: Path) -> None:
     assert len(trained) > len(params) // 2
     ckpt = _state(demo_cwd / 'work' / 'epoch_2.pth')
     assert all(torch.equal(ckpt[k], final0[k]) for k in ckpt)
+
+    test = subprocess.run(['bash', DIST_TEST, 'dist_cfg.py', 'work/epoch_2.pth', '2', '--work-dir', 'eval',
+                           '--out', 'results.pkl'], cwd=demo_cwd,
+                          env=dict(_env(demo_cwd), PORT=str(free_port())), capture_output=True, text=True,
+                          timeout=600)
+    assert test.returncode == 0, _out(test)[-5000:]
+    assert 'coco/bbox_mAP:' in _out(test)
+    import mmengine
+
+    assert len(mmengine.load(demo_cwd / 'results.pkl')) == 2  # both val images, gathered from the 2 ranks
 
 
 INIT_DIST = textwrap.dedent('''
