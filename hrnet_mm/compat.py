@@ -20,6 +20,11 @@
   CPU its layers are reverted to plain BatchNorm with a warning: every rank then keeps its own BN statistics,
   as with ``broadcast_buffers=False``. With an accelerator present every call goes to mmengine's original
   code unchanged (the NCCL path is untouched).
+* Exact resumption: mmengine checkpoints hold no random-number state, so a resumed run draws different
+  random numbers (proposal sampling, augmentation, dropout) from the run it continues. The runner's
+  checkpoints now also carry ``rng_state`` (python ``random``, numpy, torch CPU and CUDA generators) and
+  ``Runner.resume`` restores it last, after mmengine's own re-seeding, so an interrupted and resumed
+  training run ends with the weights of the uninterrupted run. ``load_from`` (fine-tuning) is unaffected.
 """
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ def _history_buffer_getattr(obj: object, name: str) -> object:
 
 
 def mmengine_checkpoint_globals() -> List[object]:
-    """The non-tensor types that mmengine's ``CheckpointHook``/``Runner.save_checkpoint`` write."""
+    """The non-tensor types that mmengine's ``CheckpointHook``/``Runner.save_checkpoint`` write (with the
+    ``rng_state`` that :func:`resume_random_state` adds)."""
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
@@ -55,8 +61,9 @@ def mmengine_checkpoint_globals() -> List[object]:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
+    # dtype classes of the arrays and scalars they hold (uint32: numpy's generator state, see rng_state)
     dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
-                                          'uint8', 'bool', 'complex128')]
+                                          'uint64', 'uint32', 'uint16', 'uint8', 'bool', 'complex128')]
     return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes,
             (_history_buffer_getattr, 'builtins.getattr')]
 
@@ -171,6 +178,68 @@ def _revert_sync_bn_on_cpu(module: Any) -> Any:
     return revert_sync_batchnorm(module)
 
 
+def get_rng_state() -> dict:
+    """The state of every global random-number generator a training run draws from."""
+    import random
+
+    import numpy as np
+    import torch
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what :func:`get_rng_state` returned."""
+    import random
+
+    import numpy as np
+    import torch
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def resume_random_state() -> None:
+    """Saves :func:`get_rng_state` in the runner's checkpoints and restores it at the end of ``resume``."""
+    import mmengine.runner.runner as runner_module
+    Runner = runner_module.Runner
+    if getattr(Runner.resume, '_hrnet_mm_rng', False):
+        return
+    save, resume = runner_module.save_checkpoint, Runner.resume
+
+    @functools.wraps(save)
+    def save_with_rng(checkpoint: dict, *args: Any, **kwargs: Any) -> None:
+        if isinstance(checkpoint, dict) and 'meta' in checkpoint:
+            checkpoint['rng_state'] = get_rng_state()
+        return save(checkpoint, *args, **kwargs)
+
+    @functools.wraps(resume)
+    def resume_with_rng(self: Any, *args: Any, **kwargs: Any) -> None:
+        found: List[dict] = []
+        load = self.load_checkpoint
+
+        def load_and_keep(*a: Any, **k: Any) -> dict:
+            checkpoint = load(*a, **k)
+            if isinstance(checkpoint, dict) and 'rng_state' in checkpoint:
+                found.append(checkpoint['rng_state'])
+            return checkpoint
+        self.load_checkpoint = load_and_keep
+        try:
+            resume(self, *args, **kwargs)
+        finally:
+            del self.load_checkpoint
+        if found:
+            set_rng_state(found[-1])
+
+    resume_with_rng._hrnet_mm_rng = True
+    runner_module.save_checkpoint = save_with_rng
+    Runner.resume = resume_with_rng
+
+
 def apply() -> None:
     """Applies every fix once."""
     global _APPLIED
@@ -178,4 +247,5 @@ def apply() -> None:
         return
     allow_mmengine_checkpoints()
     allow_cpu_distributed()
+    resume_random_state()
     _APPLIED = True

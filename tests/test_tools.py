@@ -26,26 +26,12 @@ DIST_TEST = os.path.join(ROOT, 'tools', 'dist_test.sh')
 
 # Test-only hooks, imported by the configs below through custom_imports (the tmp cwd is on PYTHONPATH).
 HOOKS = textwrap.dedent('''
-    import os, random
-    import numpy as np
+    import os
     import torch
     from mmengine.dist import get_rank
     from mmengine.hooks import Hook
     from mmengine.model import is_model_wrapper
     from mmengine.registry import HOOKS
-
-
-    @HOOKS.register_module(force=True)
-    class ReseedEveryIterHook(Hook):
-        """Seeds torch/numpy/random from (seed, iteration) before every iteration: mmengine checkpoints do not
-        hold RNG states, so without this the RPN/RoI samplers of a resumed run draw different proposals."""
-        priority = 'VERY_HIGH'
-
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            seed = 1000 + runner.iter
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
 
 
     @HOOKS.register_module(force=True)
@@ -64,11 +50,10 @@ HOOKS = textwrap.dedent('''
                        os.path.join(runner.work_dir, f'rank{get_rank()}.pth'))
 ''')
 
-# The demo config made deterministic: no random flip, per-iteration seeds, no validation.
+# The demo config made deterministic: no random flip, no validation.
 RESUME_CONFIG = f'''
 _base_ = {CONFIG!r}
 custom_imports = dict(imports=['hrnet_mm', 'test_hooks'], allow_failed_imports=False)
-custom_hooks = [dict(type='ReseedEveryIterHook')]
 randomness = dict(seed=0)
 train_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImageFromFile'),
@@ -242,9 +227,10 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(demo_cwd: Path) 
     """2 epochs of 2 iterations straight, vs 1 epoch then ``--resume`` (latest checkpoint) to epoch 2.
 
     Tolerance: exact equality. On CPU both runs execute the same kernels on the same inputs with the same
-    thread count (OMP_NUM_THREADS=1), data order comes from mmengine's seeded sampler, the random flip is off
-    and the RPN/RoI samplers are reseeded per iteration, so any difference would be a resume bug
-    (optimizer momentum, LR schedule, iteration count), not float noise.
+    thread count (OMP_NUM_THREADS=1), data order comes from mmengine's seeded sampler and the random flip is
+    off; the RPN/RoI samplers draw from the global generators, whose state hrnet_mm saves in the checkpoint and
+    restores on resume (hrnet_mm.compat.resume_random_state). Any difference would be a resume bug
+    (generator state, optimizer momentum, LR schedule, iteration count), not float noise.
     """
     (demo_cwd / 'resume_cfg.py').write_text(RESUME_CONFIG)
     full = _py(demo_cwd, TRAIN, 'resume_cfg.py', '--work-dir', 'full', '--cfg-options', 'train_cfg.max_epochs=2')
