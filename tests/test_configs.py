@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
+from conftest import randomize_, rel_err
 from mmengine.config import Config, ConfigDict
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -157,13 +158,15 @@ def _build_meta(library: str, model_cfg: Dict[str, Any]) -> torch.nn.Module:
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _one_thread():
+def _one_thread_and_cache_cleanup():
     """Tiny inputs gain nothing from intra-op threads, and on a busy 2-core machine their spin-waits cost
-    seconds per forward pass."""
+    seconds per forward pass. The cached configs and models are dropped when the module is done."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    for cache in (_build_cached, _build_meta_cached, _load):
+        cache.cache_clear()
 
 
 def _shapes(module: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
@@ -284,3 +287,44 @@ def test_recipe_matches_peer(path: Path):
     if library == 'mmseg':  # the decode head's one conv lives in the neck's mix conv
         ours_shapes = {k.replace('neck.mix.', 'decode_head.convs.0.'): v for k, v in ours_shapes.items()}
     assert ours_shapes == peer_shapes
+
+
+# One config per task (the narrowest width): with the peer's weights it must compute the peer's outputs.
+PARITY = ['detection/faster-rcnn_hrnetv2p-w18_8xb2-1x_coco.py', 'detection/fcos_hrnetv2p-w18-gn-head_4xb4-1x_coco.py',
+          'segmentation/fcn_hrnetv2-w18-small_4xb2-40k_cityscapes-512x1024.py',
+          'pose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py', 'pose/td-hm_hrnetv2-w18_8xb64-60e_wflw-256x256.py',
+          'classification/hrnet-w18_4xb32-100e_in1k.py']
+
+
+def _fresh(library: str, cfg: Dict[str, Any]) -> torch.nn.Module:
+    model_cfg = _replace_syncbn(_model_cfg(cfg))
+    model_cfg['backbone']['init_cfg'] = None
+    model_cfg.pop('pretrained', None)
+    return build_in_scope(library, ConfigDict(model_cfg)).eval()
+
+
+@pytest.mark.parametrize('rel', PARITY)
+def test_config_computes_the_peer_model(rel: str):
+    path = CONFIG_ROOT / rel
+    library, peer_cfg = _peer_config(path)
+    ours, peer = _fresh(library, _config(path)), _fresh(library, peer_cfg)
+    for i, child in enumerate(peer.children()):  # conftest's randomize_ takes no 0-dim tensors (FCOS's Scale)
+        if all(t.dim() > 0 for t in child.state_dict().values()):
+            randomize_(child, seed=i)
+    state = peer.state_dict()
+    if library == 'mmseg':  # mmseg's decode-head conv is HRNetV2Neck's mix conv
+        state = {k.replace('decode_head.convs.0.', 'neck.mix.'): v for k, v in state.items()}
+    ours.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        if library == 'mmdet':  # backbone, neck and the dense head (RPN or FCOS) on the same features
+            ours_feats, peer_feats = ours.extract_feat(x), peer.extract_feat(x)
+            head = 'rpn_head' if hasattr(peer, 'rpn_head') else 'bbox_head'
+            ours_out = (ours_feats, getattr(ours, head)(ours_feats))
+            peer_out = (peer_feats, getattr(peer, head)(peer_feats))
+        else:
+            ours_out, peer_out = ours(x, None, mode='tensor'), peer(x, None, mode='tensor')
+    ours_t, peer_t = _tensors(ours_out), _tensors(peer_out)
+    assert len(ours_t) == len(peer_t) > 0
+    for a, b in zip(ours_t, peer_t):
+        assert rel_err(a, b) < 1e-5
