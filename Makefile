@@ -16,8 +16,8 @@ test-fast: install  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m flake8 hrnet_mm tools tests
-	$(PY) -m isort --check-only --diff hrnet_mm tools tests
+	$(PY) -m flake8 hrnet_mm tools tests configs _hrnet_mm_config_hook.py setup.py
+	$(PY) -m isort --check-only --diff hrnet_mm tools tests configs _hrnet_mm_config_hook.py setup.py
 
 TASK ?= all
 demo: install  ## generate the demo data, train and evaluate one small model per task (TASK=det|seg|pose|cls)

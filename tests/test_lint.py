@@ -1,4 +1,4 @@
-"""The code style is part of the test suite: flake8 and isort on hrnet_mm/, tools/ and tests/."""
+"""The code style is part of the test suite: flake8 and isort on the package, tools, tests and configs."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = ['hrnet_mm', 'tools', 'tests']
+PATHS = ['hrnet_mm', 'tools', 'tests', 'configs', '_hrnet_mm_config_hook.py', 'setup.py']
 
 
 def test_flake8():
