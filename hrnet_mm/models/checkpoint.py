@@ -24,6 +24,15 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the module (another width, task or architecture)."""
 
 
+class CheckpointFileError(CheckpointMismatchError):
+    """A checkpoint file that cannot be used at all: truncated, corrupt, an HTML page, or a hash mismatch."""
+
+
+def summarize_report(report: Mapping[str, List[str]]) -> Dict[str, int]:
+    """``{group: number of keys}`` of a :func:`match_state_dict` report (without the ``'used prefix'`` line)."""
+    return OrderedDict((group, len(keys)) for group, keys in report.items() if group != 'used prefix')
+
+
 def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
     """Returns the state dict inside an mmengine/torch checkpoint, without a DDP ``module.`` prefix."""
     if not isinstance(checkpoint, Mapping):
@@ -130,8 +139,10 @@ def load_state_dict_checked(module: nn.Module, checkpoint: Mapping, source: str 
 
 def load_pretrained(module: nn.Module, filename: str, prefix: Optional[str] = None,
                     map_location: str = 'cpu', strict: bool = True) -> Dict[str, List[str]]:
-    """Reads ``filename`` (a path, URL or ``open-mmlab://`` name) and loads it with a report."""
+    """Reads ``filename`` (a path, URL, ``open-mmlab://`` or ``hrnet_mm://`` name) and loads it with a report."""
     from mmengine.runner.checkpoint import CheckpointLoader
+    if str(filename).startswith('hrnet_mm://'):
+        from ..zoo import hub  # noqa: F401  (registers the scheme)
     try:
         checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
     except Exception as exc:

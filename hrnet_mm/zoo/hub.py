@@ -1,0 +1,184 @@
+"""Pretrained weights by name: the ``hrnet_mm://`` checkpoint scheme, verified downloads and mirrors.
+
+``init_cfg=dict(type='Pretrained', checkpoint='hrnet_mm://imagenet/w32')`` or
+``load_from = 'hrnet_mm://faster-rcnn_hrnetv2p-w32_8xb2-1x_coco'`` names an entry of the weights table
+(:mod:`hrnet_mm.zoo.weights`). The file is downloaded once into torch's hub checkpoint cache
+(``$TORCH_HOME/hub/checkpoints``, where mmengine's ``open-mmlab://`` files go too), its sha256 is checked against
+the prefix in its published name, and it is written atomically (a temporary file in the cache directory renamed
+into place only when complete and verified; nothing is left behind on failure, so a retry downloads again).
+Entries whose published keys differ from hrnet_mm's configs (mmseg's FCN head) are converted on load.
+
+``HRNET_MM_MIRROR`` redirects downloads: a URL prefix (``https://mirror.example/openmmlab``; the published URL's
+path is appended) or a local directory (or ``file://`` URL) holding the files, either under the published path
+or by file name alone, for offline machines. ``open-mmlab://`` names are mmengine's and are left alone.
+
+Importing this module registers the scheme with mmengine's ``CheckpointLoader``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import os.path as osp
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Optional
+
+from ..models.checkpoint import CheckpointFileError
+from .weights import ZooEntry, get_entry
+
+SCHEME = 'hrnet_mm://'
+MIRROR_ENV = 'HRNET_MM_MIRROR'
+CHUNK = 1 << 20
+# A torch checkpoint is a zip archive (torch >= 1.6) or a pickle (legacy format, protocol 2+).
+MAGIC = (b'PK\x03\x04', b'\x80')
+
+
+def cache_dir() -> str:
+    """torch's hub checkpoint cache (``torch.hub.get_dir()/checkpoints``), as mmengine's ``load_url`` uses."""
+    import torch.hub
+    return osp.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(path: str, hash_prefix: Optional[str], origin: str) -> None:
+    """Raises :class:`CheckpointFileError` unless ``path`` looks like a torch checkpoint with the right hash."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    _check_head(head, origin)
+    if hash_prefix:
+        digest = sha256_of(path)
+        if not digest.startswith(hash_prefix):
+            raise CheckpointFileError(f'{origin}: sha256 {digest[:16]}... does not start with {hash_prefix} '
+                                      '(the hash in the published file name): a different or damaged file')
+
+
+def _check_head(head: bytes, origin: str) -> None:
+    text = head.lstrip().lower()
+    if text.startswith((b'<!doctype', b'<html', b'<?xml', b'<')):
+        raise CheckpointFileError(f'{origin}: the file is an HTML/XML page, not a checkpoint (an error or login page '
+                                  'saved in its place?)')
+    if not head:
+        raise CheckpointFileError(f'{origin}: the file is empty')
+    if not head.startswith(MAGIC):
+        raise CheckpointFileError(f'{origin}: not a PyTorch checkpoint (starts with {head[:8]!r})')
+
+
+def download(url: str, dest: str, hash_prefix: Optional[str] = None, timeout: float = 60.0) -> str:
+    """Downloads ``url`` to ``dest`` atomically and verifies it.
+
+    The data go to a temporary file next to ``dest``; it is checked (complete per ``Content-Length``, not an
+    HTML page, a torch file, sha256 prefix) and only then renamed to ``dest``. On any failure the temporary
+    file is removed and :class:`CheckpointFileError` names the URL and the problem.
+    """
+    os.makedirs(osp.dirname(dest) or '.', exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=osp.basename(dest) + '.', suffix='.part', dir=osp.dirname(dest) or '.')
+    try:
+        received = 0
+        with os.fdopen(fd, 'wb') as out:
+            try:
+                request = urllib.request.Request(url, headers={'User-Agent': 'hrnet_mm'})
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    expected = response.headers.get('Content-Length')
+                    for chunk in iter(lambda: response.read(CHUNK), b''):
+                        out.write(chunk)
+                        received += len(chunk)
+            except urllib.error.HTTPError as exc:
+                raise CheckpointFileError(f'{url}: HTTP {exc.code} {exc.reason}') from exc
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise CheckpointFileError(f'{url}: download failed after {received} bytes: '
+                                          f'{type(exc).__name__}: {exc}') from exc
+        if expected is not None and received != int(expected):
+            raise CheckpointFileError(f'{url}: download interrupted: received {received} of {expected} bytes')
+        check_file(tmp, hash_prefix, url)
+        os.replace(tmp, dest)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def _mirror_source(url: str, mirror: str) -> str:
+    """The mirror URL or local path for ``url``."""
+    path = urllib.parse.urlparse(url).path.lstrip('/')
+    local = mirror[len('file://'):] if mirror.startswith('file://') else mirror
+    if osp.isdir(local):
+        for candidate in (osp.join(local, path), osp.join(local, osp.basename(path))):
+            if osp.isfile(candidate):
+                return candidate
+        raise CheckpointFileError(f'{osp.basename(path)} is not in the {MIRROR_ENV} directory {local} (looked for '
+                                  f'{osp.join(local, path)} and {osp.join(local, osp.basename(path))})')
+    if '://' not in mirror:
+        raise CheckpointFileError(f'{MIRROR_ENV}={mirror!r} is neither a directory nor a URL prefix')
+    return mirror.rstrip('/') + '/' + path
+
+
+def fetch(url: str, hash_prefix: Optional[str] = None, filename: Optional[str] = None,
+          directory: Optional[str] = None) -> str:
+    """Returns a local, verified copy of ``url``: the cache file, a mirror directory's file, or a new download.
+
+    A cache file that fails verification is replaced by a fresh download.
+    """
+    filename = filename or osp.basename(urllib.parse.urlparse(url).path)
+    mirror = os.environ.get(MIRROR_ENV, '').strip()
+    source = _mirror_source(url, mirror) if mirror else url
+    if '://' not in source:  # a file of a local mirror directory: used in place
+        check_file(source, hash_prefix, source)
+        return source
+    dest = osp.join(directory or cache_dir(), filename)
+    if osp.isfile(dest):
+        try:
+            check_file(dest, hash_prefix, dest)
+            return dest
+        except CheckpointFileError:
+            os.unlink(dest)  # a damaged cache file: download again
+    return download(source, dest, hash_prefix)
+
+
+def load_file(path: str, map_location=None) -> dict:
+    """Reads a checkpoint file with mmengine's loader; a truncated/corrupt file is a :class:`CheckpointFileError`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    try:
+        return CheckpointLoader.load_checkpoint(path, map_location=map_location)
+    except Exception as exc:
+        raise CheckpointFileError(f'{path}: cannot be read as a checkpoint (truncated or corrupt?): '
+                                  f'{type(exc).__name__}: {exc}') from exc
+
+
+def load_entry(entry: ZooEntry, map_location=None) -> dict:
+    """Downloads (once) and loads an entry's file, converted to hrnet_mm's keys where the entry says so."""
+    path = fetch(entry.url, entry.hash_prefix, entry.filename)
+    checkpoint = load_file(path, map_location)
+    if entry.key_map:
+        from .convert import convert_checkpoint
+        checkpoint, _ = convert_checkpoint(checkpoint, entry.key_map, 'hrnet_mm', source=path)
+    return checkpoint
+
+
+def load_from_hrnet_mm(filename: str, map_location=None) -> dict:
+    """mmengine ``CheckpointLoader`` scheme handler of ``hrnet_mm://<entry name>``."""
+    name = filename[len(SCHEME):]
+    try:
+        entry = get_entry(name)
+    except KeyError as exc:
+        raise CheckpointFileError(f'{filename}: {exc.args[0]}') from exc
+    return load_entry(entry, map_location)
+
+
+def register() -> None:
+    """Registers ``hrnet_mm://`` with mmengine's ``CheckpointLoader`` (idempotent)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_hrnet_mm, force=True)
+
+
+register()
