@@ -9,6 +9,7 @@ entry into a :class:`ZooEntry`; :func:`get_entry` finds one by name (``'imagenet
 from __future__ import annotations
 
 import functools
+import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
@@ -87,15 +88,20 @@ def hash_prefix_from_url(url: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
+INDEX_ENV = 'HRNET_MM_MODEL_INDEX'
+
+
 def index_path() -> str:
-    """The model-index.yml that mim and mmengine read."""
-    return osp.join(PACKAGE_ROOT, '.mim', 'model-index.yml')
+    """The model index to read: ``$HRNET_MM_MODEL_INDEX`` (a private weights table in the same format) if set,
+    else hrnet_mm's own model-index.yml, which mim and mmengine read."""
+    return os.environ.get(INDEX_ENV) or osp.join(PACKAGE_ROOT, '.mim', 'model-index.yml')
 
 
 def _entry(model: Dict[str, Any], metafile: str) -> ZooEntry:
     meta = model.get('Metadata') or {}
     config = model['Config']
-    task = config.split('/')[1]
+    parts = config.split('/')
+    task = parts[1] if len(parts) > 2 else ''
     results = model.get('Results') or []
     results = [results] if isinstance(results, dict) else results
     metrics: Dict[str, Dict[str, float]] = {}
