@@ -149,7 +149,7 @@ def load_file(path: str, map_location=None) -> dict:
     """Reads a checkpoint file with mmengine's loader; a truncated/corrupt file is a :class:`CheckpointFileError`."""
     from mmengine.runner.checkpoint import CheckpointLoader
     try:
-        return CheckpointLoader.load_checkpoint(path, map_location=map_location)
+        return CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
     except Exception as exc:
         raise CheckpointFileError(f'{path}: cannot be read as a checkpoint (truncated or corrupt?): '
                                   f'{type(exc).__name__}: {exc}') from exc
