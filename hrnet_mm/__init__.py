@@ -23,6 +23,7 @@ except ImportError:  # the package is imported from a source tree that was not i
     from mmengine.config import utils as _config_utils
     _config_utils.MODULE2PACKAGE.setdefault('hrnet_mm', 'hrnet_mm')
 
+from . import zoo  # noqa: E402,F401  (registers the hrnet_mm:// checkpoint scheme with mmengine)
 from .models import HRFuseScales, HRNet, HRNetV2Neck, HRNetV2pNeck  # noqa: E402  (registers the modules)
 from .registry import MODELS  # noqa: E402
 

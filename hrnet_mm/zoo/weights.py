@@ -1,6 +1,6 @@
 """The weights table of hrnet_mm as Python objects, read from the metafiles (the one source of truth).
 
-``model-index.yml`` (the repository root; ``hrnet_mm/.mim/model-index.yml`` links to it) imports one
+``hrnet_mm/.mim/model-index.yml`` (the repository root's ``model-index.yml`` links to it) imports one
 ``configs/<task>/metafile.yml`` per task in OpenMMLab's metafile format, which ``mim search hrnet_mm`` and
 ``mim download hrnet_mm --config NAME`` read as they read mmdet's. :func:`load_table` turns every ``Models``
 entry into a :class:`ZooEntry`; :func:`get_entry` finds one by name (``'imagenet/w32'``, a config name such as
