@@ -88,11 +88,11 @@ def _run(cmd: List[str], log_path: str, cwd: str) -> str:
 
 
 def parse_test_metrics(log_text: str) -> Dict[str, float]:
-    """The ``key: value`` pairs of the last ``Epoch(test)`` summary line of an mmengine log."""
-    lines = [ln for ln in log_text.splitlines() if 'Epoch(test)' in ln and ':' in ln]
+    """The ``key: value`` pairs of the last ``Epoch(test)``/``Iter(test)`` summary line of an mmengine log."""
+    lines = [ln for ln in log_text.splitlines() if re.search(r'(Epoch|Iter)\(test\)', ln) and ':' in ln]
     if not lines:
         return {}
-    pairs = re.findall(r'([\w/.-]+): (-?[\d.]+(?:e-?\d+)?)', lines[-1].split('Epoch(test)')[-1])
+    pairs = re.findall(r'([\w/.-]+): (-?[\d.]+(?:e-?\d+)?)', re.split(r'(?:Epoch|Iter)\(test\)', lines[-1])[-1])
     return {k: float(v) for k, v in pairs}
 
 

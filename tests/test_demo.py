@@ -24,6 +24,8 @@ def test_parse_test_metrics_reads_the_last_summary_line():
            '  data_time: 0.0012  time: 0.0445\n')
     metrics = demo.parse_test_metrics(log)
     assert metrics['coco/bbox_mAP'] == pytest.approx(0.421) and metrics['coco/bbox_mAP_50'] == pytest.approx(0.8)
+    iter_log = '11/25 11:17:53 - mmengine - INFO - Iter(test) [12/12]    aAcc: 93.3900  mIoU: 77.5100  mAcc: 83.5000\n'
+    assert demo.parse_test_metrics(iter_log)['mIoU'] == pytest.approx(77.51)
 
 
 def test_every_demo_task_has_its_config():
