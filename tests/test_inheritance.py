@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 USER_CONFIG = textwrap.dedent('''
-    _base_ = 'hrnet_mm::demo/faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py'
+    _base_ = 'hrnet_mm::demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py'
     model = dict(backbone=dict(frozen_stages=1))
     train_cfg = dict(max_epochs=1, val_interval=1)
 ''')

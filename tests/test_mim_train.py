@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-CONFIG = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py')
+CONFIG = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py')
 
 
 def _mim(cwd, *args):

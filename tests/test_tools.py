@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-CONFIG = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py')
+CONFIG = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py')
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 TEST = os.path.join(ROOT, 'tools', 'test.py')
 DIST_TRAIN = os.path.join(ROOT, 'tools', 'dist_train.sh')

@@ -12,7 +12,7 @@ mmpose writes the metrics (``--dump`` dumps its predictions).
 
 Examples::
 
-    python tools/test.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py work_dirs/demo/epoch_2.pth
+    python tools/test.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py work_dirs/demo/epoch_2.pth
     python tools/test.py CONFIG CHECKPOINT --out results.pkl --show-dir vis --work-dir work_dirs/eval
     python tools/test.py CONFIG CHECKPOINT --tta                     # mmdet, mmseg, mmpretrain
     bash tools/dist_test.sh CONFIG CHECKPOINT 2 --out results.pkl    # 2 processes (CPU-only machines too)

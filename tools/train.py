@@ -9,7 +9,7 @@ relative paths in the config (``data_root``) are relative to the current working
 Examples::
 
     # single process (CPU or one GPU)
-    python tools/train.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py --work-dir work_dirs/demo
+    python tools/train.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py --work-dir work_dirs/demo
     # shorter schedule, resume from the latest checkpoint of the work dir, or from a given one
     python tools/train.py CONFIG --cfg-options train_cfg.max_epochs=1 --resume
     python tools/train.py CONFIG --resume work_dirs/demo/epoch_1.pth

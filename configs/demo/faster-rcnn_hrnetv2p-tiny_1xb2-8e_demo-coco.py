@@ -1,6 +1,6 @@
 # Faster R-CNN with a narrow HRNetV2p on the synthetic COCO-format demo set (hrnet_mm.datasets), on CPU.
-# Write the data with `python -m hrnet_mm.datasets coco data/demo/coco` (or `make demo`), then
-#   mim train mmdet configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-2e_demo-coco.py --gpus 0
+# Write the data with `python -m hrnet_mm.datasets coco data/demo/coco --train 48` (or `make demo`), then
+#   mim train mmdet configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py --gpus 0
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
 
@@ -46,8 +46,9 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-train_cfg = dict(max_epochs=2, val_interval=2)
+train_cfg = dict(max_epochs=8, val_interval=8)
+randomness = dict(seed=0)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)]
-optim_wrapper = dict(optimizer=dict(lr=0.005), clip_grad=dict(max_norm=10))
+optim_wrapper = dict(optimizer=dict(lr=0.02), clip_grad=dict(max_norm=10))
 default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
