@@ -1,6 +1,7 @@
 """Each demo config (configs/demo) trains on its synthetic set through the task library's own runner and then
-scores clearly above chance with the task's real metric: ``mim train <pkg> <config> --gpus 0`` in a fresh cwd
-holding ``data/demo/<name>/``, then ``mim test`` on the last checkpoint. The training loss (mmengine's
+scores clearly above chance with the task's real metric: ``tools/train.py <config>`` (detection: ``mim train
+mmdet <config> --gpus 0``) in a fresh cwd holding ``data/demo/<name>/``, then ``tools/test.py`` (``mim test``) on
+the last checkpoint. The training loss (mmengine's
 ``vis_data/scalars.json``) must fall and the test metric (mmengine's ``<timestamp>.json``) must pass a threshold
 set far above what a constant or random predictor reaches and well below what the demo reaches."""
 from __future__ import annotations
@@ -34,16 +35,27 @@ def _mim(cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return proc
 
 
+def _tool(cwd, tool: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', tool), *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f'{tool} {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}'
+    return proc
+
+
 def _json_lines(path: str) -> List[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = ()) -> Dict[str, object]:
+def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = (), use_mim: bool = False
+                    ) -> Dict[str, object]:
     """Trains, checks that the loss fell, tests the last checkpoint; returns the test metrics."""
     config = os.path.join(DEMO, config)
     options = ['--cfg-options', *cfg_options] if cfg_options else []
-    _mim(cwd, 'train', pkg, config, '--gpus', '0', '--work-dir', 'work', *options)
+    if use_mim:
+        _mim(cwd, 'train', pkg, config, '--gpus', '0', '--work-dir', 'work', *options)
+    else:
+        _tool(cwd, 'train.py', config, '--work-dir', 'work', *options)
     with open(os.path.join(cwd, 'work', 'last_checkpoint')) as f:
         ckpt = f.read().strip()
     assert os.path.isfile(os.path.join(cwd, ckpt)), ckpt
@@ -54,7 +66,10 @@ def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = ())
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.7 * first, f'loss did not fall: {losses}'
 
-    _mim(cwd, 'test', pkg, config, '--checkpoint', ckpt, '--gpus', '0', '--work-dir', 'work_test', *options)
+    if use_mim:
+        _mim(cwd, 'test', pkg, config, '--checkpoint', ckpt, '--gpus', '0', '--work-dir', 'work_test', *options)
+    else:
+        _tool(cwd, 'test.py', config, ckpt, '--work-dir', 'work_test', *options)
     (metrics,) = [p for p in glob.glob(os.path.join(cwd, 'work_test', '*', '*.json'))
                   if os.path.basename(p) != 'scalars.json']
     result = _json_lines(metrics)[-1]
@@ -100,7 +115,7 @@ def test_detection_demo_trains_above_chance(tmp_path):
     make_coco_detection(str(tmp_path / 'data' / 'demo' / 'coco'), {'train': 48, 'val': 8})
     # The demo config's own schedule (8 epochs, lr 0.02) on the 48 images that make demo writes.
     metrics = _train_and_test(tmp_path, 'mmdet', 'faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py',
-                              ['default_hooks.checkpoint.interval=8'])
+                              ['default_hooks.checkpoint.interval=8'], use_mim=True)
     # Random boxes on 128x160 images with 1-3 objects essentially never reach IoU 0.5 with the right class, so
     # a chance detector has bbox mAP@0.5 ~ 0. Measured (unseeded runs): mAP 0.2-0.5, mAP@0.5 0.5-0.75.
     assert metrics['coco/bbox_mAP_50'] > 0.1, metrics
