@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import MODELS
 from .arch import ArchSpec, StageSpec, resolve
-from .blocks import BLOCKS, make_res_layer
+from .blocks import BLOCKS, _ResidualBlock, make_res_layer
 
 UPSAMPLE_MODES = ('nearest', 'bilinear', 'bicubic')
 
@@ -345,7 +345,6 @@ class HRNet(BaseModule):
     def _zero_init_residual(self) -> None:
         if not self.zero_init_residual:
             return
-        from .blocks import _ResidualBlock
         for m in self.modules():
             if isinstance(m, _ResidualBlock):
                 nn.init.zeros_(m.last_norm.weight)
@@ -380,8 +379,8 @@ class HRNet(BaseModule):
         xs = [self.layer1(x)]
         for k in range(1, self.num_stages):
             transition = getattr(self, f'transition{k}')
-            xs = [xs[i] if t is None and i < len(xs) else t(xs[min(i, len(xs) - 1)])
-                  for i, t in enumerate(transition)]
+            # kept branches pass through (or change width); new ones start from the lowest resolution
+            xs = [xs[i] if t is None else t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)]
             xs = getattr(self, f'stage{k + 1}')(xs)
         return tuple(xs[i] for i in self.out_indices)
 
