@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
-from hrnet_mm.models import HRFuseScales, HRNet, HRNetV2Neck
+from hrnet_mm.models import HRFuseScales, HRNet
 from hrnet_mm.utils import count_macs, count_params
+from hrnet_mm.utils.paper_models import Cls, Pose, Seg
 
 BACKBONE_PARAMS = {'w18': 9_562_260, 'w30': 25_812_276, 'w32': 29_305_536, 'w40': 45_521_216,
                    'w44': 54_974_640, 'w48': 65_325_120, 'w64': 115_697_600, 'w18_small': 1_477_920,
@@ -30,41 +30,6 @@ SEG = {  # arch: (params or rounded millions, GFLOPs at 1024x2048, decimals of t
 
 def gflops(model, shape):
     return count_macs(model, shape)['total'] / 2 ** 30
-
-
-class Cls(nn.Module):
-    def __init__(self, arch):
-        super().__init__()
-        self.backbone = HRNet(arch=arch)
-        self.head = HRFuseScales(arch, layout='official')
-        self.fc = nn.Linear(2048, 1000)
-
-    def forward(self, x):
-        return self.fc(self.head(self.backbone(x))[0].mean((2, 3)))
-
-
-class Pose(nn.Module):
-    def __init__(self, arch):
-        super().__init__()
-        self.backbone = HRNet(arch=arch, out_indices=(0,))
-        self.final_layer = nn.Conv2d(self.backbone.out_channels[0], 17, 1)
-
-    def forward(self, x):
-        return self.final_layer(self.backbone(x)[0])
-
-
-class Seg(nn.Module):
-    """The official HRNetV2 segmentation network: concat, 1x1 conv (with bias)+BN+ReLU, 1x1 classifier."""
-
-    def __init__(self, arch, classes=19):
-        super().__init__()
-        self.backbone = HRNet(arch=arch)
-        total = sum(self.backbone.out_channels)
-        self.neck = HRNetV2Neck(arch, out_channels=total, bias=True)
-        self.cls = nn.Conv2d(total, classes, 1)
-
-    def forward(self, x):
-        return self.cls(self.neck(self.backbone(x))[0])
 
 
 @pytest.mark.parametrize('arch', sorted(BACKBONE_PARAMS))
