@@ -9,6 +9,9 @@ hrnet_mm model through that task library's runner with ``tools/train.py``, evalu
 * pose: top-down heatmaps + HRNetV1 on COCO-keypoints-format figures, COCO keypoint AP;
 * classification: HRNet + the paper's head on an ImageNet-style folder set, top-1.
 
+It ends by writing, per task, PNGs of the predictions on two held-out images (``tools/infer.py``) and of the
+training curves (``tools/analysis/plot_curves.py``) under ``<work dir>/<task>/pictures/`` and printing where.
+
 ``python -m hrnet_mm.demo --task seg`` runs one task (``make demo TASK=seg``); ``--smoke`` only builds an
 HRNet through each of the four task registries and runs it once (seconds).
 """
@@ -40,19 +43,20 @@ class DemoTask:
     name: str
     config: str  # start of the file name in configs/demo/ (one file per task)
     data: str  # folder under the data root, and the generator kind of `python -m hrnet_mm.datasets`
+    images: str  # glob of held-out images under the data folder, for the prediction pictures
     metric: str  # key printed by the evaluator
     metric_name: str
     chance: str  # what a model that learned nothing would score
 
 
 TASKS: Dict[str, DemoTask] = {
-    'det': DemoTask('detection', 'faster-rcnn_hrnetv2p-tiny_', 'coco', 'coco/bbox_mAP',
+    'det': DemoTask('detection', 'faster-rcnn_hrnetv2p-tiny_', 'coco', 'val/*.jpg', 'coco/bbox_mAP',
                     'COCO bbox mAP', '0.0'),
-    'seg': DemoTask('segmentation', 'fcn_hrnetv2-tiny_', 'cityscapes', 'mIoU',
+    'seg': DemoTask('segmentation', 'fcn_hrnetv2-tiny_', 'cityscapes', 'leftImg8bit/val/*/*.png', 'mIoU',
                     'mIoU (%)', 'one class everywhere'),
-    'pose': DemoTask('pose', 'td-hm_hrnet-tiny_', 'coco_keypoints', 'coco/AP',
+    'pose': DemoTask('pose', 'td-hm_hrnet-tiny_', 'coco_keypoints', 'val/*.jpg', 'coco/AP',
                      'COCO keypoint AP', '0.0'),
-    'cls': DemoTask('classification', 'hrnet-tiny_', 'imagenet', 'accuracy/top1',
+    'cls': DemoTask('classification', 'hrnet-tiny_', 'imagenet', 'val/*/*', 'accuracy/top1',
                     'top-1 (%)', '100 / classes'),
 }
 
@@ -138,9 +142,22 @@ def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:
                 os.path.join(work_dir, 'test.log'), root)
     metrics = parse_test_metrics(text)
     losses = _loss_curve(work_dir)
+    pictures = _pictures(task, cfg, ckpt, root, work_dir)
     return dict(task=task.name, config=os.path.basename(cfg), train_s=train_s, loss_first=losses[0] if losses else None,
                 loss_last=losses[-1] if losses else None, metric=task.metric_name,
-                value=metrics.get(task.metric), chance=task.chance, checkpoint=ckpt)
+                value=metrics.get(task.metric), chance=task.chance, checkpoint=ckpt, pictures=pictures)
+
+
+def _pictures(task: DemoTask, cfg: str, ckpt: str, root: str, work_dir: str) -> List[str]:
+    """PNGs of the predictions on two held-out images and of the training curves; returns their paths."""
+    images = sorted(glob.glob(os.path.join(root, 'data', 'demo', task.data, task.images)))[:2]
+    out_dir = os.path.join(work_dir, 'pictures')
+    _run([sys.executable, _tool('infer.py'), cfg, ckpt, *images, '--out-dir', out_dir],
+         os.path.join(work_dir, 'infer.log'), root)
+    curves = os.path.join(out_dir, 'training_curves.png')
+    _run([sys.executable, _tool(os.path.join('analysis', 'plot_curves.py')), work_dir, '--out', curves],
+         os.path.join(work_dir, 'plot_curves.log'), root)
+    return sorted(glob.glob(os.path.join(out_dir, '*.png')))
 
 
 def format_table(rows: List[Dict[str, object]]) -> List[str]:
@@ -225,6 +242,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
     print(f'\nhrnet_mm demo results ({time.time() - t0:.0f}s in all; checkpoints and logs under {args.work_dir})')
     print('\n'.join(format_table(rows)))
+    for r in rows:
+        print(f'{r["task"]}: predictions and training curves: {", ".join(r["pictures"])}')
     return 0
 
 

@@ -41,3 +41,10 @@ def test_demo_detection_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'hrnet_mm demo results' in proc.stdout and 'COCO bbox mAP' in proc.stdout
     assert (tmp_path / 'data' / 'demo' / 'coco' / 'annotations' / 'instances_train.json').exists()
+    from PIL import Image
+    pictures = sorted((tmp_path / 'work' / 'det' / 'pictures').glob('*.png'))
+    assert [p.name for p in pictures][-1] == 'training_curves.png' and len(pictures) == 3, pictures
+    for p in pictures:
+        with Image.open(p) as im:
+            assert im.format == 'PNG' and min(im.size) > 32
+        assert str(p) in proc.stdout
