@@ -15,6 +15,10 @@ Examples::
     python tools/test.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py work_dirs/demo/epoch_2.pth
     python tools/test.py CONFIG CHECKPOINT --out results.pkl --show-dir vis --work-dir work_dirs/eval
     python tools/test.py CONFIG CHECKPOINT --tta                     # mmdet, mmseg, mmpretrain
+    python tools/test.py CONFIG CHECKPOINT --verbose --debug         # config dump on the console, tracebacks
+
+Input errors (test data missing or malformed, a checkpoint of another config) are one line ``test.py: error:
+...`` with exit status 2, as in ``tools/train.py``; the console is as quiet as there (``--verbose``).
     bash tools/dist_test.sh CONFIG CHECKPOINT 2 --out results.pkl    # 2 processes (CPU-only machines too)
 """
 from __future__ import annotations
@@ -69,6 +73,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (mmdet, mmseg, mmpretrain)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
+    tool.add_output_flags(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -248,7 +253,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     tool.import_hrnet_mm()
-    try:
+    from hrnet_mm import tool_utils
+
+    with tool_utils.user_errors('test.py', args.debug, (ToolError, )):
         cfg, scope = tool.load_config(args.config, args.cfg_options)
         if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
             raise ToolError(f'checkpoint not found: {args.checkpoint}')
@@ -257,11 +264,15 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             setup_cache_size_limit_of_dynamo()
         cfg = merge_test_args(cfg, args, scope)
-    except ToolError as exc:
-        tool.fail('test.py', str(exc))
-    runner = tool.build_runner(cfg, scope)
-    add_result_dumps(runner, args, scope)
-    metrics = runner.test()
+        tool_utils.check_datasets(cfg, ['test_dataloader'], scope)
+        with tool_utils.quiet_startup(args.verbose):
+            runner = tool.build_runner(cfg, scope)
+        tool_utils.check_checkpoint_fits(runner.model, args.checkpoint, args.config)
+        add_result_dumps(runner, args, scope)
+        try:
+            metrics = runner.test()
+        except KeyboardInterrupt:
+            raise tool_utils.Interrupted('interrupted') from None
     if scope == 'mmpretrain' and args.out and args.out_item == 'metrics':
         import mmengine
 

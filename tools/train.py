@@ -6,6 +6,13 @@ mmengine's ``Runner`` (or by ``RUNNERS.build(cfg)`` when the config sets ``runne
 imported first, so its runtime fixes (:mod:`hrnet_mm.compat`) apply. Works from any working directory;
 relative paths in the config (``data_root``) are relative to the current working directory.
 
+Before the runner is built, the datasets the run reads are checked (:func:`hrnet_mm.tool_utils.check_datasets`):
+a missing or malformed dataset, and any input error the libraries raise while building (missing file, broken
+JSON, unknown type name), is one line ``train.py: error: ...`` with exit status 2 (``--debug`` adds the
+traceback). The console shows one line per logging step; mmengine's environment, config dump and hook order go
+to the log file of the work dir only (``--verbose`` prints them too). Ctrl-C prints where the last checkpoint is
+and how to resume.
+
 Examples::
 
     # single process (CPU or one GPU)
@@ -15,6 +22,8 @@ Examples::
     python tools/train.py CONFIG --resume work_dirs/demo/epoch_1.pth
     # mixed precision and learning rate scaled to the actual total batch size
     python tools/train.py CONFIG --amp --auto-scale-lr
+    # the full environment and config dump on the console too (always in the log file), tracebacks of user errors
+    python tools/train.py CONFIG --verbose --debug
     # distributed: 2 processes on this machine (also on CPU-only machines, gloo), or under slurm
     bash tools/dist_train.sh CONFIG 2 --work-dir work_dirs/demo
     bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR
@@ -129,6 +138,16 @@ def build_runner(cfg: Any, scope: str) -> Any:
     return Runner.from_cfg(cfg)
 
 
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` and ``--debug`` (train.py and test.py)."""
+    parser.add_argument('--verbose', action='store_true',
+                        help='also print the environment, the config and the hook order on the console (they are '
+                        'always in the log file of the work dir)')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the full traceback of input errors (missing or malformed data, config, '
+                        'checkpoint) instead of one line')
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command line of ``tools/train.py`` (the union of the task libraries' train flags)."""
     from mmengine.config import DictAction
@@ -155,6 +174,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'train_cfg.max_epochs=1 key="[a,b]"; no white space inside a value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
+    add_output_flags(parser)
     # torch.distributed.launch passes `--local-rank` (torch >= 2.0) or `--local_rank`; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -252,6 +272,21 @@ def merge_train_args(cfg: Any, args: argparse.Namespace, scope: str) -> Any:
     return cfg
 
 
+def train_loaders(cfg: Any) -> List[str]:
+    """The dataloaders a training run reads: train, and val when validation is configured."""
+    loaders = ['train_dataloader']
+    if all(cfg.get(k, None) is not None for k in ('val_dataloader', 'val_cfg', 'val_evaluator')):
+        loaders.append('val_dataloader')
+    return loaders
+
+
+def command_line(argv: Optional[List[str]]) -> List[str]:
+    """The command that ran this tool (for the resume hint)."""
+    args = sys.argv[1:] if argv is None else argv
+    return ['python', osp.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith('.py') else 'tools/train.py',
+            *args]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``tools/train.py``.
 
@@ -260,16 +295,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     import_hrnet_mm()
-    try:
+    from hrnet_mm import tool_utils
+
+    with tool_utils.user_errors('train.py', args.debug, (ToolError, )):
         cfg, scope = load_config(args.config, args.cfg_options)
         if scope == 'mmdet':
             from mmdet.utils import setup_cache_size_limit_of_dynamo
 
             setup_cache_size_limit_of_dynamo()  # fewer recompilations, as mmdet's tool
         cfg = merge_train_args(cfg, args, scope)
-    except ToolError as exc:
-        fail('train.py', str(exc))
-    build_runner(cfg, scope).train()
+        tool_utils.check_datasets(cfg, train_loaders(cfg), scope)
+        with tool_utils.quiet_startup(args.verbose):
+            runner = build_runner(cfg, scope)
+        try:
+            runner.train()
+        except KeyboardInterrupt:
+            raise tool_utils.Interrupted(tool_utils.interrupted_message(cfg.work_dir, command_line(argv))) from None
 
 
 if __name__ == '__main__':
