@@ -137,11 +137,14 @@ def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:
     train_s = time.time() - t0
     with open(os.path.join(work_dir, 'last_checkpoint')) as f:
         ckpt = f.read().strip()
-    print(f'[demo] {task.name}: evaluating {os.path.basename(ckpt)}', flush=True)
+    print(f'[demo] {task.name}: trained in {train_s:.0f}s; evaluating {os.path.basename(ckpt)} '
+          f'(log: {work_dir}/test.log)', flush=True)
     text = _run([sys.executable, _tool('test.py'), cfg, ckpt, '--work-dir', work_dir],
                 os.path.join(work_dir, 'test.log'), root)
     metrics = parse_test_metrics(text)
     losses = _loss_curve(work_dir)
+    print(f'[demo] {task.name}: {task.metric_name} {metrics.get(task.metric, "n/a")}; drawing predictions and '
+          'training curves', flush=True)
     pictures = _pictures(task, cfg, ckpt, root, work_dir)
     return dict(task=task.name, config=os.path.basename(cfg), train_s=train_s, loss_first=losses[0] if losses else None,
                 loss_last=losses[-1] if losses else None, metric=task.metric_name,

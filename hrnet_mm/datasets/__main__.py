@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .synthetic import make_cityscapes_seg, make_coco_detection, make_coco_keypoints, make_imagenet_folder
@@ -54,14 +55,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         targets = [(k, os.path.join(args.out_dir, 'data', 'demo', v[1])) for k, v in KINDS.items()]
     else:
         targets = [(args.kind, args.out_dir)]
-    for kind, out_dir in targets:
+    for index, (kind, out_dir) in enumerate(targets, 1):
+        t0 = time.time()
         result = write(kind, out_dir, args.train, args.val, args.seed)
+        sizes = {'train': args.train if args.train is not None else KINDS[kind][2],
+                 'val': args.val if args.val is not None else KINDS[kind][3]}
+        counts = []
         for split, value in result.items():
             if isinstance(value, list):
-                value = f'{len(value)} images with label maps'
+                counts.append(f'{kind} {split}: {len(value)} images with label maps')
             elif isinstance(value, int):
-                value = f'{value} images'
-            print(f'{kind} {split}: {value}')
+                counts.append(f'{kind} {split}: {value} images')
+            else:
+                counts.append(f'{kind} {split}: {sizes[split]} images')
+        step = f'[{index}/{len(targets)}] ' if len(targets) > 1 else ''
+        print(f'{step}{"; ".join(counts)} ({time.time() - t0:.1f}s, in {out_dir})', flush=True)
     return 0
 
 
