@@ -5,6 +5,10 @@ of the classification head.
 Parameter names follow the official code and every OpenMMLab peer (``conv1``, ``bn1``, ..., ``downsample.0``,
 ``downsample.1``), so published checkpoints load without conversion. The norm layers take the names that
 ``mmcv.cnn.build_norm_layer`` gives them (``bn1`` for BN, ``gn1`` for GN), as in mmdet/mmseg/mmpose.
+
+The blocks run under ``torch.jit.script``: TorchScript cannot look a module up by a computed name, so the
+norm layers are reached through :class:`NamedNorms`, whose ``hasattr`` tests TorchScript resolves while
+compiling, and gradient checkpointing is skipped in scripted code (it is a training-time memory saving).
 """
 from __future__ import annotations
 
@@ -16,11 +20,59 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
 
 
-class _ResidualBlock(nn.Module):
+class NamedNorms(nn.Module):
+    """Calls the norm layers that ``mmcv.cnn.build_norm_layer(cfg, c, postfix=k)`` registered as ``bn{k}``
+    (BN, SyncBN), ``gn{k}`` (GN), ``ln{k}`` (LN) or ``in{k}`` (IN), for ``k`` in 1..3.
+
+    ``_norm1(x)`` .. ``_norm3(x)`` are written out with literal names because ``torch.jit.script`` only accepts
+    literal attribute names; it evaluates ``hasattr`` at compile time and compiles the branch of the layer that
+    exists. Eager code takes the same branch, so both run the same layer.
+    """
+
+    def _norm1(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, 'bn1'):
+            return self.bn1(x)
+        elif hasattr(self, 'gn1'):
+            return self.gn1(x)
+        elif hasattr(self, 'ln1'):
+            return self.ln1(x)
+        elif hasattr(self, 'in1'):
+            return self.in1(x)
+        else:
+            raise RuntimeError('no norm layer bn1/gn1/ln1/in1')
+
+    def _norm2(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, 'bn2'):
+            return self.bn2(x)
+        elif hasattr(self, 'gn2'):
+            return self.gn2(x)
+        elif hasattr(self, 'ln2'):
+            return self.ln2(x)
+        elif hasattr(self, 'in2'):
+            return self.in2(x)
+        else:
+            raise RuntimeError('no norm layer bn2/gn2/ln2/in2')
+
+    def _norm3(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, 'bn3'):
+            return self.bn3(x)
+        elif hasattr(self, 'gn3'):
+            return self.gn3(x)
+        elif hasattr(self, 'ln3'):
+            return self.ln3(x)
+        elif hasattr(self, 'in3'):
+            return self.in3(x)
+        else:
+            raise RuntimeError('no norm layer bn3/gn3/ln3/in3')
+
+
+class _ResidualBlock(NamedNorms):
     """Shared plumbing: norm layer naming, gradient checkpointing and the residual sum."""
 
     expansion = 1
     num_norms = 2
+    # Python-side helpers that TorchScript need not (and cannot) compile.
+    __jit_unused_properties__ = ['last_norm']
 
     def __init__(self, with_cp: bool = False) -> None:
         super().__init__()
@@ -32,6 +84,7 @@ class _ResidualBlock(nn.Module):
         setattr(self, f'_norm{index}_name', name)
         self.add_module(name, layer)
 
+    @torch.jit.unused
     def norm(self, index: int) -> nn.Module:
         """Returns the ``index``-th norm layer (1-based)."""
         return getattr(self, getattr(self, f'_norm{index}_name'))
@@ -50,7 +103,7 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, C_in, H, W)`` to ``(N, planes * expansion, H', W')``."""
-        if self.with_cp and self.training and x.requires_grad:
+        if not torch.jit.is_scripting() and self.with_cp and self.training and x.requires_grad:
             out = cp.checkpoint(self._inner, x, use_reentrant=False)
         else:
             out = self._inner(x)
@@ -85,8 +138,8 @@ class BasicBlock(_ResidualBlock):
         self.downsample = downsample
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm(1)(self.conv1(x)))
-        return self.norm(2)(self.conv2(out))
+        out = self.relu(self._norm1(self.conv1(x)))
+        return self._norm2(self.conv2(out))
 
 
 class Bottleneck(_ResidualBlock):
@@ -119,9 +172,9 @@ class Bottleneck(_ResidualBlock):
         self.downsample = downsample
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm(1)(self.conv1(x)))
-        out = self.relu(self.norm(2)(self.conv2(out)))
-        return self.norm(3)(self.conv3(out))
+        out = self.relu(self._norm1(self.conv1(x)))
+        out = self.relu(self._norm2(self.conv2(out)))
+        return self._norm3(self.conv3(out))
 
 
 BLOCKS = {'BASIC': BasicBlock, 'BOTTLENECK': Bottleneck}

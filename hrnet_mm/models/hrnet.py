@@ -19,6 +19,12 @@ by 32 this is ``H / 4 / 2**i`` and the result equals the peers' bit for bit.
 State-dict keys are those of the official code and every OpenMMLab peer (``conv1``, ``bn1``, ``layer1``,
 ``transition{k}``, ``stage{k}.{m}.branches``, ``stage{k}.{m}.fuse_layers``), so published checkpoints load
 with ``strict=True``.
+
+The backbone compiles with ``torch.jit.script`` (up to :data:`MAX_SCRIPTED_STAGES` stages) and with
+``torch.compile(fullgraph=True)``. Branches that pass through a transition unchanged, and the path of a branch
+into itself in a fusion, are ``nn.Identity`` (no parameters, so the keys are those of the ``None`` entries of the
+official code); containers are iterated, never indexed by a computed value. A scripted HRNet returns a list
+of maps instead of a tuple (TorchScript has no tuples of data-dependent length).
 """
 from __future__ import annotations
 
@@ -36,9 +42,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import MODELS
 from .arch import ArchSpec, StageSpec, resolve
-from .blocks import BLOCKS, _ResidualBlock, make_res_layer
+from .blocks import BLOCKS, NamedNorms, _ResidualBlock, make_res_layer
 
 UPSAMPLE_MODES = ('nearest', 'bilinear', 'bicubic')
+MAX_SCRIPTED_STAGES = 6  # stages written out in HRNet._scripted_stages
 
 
 def _conv_norm(conv_cfg, norm_cfg, cin, cout, kernel, stride, relu):
@@ -79,54 +86,83 @@ class HRModule(nn.Module):
                            conv_cfg=conv_cfg, norm_cfg=norm_cfg)
             for i in range(self.num_branches))
         self.out_channels = [c * block.expansion for c in num_channels]
-        self.fuse_layers = None
+        self.fuse_layers: Optional[nn.ModuleList] = None
         if self.num_branches > 1:
             self.fuse_layers = nn.ModuleList(
                 nn.ModuleList(self._fuse_path(j, i, conv_cfg, norm_cfg) for j in range(self.num_branches))
                 for i in range(num_outputs))
         self.relu = nn.ReLU(inplace=True)
 
-    def _fuse_path(self, j: int, i: int, conv_cfg, norm_cfg) -> Optional[nn.Module]:
-        """The path from branch ``j`` into branch ``i`` (None for ``i == j``)."""
+    def _fuse_path(self, j: int, i: int, conv_cfg, norm_cfg) -> nn.Module:
+        """The path from branch ``j`` into branch ``i`` (``nn.Identity`` for ``i == j``)."""
         c = self.out_channels
         if j > i:  # 1x1 conv + norm; the upsampling happens in forward (exact target size)
             return _conv_norm(conv_cfg, norm_cfg, c[j], c[i], 1, 1, relu=False)
         if j == i:
-            return None
+            return nn.Identity()
         steps = []
         for k in range(i - j):  # (i - j) strided 3x3 convs, ReLU on all but the last
             last = k == i - j - 1
             steps.append(_conv_norm(conv_cfg, norm_cfg, c[j], c[i] if last else c[j], 3, 2, relu=not last))
         return nn.Sequential(*steps)
 
-    def _fuse(self, i: int, *xs: torch.Tensor) -> torch.Tensor:
-        # Summed in branch order, as the official code does, so results are bit-identical to it.
-        target = xs[i]
-        y = None
-        for j, path in enumerate(self.fuse_layers[i]):
-            if j == i:
-                z = target
-            else:
+    def _fuse(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Output ``i`` is ``relu(sum_j path_ij(x_j))``, summed in branch order as the official code does, so
+        results are bit-identical to it; ``path_ii`` is the identity."""
+        outs: List[torch.Tensor] = []
+        fuse_layers = self.fuse_layers
+        assert fuse_layers is not None
+        for i, paths in enumerate(fuse_layers):
+            y: Optional[torch.Tensor] = None
+            for j, path in enumerate(paths):
                 z = path(xs[j])
-                if j > i:
-                    z = F.interpolate(z, size=target.shape[-2:], mode=self.upsample_mode,
+                if j > i:  # upsample to the exact size of the target branch (odd input sizes)
+                    z = F.interpolate(z, size=xs[i].shape[-2:], mode=self.upsample_mode,
                                       align_corners=self.align_corners)
-            y = z if y is None else y + z
-        return self.relu(y)
+                y = z if y is None else y + z
+            assert y is not None
+            outs.append(self.relu(y))
+        return outs
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         """Maps a list of ``num_branches`` maps ``(N, C_i, H_i, W_i)`` to ``num_outputs`` fused maps."""
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        ys: List[torch.Tensor] = []
+        for i, branch in enumerate(self.branches):
+            ys.append(branch(xs[i]))
         if self.fuse_layers is None:
-            return xs
-        use_cp = self.with_cp and self.training and any(x.requires_grad for x in xs)
-        if use_cp:
-            return [cp.checkpoint(self._fuse, i, *xs, use_reentrant=False) for i in range(len(self.fuse_layers))]
-        return [self._fuse(i, *xs) for i in range(len(self.fuse_layers))]
+            return ys
+        if not torch.jit.is_scripting() and self.with_cp and self.training and any(y.requires_grad for y in ys):
+            return cp.checkpoint(self._fuse, ys, use_reentrant=False)
+        return self._fuse(ys)
+
+
+class Stage(nn.Sequential):
+    """The HR modules of one stage, applied in order to the list of branch maps. Keys are those of the plain
+    ``nn.Sequential`` of the official code; the class only gives TorchScript the list-to-list signature."""
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Maps the branch maps through every HR module of the stage."""
+        for module in self:
+            xs = module(xs)
+        return xs
+
+
+class Transition(nn.ModuleList):
+    """The transition into a stage: entry ``i`` maps the previous stage's branch ``i`` (``nn.Identity`` when
+    the width is kept) or, for a new branch, the lowest-resolution one. Keys are those of the plain
+    ``nn.ModuleList`` of the official code."""
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Maps the previous stage's maps to one map per branch of the next stage."""
+        last = len(xs) - 1
+        ys: List[torch.Tensor] = []
+        for i, layer in enumerate(self):
+            ys.append(layer(xs[min(i, last)]))
+        return ys
 
 
 @MODELS.register_module()
-class HRNet(BaseModule):
+class HRNet(BaseModule, NamedNorms):
     """HRNet backbone, registered as ``hrnet_mm.HRNet``.
 
     Args:
@@ -158,6 +194,9 @@ class HRNet(BaseModule):
         out_channels: Channels of each returned map.
         out_strides: Stride of each returned map relative to the input (4, 8, 16, 32 for the four branches).
     """
+
+    # Python-side helpers that TorchScript need not (and cannot) compile.
+    __jit_unused_properties__ = ['norm1', 'norm2', 'num_stages', 'is_init']
 
     def __init__(self,
                  arch: Union[str, Mapping[str, Any], Sequence[StageSpec], None] = None,
@@ -230,7 +269,7 @@ class HRNet(BaseModule):
                                   conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg)
                 in_ch = module.out_channels
                 modules.append(module)
-            self.add_module(f'stage{k + 1}', nn.Sequential(*modules))
+            self.add_module(f'stage{k + 1}', Stage(*modules))
             channels = in_ch
 
         self.stage_channels: Tuple[int, ...] = tuple(channels)
@@ -304,11 +343,11 @@ class HRNet(BaseModule):
                 f'extra.{last}.multiscale_output=True for all branches.')
 
     # ----------------------------------------------------------------------------------------- layers
-    def _make_transition(self, pre: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
-        layers: List[Optional[nn.Module]] = []
+    def _make_transition(self, pre: Sequence[int], cur: Sequence[int]) -> Transition:
+        layers: List[nn.Module] = []
         for i, c in enumerate(cur):
             if i < len(pre):
-                layers.append(None if c == pre[i] else
+                layers.append(nn.Identity() if c == pre[i] else
                               _conv_norm(self.conv_cfg, self.norm_cfg, pre[i], c, 3, 1, relu=True))
             else:  # new branch: strided 3x3 convs from the lowest-resolution existing branch
                 steps = []
@@ -316,7 +355,7 @@ class HRNet(BaseModule):
                     out = c if j == i - len(pre) else pre[-1]
                     steps.append(_conv_norm(self.conv_cfg, self.norm_cfg, pre[-1], out, 3, 2, relu=True))
                 layers.append(nn.Sequential(*steps))
-        return nn.ModuleList(layers)
+        return Transition(layers)
 
     @property
     def norm1(self) -> nn.Module:
@@ -329,6 +368,13 @@ class HRNet(BaseModule):
     @property
     def num_stages(self) -> int:
         return len(self.arch_spec)
+
+    def __prepare_scriptable__(self) -> 'HRNet':
+        """Called by ``torch.jit.script``: checks that the stages fit :meth:`_scripted_stages`."""
+        if self.num_stages > MAX_SCRIPTED_STAGES:
+            raise RuntimeError(f'torch.jit.script supports HRNets of up to {MAX_SCRIPTED_STAGES} stages, this one '
+                               f'has {self.num_stages}')
+        return self
 
     # ----------------------------------------------------------------------------------------- init
     def _default_init(self) -> None:
@@ -371,18 +417,38 @@ class HRNet(BaseModule):
                             map_location=c.get('map_location', 'cpu'))
 
     # ----------------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Maps ``(N, in_channels, H, W)`` to a tuple of ``len(out_indices)`` maps; see the module docstring
-        for their sizes."""
-        x = self.relu(self.norm1(self.conv1(x)))
-        x = self.relu(self.norm2(self.conv2(x)))
+    def _scripted_stages(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Stages 2..N under TorchScript, which cannot look modules up by a computed name: each is written out
+        and ``hasattr`` (resolved at compile time) keeps those the model has."""
+        if hasattr(self, 'stage2'):
+            xs = self.stage2(self.transition1(xs))
+        if hasattr(self, 'stage3'):
+            xs = self.stage3(self.transition2(xs))
+        if hasattr(self, 'stage4'):
+            xs = self.stage4(self.transition3(xs))
+        if hasattr(self, 'stage5'):
+            xs = self.stage5(self.transition4(xs))
+        if hasattr(self, 'stage6'):
+            xs = self.stage6(self.transition5(xs))
+        return xs
+
+    def forward(self, x: torch.Tensor):
+        """Maps ``(N, in_channels, H, W)`` to a tuple of ``len(out_indices)`` maps (a list when scripted); see
+        the module docstring for their sizes."""
+        x = self.relu(self._norm1(self.conv1(x)))
+        x = self.relu(self._norm2(self.conv2(x)))
         xs = [self.layer1(x)]
-        for k in range(1, self.num_stages):
-            transition = getattr(self, f'transition{k}')
-            # kept branches pass through (or change width); new ones start from the lowest resolution
-            xs = [xs[i] if t is None else t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)]
-            xs = getattr(self, f'stage{k + 1}')(xs)
-        return tuple(xs[i] for i in self.out_indices)
+        if torch.jit.is_scripting():
+            xs = self._scripted_stages(xs)
+            outs: List[torch.Tensor] = []
+            for i in self.out_indices:
+                outs.append(xs[i])
+            return outs
+        else:
+            for k in range(1, self.num_stages):
+                # kept branches pass through (or change width); new ones start from the lowest resolution
+                xs = getattr(self, f'stage{k + 1}')(getattr(self, f'transition{k}')(xs))
+            return tuple(xs[i] for i in self.out_indices)
 
     # ----------------------------------------------------------------------------------------- train
     def _frozen_modules(self) -> List[nn.Module]:
