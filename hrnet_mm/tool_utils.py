@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import os.path as osp
+import shlex
 import sys
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -162,6 +163,8 @@ class _DatasetCheck:
         self.prefix = dict(prefix or {})
         self.coco = bool(self.ann_file) and str(self.ann_file).endswith('.json') and _coco_style(scope, self.cls)
         self.folder = scope == 'mmpretrain' and not self.ann_file
+        if self.folder and not self.prefix.get('img_path') and self.data_root:
+            self.prefix['img_path'] = ''  # the class folders are in data_root itself
         self.kind = _demo_kind(scope, self.cls, self.coco, self.folder)
 
     def fix(self, what: str = 'put the dataset there') -> str:
@@ -210,13 +213,10 @@ class _DatasetCheck:
         prefix = self.prefix[name]
         folder = _join(self.data_root, prefix)
         key = f'{self.key}.data_prefix.{name}' if 'data_prefix' in self.ds else f'{self.key}.data_root'
-        if _is_remote(folder):
+        if _is_remote(folder) or not folder:
             return
-        if folder and not osp.isdir(folder):
-            if prefix == '':
-                return
+        if not osp.isdir(folder):
             self.fail('folder not found', folder, key)
-        folder = folder or '.'
         if not os.listdir(folder):
             self.fail('folder is empty', folder, key)
         if self.scope == 'mmseg' and not self.ann_file:
@@ -417,7 +417,7 @@ def user_errors(prog: str, debug: bool = False, user_types: Tuple[type, ...] = (
 def interrupted_message(work_dir: str, command: Sequence[str]) -> str:
     """The line printed when training is interrupted: where the last checkpoint is and how to resume."""
     last = osp.join(work_dir, 'last_checkpoint')
-    resume = ' '.join([*command, *([] if '--resume' in command else ['--resume'])])
+    resume = ' '.join(shlex.quote(part) for part in [*command, *([] if '--resume' in command else ['--resume'])])
     if osp.isfile(last):
         with open(last) as f:
             ckpt = f.read().strip()

@@ -148,6 +148,7 @@ def test_help_and_usage_from_another_cwd(tmp_path: Path) -> None:
         proc = _py(tmp_path, tool, '--help')
         assert proc.returncode == 0, _out(proc)
         assert '--cfg-options' in proc.stdout and '--launcher' in proc.stdout
+        assert '--debug' in proc.stdout and '--verbose' in proc.stdout
     assert '--resume' in _py(tmp_path, TRAIN, '--help').stdout
     assert '--tta' in _py(tmp_path, TEST, '--help').stdout
     proc = _run(tmp_path, 'bash', DIST_TRAIN)
@@ -213,9 +214,9 @@ def test_train_then_test_an_mmpretrain_config(tmp_path: Path) -> None:
     assert train.returncode == 0, _out(train)[-4000:]
     assert 'accuracy/top1' in _out(train)
     test = _py(tmp_path, TEST, 'cls_cfg.py', 'work/epoch_1.pth', '--tta', '--out', 'metrics.json', '--out-item',
-               'metrics')
+               'metrics', '--verbose')
     assert test.returncode == 0, _out(test)[-4000:]
-    assert "type='mmpretrain.AverageClsScoreTTA'" in _out(test)  # the logged config
+    assert "type='mmpretrain.AverageClsScoreTTA'" in _out(test)  # the logged config (--verbose: on the console)
     assert set(mmengine.load(tmp_path / 'metrics.json')) == {'accuracy/top1'}
 
 
@@ -263,13 +264,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(demo_cwd: Path) 
 def test_two_process_cpu_training_through_dist_train_sh(demo_cwd: Path) -> None:
     (demo_cwd / 'dist_cfg.py').write_text(DIST_CONFIG)
     env_port = free_port()
-    proc = subprocess.run(['bash', DIST_TRAIN, 'dist_cfg.py', '2', '--work-dir', 'work',
+    proc = subprocess.run(['bash', DIST_TRAIN, 'dist_cfg.py', '2', '--work-dir', 'work', '--verbose',
                            '--cfg-options', 'train_cfg.max_epochs=2'], cwd=demo_cwd,
                           env=dict(_env(demo_cwd), PORT=str(env_port), MASTER_ADDR='127.0.0.1'),
                           capture_output=True, text=True, timeout=600)
     out = _out(proc)
     assert proc.returncode == 0, out[-5000:]
-    assert 'Distributed training: True' in out
+    assert 'Distributed training: True' in out  # the environment, printed with --verbose
     assert 'Epoch(train) [2][1/1]' in out  # 4 images / (2 ranks x 2 per batch): one iteration per epoch
     ranks = [torch.load(demo_cwd / 'work' / f'rank{r}.pth', weights_only=False) for r in (0, 1)]
     assert [r['world_size'] for r in ranks] == [2, 2]
