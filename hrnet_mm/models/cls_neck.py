@@ -10,19 +10,21 @@ Two key layouts exist among the published ImageNet checkpoints and both run exac
   and ``final_layer.conv`` without bias;
 * ``layout='official'`` (HRNet-Image-Classification and timm): ``incre_modules``, ``downsamp_modules.{i}.0``
   and ``final_layer.0`` with conv biases (3,840 more parameters at W18).
+
+The head compiles with ``torch.jit.script`` in both layouts (the input checks are skipped when scripted).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import ConvModule, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from ..registry import MODELS
 from .blocks import Bottleneck, make_res_layer
-from .necks import ChannelsArg, branch_channels, check_inputs
+from .necks import ChannelsArg, ScriptableConvModule, branch_channels, check_inputs
 
 LAYOUTS = ('mmpretrain', 'official')
 HEAD_WIDTHS = (32, 64, 128, 256)  # Bottleneck widths; x4 gives 128, 256, 512, 1024
@@ -43,6 +45,8 @@ class HRFuseScales(BaseModule):
         inputs: tuple of 4 maps ``(N, C_i, H_i, W_i)``; output: tuple with one ``(N, out_channels, H_3, W_3)``.
     """
 
+    __jit_unused_properties__ = ['is_init']  # mmengine's property, not needed by the compiled forward
+
     def __init__(self, in_channels: ChannelsArg, out_channels: int = 2048, layout: str = 'mmpretrain',
                  norm_cfg: Optional[dict] = None, init_cfg: Union[dict, List[dict], None] = None) -> None:
         if init_cfg is None:
@@ -61,26 +65,37 @@ class HRFuseScales(BaseModule):
                                  for i, c in enumerate(self.in_channels))
         n = len(self.in_channels)
         if layout == 'mmpretrain':
-            down = nn.ModuleList(ConvModule(widths[i], widths[i + 1], 3, stride=2, padding=1, bias=False,
-                                            norm_cfg=norm_cfg) for i in range(n - 1))
-            final = ConvModule(widths[n - 1], out_channels, 1, bias=False, norm_cfg=norm_cfg)
+            down = nn.ModuleList(ScriptableConvModule(widths[i], widths[i + 1], 3, stride=2, padding=1, bias=False,
+                                                      norm_cfg=norm_cfg) for i in range(n - 1))
+            final = ScriptableConvModule(widths[n - 1], out_channels, 1, bias=False, norm_cfg=norm_cfg)
             self.increase_layers, self.downsample_layers, self.final_layer = increase, down, final
         else:
             down = nn.ModuleList(self._conv_bn_relu(widths[i], widths[i + 1], 3, 2, norm_cfg) for i in range(n - 1))
             final = self._conv_bn_relu(widths[n - 1], out_channels, 1, 1, norm_cfg)
             self.incre_modules, self.downsamp_modules, self.final_layer = increase, down, final
-        self._names = ('increase_layers', 'downsample_layers') if layout == 'mmpretrain' else \
-            ('incre_modules', 'downsamp_modules')
 
     @staticmethod
     def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, norm_cfg: dict) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=True),
                              build_norm_layer(norm_cfg, cout)[1], nn.ReLU(inplace=True))
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor]:
-        check_inputs(type(self).__name__, inputs, self.in_channels)
-        increase, down = (getattr(self, name) for name in self._names)
-        feat = increase[0](inputs[0])
-        for i in range(1, len(inputs)):
-            feat = down[i - 1](feat) + increase[i](inputs[i])
+    def forward(self, inputs: List[torch.Tensor]) -> Tuple[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            check_inputs(type(self).__name__, inputs, self.in_channels)
+        # The layouts differ in names only; TorchScript resolves hasattr while compiling. Modules are iterated,
+        # not indexed, which TorchScript requires.
+        feats: List[torch.Tensor] = []
+        if hasattr(self, 'increase_layers'):
+            for i, layer in enumerate(self.increase_layers):
+                feats.append(layer(inputs[i]))
+        else:
+            for i, layer in enumerate(self.incre_modules):
+                feats.append(layer(inputs[i]))
+        feat = feats[0]
+        if hasattr(self, 'downsample_layers'):
+            for i, down in enumerate(self.downsample_layers):
+                feat = down(feat) + feats[i + 1]
+        else:
+            for i, down in enumerate(self.downsamp_modules):
+                feat = down(feat) + feats[i + 1]
         return (self.final_layer(feat),)

@@ -11,6 +11,11 @@ for Visual Recognition", TPAMI 2020, section 3 "Heads"):
 
 Both take ``in_channels`` as a list or as the name of a backbone preset (``in_channels='w32'``), so
 configs need not retype channel lists.
+
+Both compile with ``torch.jit.script``. Their conv layers are :class:`ScriptableConvModule`, a subclass of
+mmcv's ``ConvModule`` with the same keys, initialisation and eager forward, plus a forward that TorchScript can
+compile. Scripted, the input checks and gradient checkpointing are skipped and :class:`HRNetV2pNeck` returns a
+list instead of a tuple.
 """
 from __future__ import annotations
 
@@ -27,6 +32,38 @@ from ..registry import MODELS
 from .arch import get_preset
 
 ChannelsArg = Union[str, Sequence[int]]
+
+
+class ScriptableConvModule(ConvModule):
+    """mmcv's ``ConvModule`` (same arguments, keys and eager forward) that also compiles with TorchScript.
+
+    The scripted forward runs conv, norm, activation in mmcv's default order, the only one the HRNet necks use;
+    the norm layer is found by its mmcv name (``bn``, ``gn``, ``ln`` or ``in``), resolved at compile time.
+    """
+
+    __jit_unused_properties__ = ['norm', 'is_init']  # Python-side properties the compiled forward does not use
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if tuple(self.order) != ('conv', 'norm', 'act') or self.with_explicit_padding:
+            raise ValueError('ScriptableConvModule supports the default order and padding only')
+
+    def forward(self, x: torch.Tensor, activate: bool = True, norm: bool = True) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return super().forward(x, activate, norm)
+        x = self.conv(x)
+        if norm:
+            if hasattr(self, 'bn'):
+                x = self.bn(x)
+            elif hasattr(self, 'gn'):
+                x = self.gn(x)
+            elif hasattr(self, 'ln'):
+                x = self.ln(x)
+            elif hasattr(self, 'in'):
+                x = getattr(self, 'in')(x)
+        if activate and hasattr(self, 'activate'):
+            x = self.activate(x)
+        return x
 
 
 def branch_channels(arch: ChannelsArg) -> Tuple[int, ...]:
@@ -53,7 +90,7 @@ def check_inputs(owner: str, inputs: Sequence[torch.Tensor], in_channels: Sequen
                              f'backbone gives {[t.shape[1] for t in inputs]}, in_channels is {list(in_channels)}')
 
 
-def upsample_concat(inputs: Sequence[torch.Tensor], mode: str = 'bilinear',
+def upsample_concat(inputs: List[torch.Tensor], mode: str = 'bilinear',
                     align_corners: Optional[bool] = False) -> torch.Tensor:
     """Resizes every map to the size of ``inputs[0]`` and concatenates along channels: ``(N, sum C_i, H_0, W_0)``."""
     size = inputs[0].shape[-2:]
@@ -83,6 +120,8 @@ class HRNetV2Neck(BaseModule):
         inputs: tuple of ``(N, C_i, H_i, W_i)``; output: tuple with one ``(N, out_channels, H_0, W_0)``.
     """
 
+    __jit_unused_properties__ = ['is_init']  # mmengine's property, not needed by the compiled forward
+
     def __init__(self, in_channels: ChannelsArg, out_channels: Optional[int] = None,
                  conv_cfg: Optional[dict] = None, norm_cfg: Optional[dict] = None,
                  act_cfg: Optional[dict] = None, align_corners: bool = False, bias: Union[bool, str] = 'auto',
@@ -93,15 +132,18 @@ class HRNetV2Neck(BaseModule):
         self.align_corners = align_corners
         self.mix = None
         if out_channels is not None:
-            self.mix = ConvModule(self.concat_channels, out_channels, 1, conv_cfg=conv_cfg, bias=bias,
-                                  norm_cfg=norm_cfg if norm_cfg is not None else dict(type='BN'),
-                                  act_cfg=act_cfg if act_cfg is not None else dict(type='ReLU'))
+            self.mix = ScriptableConvModule(self.concat_channels, out_channels, 1, conv_cfg=conv_cfg, bias=bias,
+                                            norm_cfg=norm_cfg if norm_cfg is not None else dict(type='BN'),
+                                            act_cfg=act_cfg if act_cfg is not None else dict(type='ReLU'))
         self.out_channels = out_channels if out_channels is not None else self.concat_channels
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor]:
-        check_inputs(type(self).__name__, inputs, self.in_channels)
+    def forward(self, inputs: List[torch.Tensor]) -> Tuple[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            check_inputs(type(self).__name__, inputs, self.in_channels)
         out = upsample_concat(inputs, 'bilinear', self.align_corners)
-        return (out if self.mix is None else self.mix(out),)
+        if self.mix is not None:
+            out = self.mix(out)
+        return (out,)
 
 
 @MODELS.register_module()
@@ -125,6 +167,8 @@ class HRNetV2pNeck(BaseModule):
         with ``h_l = floor(H_0 / 2**l)`` before the level conv's stride.
     """
 
+    __jit_unused_properties__ = ['is_init']  # mmengine's property, not needed by the compiled forward
+
     def __init__(self, in_channels: ChannelsArg, out_channels: int = 256, num_outs: int = 5,
                  pooling_type: str = 'AVG', conv_cfg: Optional[dict] = None, norm_cfg: Optional[dict] = None,
                  with_cp: bool = False, stride: int = 1,
@@ -141,20 +185,33 @@ class HRNetV2pNeck(BaseModule):
         self.num_outs = num_outs
         self.with_cp = with_cp
         self.norm_cfg = norm_cfg
-        self.reduction_conv = ConvModule(sum(self.in_channels), out_channels, 1, conv_cfg=conv_cfg,
-                                         norm_cfg=norm_cfg, act_cfg=None)
+        self.reduction_conv = ScriptableConvModule(sum(self.in_channels), out_channels, 1, conv_cfg=conv_cfg,
+                                                   norm_cfg=norm_cfg, act_cfg=None)
         self.fpn_convs = nn.ModuleList(
-            ConvModule(out_channels, out_channels, 3, padding=1, stride=stride, conv_cfg=conv_cfg,
-                       norm_cfg=norm_cfg, act_cfg=None) for _ in range(num_outs))
-        self.pooling = F.max_pool2d if pooling_type == 'MAX' else F.avg_pool2d
+            ScriptableConvModule(out_channels, out_channels, 3, padding=1, stride=stride, conv_cfg=conv_cfg,
+                                 norm_cfg=norm_cfg, act_cfg=None) for _ in range(num_outs))
+        self.pooling_type = pooling_type
 
     def _run(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(layer, x, use_reentrant=False)
         return layer(x)
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-        check_inputs(type(self).__name__, inputs, self.in_channels)
-        out = self._run(self.reduction_conv, upsample_concat(inputs, 'bilinear', False))
-        levels = [out] + [self.pooling(out, kernel_size=2 ** i, stride=2 ** i) for i in range(1, self.num_outs)]
-        return tuple(self._run(conv, x) for conv, x in zip(self.fpn_convs, levels))
+    def _pool(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        if self.pooling_type == 'MAX':
+            return F.max_pool2d(x, kernel_size=k, stride=k)
+        return F.avg_pool2d(x, kernel_size=k, stride=k)
+
+    def forward(self, inputs: List[torch.Tensor]):
+        """Maps the branch maps to a tuple of ``num_outs`` levels (a list when scripted)."""
+        if torch.jit.is_scripting():
+            out = self.reduction_conv(upsample_concat(inputs, 'bilinear', False))
+            outs: List[torch.Tensor] = []
+            for i, conv in enumerate(self.fpn_convs):
+                outs.append(conv(out if i == 0 else self._pool(out, 1 << i)))
+            return outs
+        else:
+            check_inputs(type(self).__name__, inputs, self.in_channels)
+            out = self._run(self.reduction_conv, upsample_concat(inputs, 'bilinear', False))
+            levels = [out] + [self._pool(out, 1 << i) for i in range(1, self.num_outs)]
+            return tuple(self._run(conv, x) for conv, x in zip(self.fpn_convs, levels))
