@@ -155,6 +155,8 @@ class _DatasetCheck:
         self.cls = _dataset_class(scope, self.type)
         self.data_root = ds.get('data_root', _default(self.cls, 'data_root', '')) or ''
         self.ann_file = ds.get('ann_file', _default(self.cls, 'ann_file', '')) or ''
+        if not isinstance(self.ann_file, str):
+            self.ann_file = ''
         prefix = ds.get('data_prefix', _default(self.cls, 'data_prefix', None))
         if isinstance(prefix, str):  # mmpretrain accepts a string: the image folder
             prefix = dict(img_path=prefix)
@@ -284,7 +286,12 @@ def check_datasets(cfg: Any, loaders: Sequence[str], scope: str) -> None:
             continue
         for ds, key in _leaf_datasets(loader['dataset'], f'{field}.dataset'):
             test_mode = ds.get('test_mode', field != 'train_dataloader')
-            _DatasetCheck(ds, key, scope).run(bool(test_mode))
+            try:
+                _DatasetCheck(ds, key, scope).run(bool(test_mode))
+            except UserInputError:
+                raise
+            except Exception:  # a dataset config these checks don't understand: the library will judge it
+                continue
         evaluator_field = {'val_dataloader': 'val_evaluator', 'test_dataloader': 'test_evaluator'}.get(field)
         for path, key in _evaluator_ann_files(cfg.get(evaluator_field, None) if evaluator_field else None,
                                               str(evaluator_field)):
@@ -368,7 +375,7 @@ def user_error_message(exc: BaseException) -> Optional[str]:
             what = 'file not found' if isinstance(exc, FileNotFoundError) else 'expected a file, found a folder'
             if name is not None:
                 return f'{what}: {name}; check the paths in the config (data_root, ann_file, data_prefix, load_from)'
-            return f'{what}: {_first_line(exc)}'
+            return f'{type(exc).__name__}: {_first_line(exc)}'
         if isinstance(exc, json.JSONDecodeError):
             return f'invalid JSON file ({exc}); check the annotation files of the config'
         if isinstance(exc, KeyError) and 'is not in the' in _first_line(exc) and 'registry' in _first_line(exc):

@@ -136,6 +136,11 @@ def test_test_tool_checks_the_test_data(tmp_path: Path) -> None:
     _one_line_error(proc, 'test.py', 'dataset folder not found', f'{tmp_path}/x', '(test_dataloader.dataset.data_root)')
 
 
+def test_missing_checkpoint_to_resume_from_is_one_line(tmp_path: Path) -> None:
+    proc = _tool(tmp_path, TRAIN, CLS, '--resume', 'nope.pth')
+    _one_line_error(proc, 'train.py', 'checkpoint not found: nope.pth (--resume)')
+
+
 @pytest.fixture
 def cls_cwd(tmp_path: Path) -> Path:
     """A tmp cwd with a tiny ImageNet-style demo set (1 image per class and split)."""

@@ -283,8 +283,8 @@ def train_loaders(cfg: Any) -> List[str]:
 def command_line(argv: Optional[List[str]]) -> List[str]:
     """The command that ran this tool (for the resume hint)."""
     args = sys.argv[1:] if argv is None else argv
-    return ['python', osp.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith('.py') else 'tools/train.py',
-            *args]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith('train.py') else 'tools/train.py'
+    return ['python', script, *args]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -304,6 +304,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             setup_cache_size_limit_of_dynamo()  # fewer recompilations, as mmdet's tool
         cfg = merge_train_args(cfg, args, scope)
+        load_from = cfg.get('load_from', None)
+        if isinstance(load_from, str) and '://' not in load_from and not osp.isfile(load_from):
+            where = '--resume' if args.resume not in (None, 'auto') else 'load_from in the config'
+            raise ToolError(f'checkpoint not found: {load_from} ({where})')
         tool_utils.check_datasets(cfg, train_loaders(cfg), scope)
         with tool_utils.quiet_startup(args.verbose):
             runner = build_runner(cfg, scope)
