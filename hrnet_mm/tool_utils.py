@@ -164,7 +164,7 @@ class _DatasetCheck:
             prefix = dict(img_path=ds['split'])
         self.prefix = dict(prefix or {})
         self.coco = bool(self.ann_file) and str(self.ann_file).endswith('.json') and _coco_style(scope, self.cls)
-        self.folder = scope == 'mmpretrain' and not self.ann_file
+        self.folder = scope == 'mmpretrain' and not self.ann_file and ds.get('with_label', True) is not False
         if self.folder and not self.prefix.get('img_path') and self.data_root:
             self.prefix['img_path'] = ''  # the class folders are in data_root itself
         self.kind = _demo_kind(scope, self.cls, self.coco, self.folder)
