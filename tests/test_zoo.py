@@ -101,7 +101,7 @@ def _cache_files(zoo):
     return sorted(p.name for p in zoo['cache'].iterdir()) if zoo['cache'].exists() else []
 
 
-def test_pretrained_by_name_downloads_once_then_hits_the_cache(zoo, server):
+def test_pretrained_by_name_downloads_once_then_hits_the_cache(zoo, server, capsys):
     m = HRNet(extra=dict(TINY_EXTRA), init_cfg=dict(type='Pretrained', checkpoint='hrnet_mm://tiny'))
     m.init_weights()
     for k, v in zoo['model'].state_dict().items():
@@ -110,6 +110,9 @@ def test_pretrained_by_name_downloads_once_then_hits_the_cache(zoo, server):
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.load_checkpoint('hrnet_mm://tiny')  # the path load_from takes
     assert server.hits == [zoo['path']]  # one download
+    err = capsys.readouterr().err  # not a terminal: one line at the start, one at the end
+    assert f'hrnet_mm: downloading {server.url}{zoo["path"]}' in err
+    assert 'hrnet_mm: downloaded tiny_hrnet-' in err and err.count('\n') == 2
 
 
 def test_hash_mismatch_is_an_error_and_leaves_no_cache_file(zoo, server):

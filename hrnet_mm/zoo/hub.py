@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import os.path as osp
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Optional
+from typing import Optional, TextIO
 
 from ..models.checkpoint import CheckpointFileError
 from .weights import ZooEntry, get_entry
@@ -73,6 +75,36 @@ def _check_head(head: bytes, origin: str) -> None:
         raise CheckpointFileError(f'{origin}: not a PyTorch checkpoint (starts with {head[:8]!r})')
 
 
+class _Progress:
+    """Download progress on stderr: a self-updating line on a terminal, otherwise one line at the start and one
+    at the end (logs stay short)."""
+
+    def __init__(self, url: str, total: Optional[int], stream: Optional[TextIO] = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.total, self.start, self.last = total, time.monotonic(), 0.0
+        size = f' ({total / 2**20:.1f} MB)' if total else ''
+        self.name = osp.basename(urllib.parse.urlparse(url).path) or url
+        self.stream.write(f'hrnet_mm: downloading {url}{size}\n')
+        self.stream.flush()
+
+    def update(self, received: int) -> None:
+        now = time.monotonic()
+        if not self.tty or now - self.last < 0.5:
+            return
+        self.last = now
+        pct = f'{100 * received / self.total:5.1f}% ' if self.total else ''
+        rate = received / 2**20 / max(now - self.start, 1e-6)
+        self.stream.write(f'\r  {self.name}: {pct}{received / 2**20:.1f} MB, {rate:.1f} MB/s')
+        self.stream.flush()
+
+    def done(self, received: int) -> None:
+        seconds = time.monotonic() - self.start
+        self.stream.write(('\r' if self.tty else '') + f'hrnet_mm: downloaded {self.name}: '
+                          f'{received / 2**20:.1f} MB in {seconds:.1f} s\n')
+        self.stream.flush()
+
+
 def download(url: str, dest: str, hash_prefix: Optional[str] = None, timeout: float = 60.0) -> str:
     """Downloads ``url`` to ``dest`` atomically and verifies it.
 
@@ -89,9 +121,11 @@ def download(url: str, dest: str, hash_prefix: Optional[str] = None, timeout: fl
                 request = urllib.request.Request(url, headers={'User-Agent': 'hrnet_mm'})
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     expected = response.headers.get('Content-Length')
+                    progress = _Progress(url, int(expected) if expected is not None else None)
                     for chunk in iter(lambda: response.read(CHUNK), b''):
                         out.write(chunk)
                         received += len(chunk)
+                        progress.update(received)
             except urllib.error.HTTPError as exc:
                 raise CheckpointFileError(f'{url}: HTTP {exc.code} {exc.reason}') from exc
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -101,6 +135,7 @@ def download(url: str, dest: str, hash_prefix: Optional[str] = None, timeout: fl
             raise CheckpointFileError(f'{url}: download interrupted: received {received} of {expected} bytes')
         check_file(tmp, hash_prefix, url)
         os.replace(tmp, dest)
+        progress.done(received)
     except BaseException:
         if osp.exists(tmp):
             os.unlink(tmp)
