@@ -168,6 +168,32 @@ def test_unknown_dataset_type_is_one_line(cls_cwd: Path) -> None:
     _one_line_error(proc, 'train.py', 'NoSuchSet is not in the mmpretrain::dataset registry', '--debug')
 
 
+BUGGY_HOOK = '''
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module(force=True)
+class BuggyHook(Hook):
+    def before_train(self, runner):
+        raise KeyError('a bug in a hook')
+'''
+
+
+def test_other_errors_keep_their_traceback(cls_cwd: Path) -> None:
+    """Errors that are not clearly caused by the input (here a hook's KeyError) are not hidden."""
+    (cls_cwd / 'buggy_hook.py').write_text(BUGGY_HOOK)
+    (cls_cwd / 'cfg.py').write_text(f'_base_ = {CLS!r}\n'
+                                    "custom_imports = dict(imports=['hrnet_mm', 'buggy_hook'])\n"
+                                    "custom_hooks = [dict(type='BuggyHook')]\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(cls_cwd), ROOT, os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, TRAIN, 'cfg.py', '--work-dir', 'work'], cwd=cls_cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback (most recent call last)' in proc.stderr and "KeyError: 'a bug in a hook'" in proc.stderr
+    assert 'train.py: error' not in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------- quiet logs
 
 
