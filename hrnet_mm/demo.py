@@ -33,7 +33,7 @@ import torch
 from .registry import build_in_scope
 from .utils import count_macs, count_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # through a symlinked install too
 
 
 @dataclass(frozen=True)
