@@ -93,11 +93,12 @@ def load_weights(module: torch.nn.Module, checkpoint: str, part: str) -> int:
 
     if not os.path.isfile(checkpoint):
         raise ToolError(f'checkpoint not found: {checkpoint}')
+    from mmengine.runner.checkpoint import _load_checkpoint
+
     try:
-        from mmengine.runner.checkpoint import _load_checkpoint
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            state = unwrap_state_dict(_load_checkpoint(checkpoint, map_location='cpu'))
+            state = unwrap_state_dict(_load_checkpoint(checkpoint, map_location='cpu', logger='silent'))
     except Exception as e:  # a truncated or non-PyTorch file, an HTML page, ...
         raise ToolError(f'cannot load checkpoint {checkpoint}: {type(e).__name__}: '
                         f'{(str(e).strip().splitlines() or [""])[0]}')
