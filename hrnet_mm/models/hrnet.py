@@ -195,7 +195,7 @@ class HRNet(BaseModule, NamedNorms):
         out_strides: Stride of each returned map relative to the input (4, 8, 16, 32 for the four branches).
     """
 
-    # Python-side helpers that TorchScript need not (and cannot) compile.
+    # Python-side properties (mmengine's is_init included) that TorchScript need not, and cannot, compile.
     __jit_unused_properties__ = ['norm1', 'norm2', 'num_stages', 'is_init']
 
     def __init__(self,
