@@ -2,16 +2,21 @@
 
 :func:`to_deploy` returns a copy of a model (any module tree containing hrnet_mm modules, or a whole
 mmdet/mmseg/mmpose/mmpretrain model) in eval mode with every convolution+batch-norm pair folded into one
-convolution, optionally in ``channels_last`` memory format and compiled with ``torch.compile``. Outputs equal
-the original's within float32 rounding (the folding changes the order of a few multiplications).
+convolution, in ``channels_last`` memory format and, on CPU, with the hrnet_mm modules' graphs rewritten to
+oneDNN convolutions whose weights are packed once (per input shape) and which fuse the ReLU and the residual
+or multi-resolution sum that follows them (:func:`fuse_onednn`). ``compile=True`` compiles it with
+``torch.compile`` (inductor with weight freezing). Outputs equal the original's within float32 rounding (the
+folding and the fused sums change the order of a few operations).
 """
 from __future__ import annotations
 
 import copy
-from typing import Tuple
+import operator
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -60,15 +65,219 @@ def fold_batchnorm(model: nn.Module) -> int:
     return count
 
 
-def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = False, inplace: bool = False
-              ) -> nn.Module:
-    """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, optionally compiled.
+def onednn_available() -> bool:
+    """Whether this torch has the oneDNN (mkldnn) fused convolution ops used by :class:`OneDNNConv2d`."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+            and hasattr(torch.ops.mkldnn, '_reorder_convolution_weight'))
+
+
+class OneDNNConv2d(nn.Module):
+    """``relu?(conv(x) [+ other])`` as one oneDNN call with the weight packed once per input shape.
+
+    The same ops that inductor's weight freezing emits, called eagerly. On other devices or dtypes, or when
+    oneDNN is missing, it runs the plain ``F.conv2d`` (+ add) (+ relu) with identical results.
 
     Args:
-        model: Any module; it is copied unless ``inplace``.
+        conv: A zero-padded ``nn.Conv2d`` (its weight and bias are copied).
+        relu: Apply a ReLU to the result.
+        add: ``forward`` takes a second tensor that is added to the convolution before the ReLU.
+        inplace: Write the result into that second tensor (only when nothing else reads it).
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool = False, add: bool = False, inplace: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu, self.add, self.inplace = relu, add, inplace
+        self._packed: Dict[Tuple[Any, ...], torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        cin, cout = self.weight.shape[1] * self.groups, self.weight.shape[0]
+        return (f'{cin}, {cout}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, '
+                f'relu={self.relu}, add={self.add}, inplace={self.inplace}')
+
+    def __deepcopy__(self, memo):  # packed weights are opaque oneDNN tensors: repack after a copy
+        new = copy.copy(self)
+        memo[id(self)] = new
+        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != '_packed'}
+        new._packed = {}
+        return new
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .half() / ...: drop packed weights
+        self._packed = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _fast(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
+        if not (x.device.type == 'cpu' and x.dtype == self.weight.dtype == torch.float32 and x.dim() == 4
+                and self.weight.device.type == 'cpu' and onednn_available()):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                        or (other is not None and other.requires_grad)):
+            return False  # the fused ops have no backward
+        if other is None:
+            return True
+        k = self.weight.shape[2:]
+        size = [(x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (k[i] - 1) - 1) // self.stride[i] + 1
+                for i in range(2)]
+        return other.dtype == x.dtype and list(other.shape) == [x.shape[0], self.weight.shape[0], *size]
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        w = self._packed.get(key)
+        if w is None:
+            if len(self._packed) >= 8:  # many input sizes: keep the most recent few
+                self._packed.pop(next(iter(self._packed)))
+            w = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, self.dilation,
+                                                             self.groups, list(x.shape))
+            self._packed[key] = w
+        return w
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self._fast(x, other):
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if other is not None:
+                y = y + other
+            return F.relu(y) if self.relu else y
+        w = self._packed_weight(x)
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, *args, 'relu' if self.relu else 'none',
+                                                           [], '')
+        unary = 'relu' if self.relu else None
+        if self.inplace and other.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
+                memory_format=torch.channels_last):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, self.bias, *args, 'add', 1.0, unary,
+                                                                   [], '')
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, w, self.bias, *args, 'add', 1.0, unary, [], '')
+
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+
+
+def _is_relu(gm: 'torch.fx.GraphModule', node: 'torch.fx.Node') -> bool:
+    if node.op == 'call_module':
+        return type(gm.get_submodule(node.target)) is nn.ReLU
+    if node.op == 'call_method':
+        return node.target in ('relu', 'relu_') and len(node.args) == 1 and not node.kwargs
+    return node.op == 'call_function' and node.target in _RELU_FUNCTIONS and len(node.args) == 1 and (
+        not node.kwargs or set(node.kwargs) == {'inplace'})
+
+
+def _is_add(node: 'torch.fx.Node') -> bool:
+    import torch.fx as fx
+    return (node.op == 'call_function' and node.target in _ADD_FUNCTIONS and len(node.args) == 2 and not node.kwargs
+            and all(isinstance(a, fx.Node) for a in node.args))
+
+
+def _owns_result(gm: 'torch.fx.GraphModule', node: 'torch.fx.Node') -> bool:
+    """Whether ``node`` returns a fresh tensor (not an input, a view or a list element), so it may be overwritten."""
+    if node.op == 'call_module':
+        return isinstance(gm.get_submodule(node.target), OneDNNConv2d)
+    return node.op == 'call_function' and node.target in (operator.add, torch.add, F.interpolate)
+
+
+def fuse_onednn(module: nn.Module, inplace_add: bool = True) -> 'torch.fx.GraphModule':
+    """Traces ``module`` with ``torch.fx`` and replaces every ``Conv2d`` [-> add] [-> ReLU] by one
+    :class:`OneDNNConv2d`; ``nn.Identity`` (folded BN) disappears. Fold the BNs first (:func:`fold_batchnorm`).
+
+    Public attributes of plain types (``out_channels``, ...) are copied to the returned module. Raises whatever
+    ``torch.fx.symbolic_trace`` raises when the forward cannot be traced.
+    """
+    import torch.fx as fx
+    gm = fx.symbolic_trace(module)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == 'call_module' and type(gm.get_submodule(node.target)) is nn.Identity:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != 'call_module' or type(gm.get_submodule(node.target)) is not nn.Conv2d:
+            continue
+        conv = gm.get_submodule(node.target)
+        if conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or len(node.args) != 1 or node.kwargs:
+            continue
+        last, other, inplace = node, None, False
+        if len(node.users) == 1 and _is_add(next(iter(node.users))):
+            add = next(iter(node.users))
+            if add.args[0] is not add.args[1]:
+                other = add.args[1] if add.args[0] is node else add.args[0]
+                last = add
+                inplace = inplace_add and _owns_result(gm, other) and len(other.users) == 1
+        relu = len(last.users) == 1 and _is_relu(gm, next(iter(last.users)))
+        if relu:
+            last = next(iter(last.users))
+        name = f'onednn_conv{count}'
+        count += 1
+        gm.add_submodule(name, OneDNNConv2d(conv, relu=relu, add=other is not None, inplace=inplace))
+        with graph.inserting_before(last):
+            new = graph.call_module(name, (node.args[0],) if other is None else (node.args[0], other))
+        last.replace_all_uses_with(new)
+        graph.eliminate_dead_code()
+    graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    for key, value in vars(module).items():
+        if not key.startswith('_') and key != 'training' and isinstance(value, (bool, int, float, str, tuple, list)):
+            setattr(gm, key, copy.deepcopy(value))
+    return gm
+
+
+def _is_ours(module: nn.Module) -> bool:
+    return type(module).__module__.startswith('hrnet_mm.')
+
+
+def _fuse_ours(model: nn.Module) -> nn.Module:
+    """Applies :func:`fuse_onednn` to the outermost hrnet_mm modules (backbone, necks) inside ``model``."""
+    if _is_ours(model):
+        try:
+            return fuse_onednn(model)
+        except Exception:  # noqa: BLE001 - an untraceable forward keeps its eager form (BN still folded)
+            pass
+    for name, child in list(model.named_children()):
+        new = _fuse_ours(child)
+        if new is not child:
+            setattr(model, name, new)
+    return model
+
+
+class CompiledDeploy(nn.Module):
+    """Holds the deploy module and its ``torch.compile``d version; calls run under ``no_grad`` (inductor's weight
+    freezing needs it). ``module`` is the uncompiled model."""
+
+    def __init__(self, module: nn.Module, options: Optional[Dict[str, Any]] = None, dynamic: Optional[bool] = None
+                 ) -> None:
+        super().__init__()
+        self.module = module
+        self.options = dict(options or {})
+        self._compiled = torch.compile(module, options=self.options, dynamic=dynamic)
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self._compiled(*args, **kwargs)
+
+
+def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = False, inplace: bool = False,
+              fuse: Optional[bool] = None, freezing: bool = True, compile_options: Optional[Dict[str, Any]] = None
+              ) -> nn.Module:
+    """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, fused, optionally compiled.
+
+    Args:
+        model: Any module; it is copied unless ``inplace``. Only the hrnet_mm modules in it get fused.
         channels_last: Store weights (and expect inputs) in ``torch.channels_last``; faster on CPU and GPU.
-        compile: Wrap with ``torch.compile`` (one-off compile time on the first call).
-        inplace: Modify ``model`` itself.
+        compile: Wrap with ``torch.compile`` (inductor; one-off compile time on the first call, tens of seconds
+            on CPU). Then ``fuse`` defaults to False: inductor does its own fusion and weight packing.
+        inplace: Modify ``model`` itself (the fused modules replace the originals in their parents).
+        fuse: Rewrite the hrnet_mm modules' conv [+ add] [+ ReLU] chains into prepacked oneDNN convolutions
+            (:func:`fuse_onednn`; CPU float32, other devices run the same graph with plain ops). Default: on
+            when oneDNN is available and ``compile`` is off.
+        freezing: With ``compile``, turn on inductor's weight freezing for this model only (weights become
+            constants, folded and prepacked for oneDNN); the global inductor config is untouched.
+        compile_options: Extra inductor options for ``torch.compile`` (e.g. ``{'max_autotune': True}``).
 
     Returns:
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
@@ -80,6 +289,13 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         p.requires_grad_(False)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
+    if fuse is None:
+        fuse = onednn_available() and not compile
+    if fuse:
+        m = _fuse_ours(m)
     if compile:
-        m = torch.compile(m)
+        options = dict(compile_options or {})
+        if freezing:
+            options.setdefault('freezing', True)
+        m = CompiledDeploy(m, options)
     return m

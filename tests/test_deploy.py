@@ -40,3 +40,93 @@ def test_deploy_with_necks():
 def test_fold_refuses_train_mode():
     with pytest.raises(ValueError, match='eval mode'):
         fold_batchnorm(HRNet(extra=copy.deepcopy(TINY_EXTRA)).train())
+
+
+def _onednn_convs(model):
+    from hrnet_mm.deploy import OneDNNConv2d
+    return [m for m in model.modules() if isinstance(m, OneDNNConv2d)]
+
+
+def test_deploy_fuses_hrnet_convs_with_relu_and_sums():
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    d = to_deploy(m)
+    convs = _onednn_convs(d)
+    assert len(convs) == sum(isinstance(x, nn.Conv2d) for x in m.modules())
+    assert any(c.relu and c.add for c in convs)  # residual sum + ReLU
+    assert any(c.relu and not c.add for c in convs)
+    assert d.out_channels == m.out_channels  # public attributes survive the rewrite
+    assert not _onednn_convs(to_deploy(m, fuse=False))
+
+
+def test_deploy_is_copyable_and_runs_with_grad_enabled():
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    d = to_deploy(m)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        d(x)  # packs the weights
+    d2 = copy.deepcopy(d)
+    x_grad = x.clone().requires_grad_()
+    for out in (d2(x), d(x_grad)):  # a copy repacks; an input that needs grad takes the plain ops
+        for a, b in zip(out, ref):
+            assert rel_err(b.detach(), a) < 1e-4
+    sum(o.sum() for o in d(x_grad)).backward()
+    assert x_grad.grad is not None
+
+
+@pytest.mark.parametrize('relu,add,inplace', [(False, False, False), (True, False, False), (False, True, False),
+                                              (True, True, False), (True, True, True)])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_onednn_conv_equals_conv_add_relu(relu, add, inplace, stride):
+    from hrnet_mm.deploy import OneDNNConv2d
+    conv = randomize_(nn.Conv2d(8, 16, 3, stride=stride, padding=1))
+    fused = OneDNNConv2d(conv, relu=relu, add=add, inplace=inplace)
+    x = torch.randn(2, 8, 13, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = conv(x)
+        other = torch.randn_like(y) if add else None
+        ref = y + other if add else y
+        ref = ref.relu() if relu else ref
+        out = fused(x, other.clone() if add else None) if add else fused(x)
+        assert rel_err(out, ref) < 1e-5
+        if add:  # a summand that broadcasts takes the plain path
+            other = torch.randn(1, 16, 1, 1)
+            ref = conv(x) + other
+            ref = ref.relu() if relu else ref
+            assert rel_err(fused(x, other), ref) < 1e-5
+
+
+def test_deploy_nchw_input_and_no_channels_last():
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ref = m(x)
+        for d in (to_deploy(m), to_deploy(m, channels_last=False)):
+            for a, b in zip(ref, d(x)):
+                assert rel_err(b, a) < 1e-4
+
+
+def test_deploy_compile_uses_freezing_without_leaking_config():
+    import torch._inductor.config as inductor_config
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    before = inductor_config.freezing
+    d = to_deploy(m, compile=True)
+    assert d.options.get('freezing') is True
+    assert not _onednn_convs(d)  # inductor fuses and packs itself
+    assert to_deploy(m, compile=True, freezing=False).options.get('freezing') is None
+    assert inductor_config.freezing == before
+
+
+@pytest.mark.slow
+def test_deploy_compiled_equals_training_ready_model():
+    import torch._inductor.config as inductor_config
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    before = inductor_config.freezing
+    d = to_deploy(m, compile=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+    out = d(x.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(ref, out):
+        assert rel_err(b, a) < 1e-4
+    assert inductor_config.freezing == before
