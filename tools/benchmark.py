@@ -3,21 +3,33 @@
 Every implementation of a case is built with the same weights (the peer's state dict is loaded into hrnet_mm
 with ``strict=True``); their outputs are checked to agree before anything is timed. Then each is timed in the
 same process, interleaved round by round so that machine noise hits all alike, and the table reports the
-median latency, throughput, peak memory (CUDA) and the speed ratio to the fastest peer (> 1: faster).
+median latency, throughput, peak memory (CUDA; on CPU with ``--memory``), the speed ratio to the fastest peer
+(> 1: faster) and, for the deploy models, the one-off preparation time (``to_deploy`` + first call, which
+includes the compile time of ``hrnet_mm-deploy-compiled``).
 
 Implementations:
-  hrnet_mm            the training-ready module (what configs build), eval mode
-  hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last (``--compile`` adds torch.compile)
+  hrnet_mm            the training-ready module (what configs build)
+  hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last, prepacked and fused oneDNN
+                      convolutions (infer only)
+  hrnet_mm-deploy-compiled   ``to_deploy(model, compile=True)``: torch.compile with inductor weight freezing
+                      (infer only, with ``--compile``)
+  hrnet_mm-cl         prototype: hrnet_mm with channels_last weights that converts its input to channels_last
+                      itself (train only; its gradients are checked against hrnet_mm's)
   mmdet, mmseg, mmpose, mmpretrain, timm   the peers' backbones (mmseg fuses with bilinear upsampling, so
                       hrnet_mm is compared with it in its bilinear setting)
 
 Modes: ``infer`` (no grad, eval) and ``train`` (forward + backward + SGD step, train mode, as a runner does).
+``--memory`` adds the CPU peak memory of one more step per implementation (allocator total during the step
+above its start, from ``torch.profiler``'s memory events: activations, gradients, temporaries) and a table of
+the training-step peak memory of hrnet_mm with and without ``with_cp`` (W32 512x512 batch 2 by default).
 
 Examples::
 
     python tools/benchmark.py                                  # the default cases, CPU, fp32
     python tools/benchmark.py --cases w32-pose-b1 --mode infer --repeats 20 --json out.json
     python tools/benchmark.py --device cuda --dtype bf16 --channels-last
+    python tools/benchmark.py --cases w32-pose-b1 w18-seg-b1 --mode infer --compile   # + compiled deploy model
+    python tools/benchmark.py --mode train --memory --memory-cases w32-mem-b2          # + CPU memory, with_cp
 """
 from __future__ import annotations
 
@@ -60,9 +72,22 @@ CASES = {c.name: c for c in [
     Case('w48-seg-b1', 'w48', 512, 1024, 1, ('infer', 'train')),
     Case('w32-det-b1', 'w32', 800, 1333, 1, ('infer', 'train')),
     Case('w18-train-b2', 'w18', 256, 256, 2, ('train',)),
+    Case('w32-mem-b2', 'w32', 512, 512, 2, ('train',)),
 ]}
 DEFAULT_CASES = ['w32-pose-b1', 'w18-seg-b1', 'w18-train-b2']  # the rest: --cases, they take minutes on CPU
 PEERS = ['mmdet', 'mmseg', 'mmpose', 'mmpretrain', 'timm']
+
+
+class ChannelsLastHRNet(HRNet):
+    """Prototype of a channels_last default for training: weights stored channels_last, the input converted in
+    ``forward``. Same function and parameters as :class:`HRNet` (only the memory layout differs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor):
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 def _extra(arch: str) -> dict:
@@ -99,9 +124,11 @@ def _randomize(module: nn.Module, seed: int = 0) -> None:
                 t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
 
 
-def build_impls(case: Case, names: List[str], compile_deploy: bool) -> Dict[str, nn.Module]:
-    """Peers with random weights, and hrnet_mm with the same weights (strict load)."""
+def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] = None) -> Dict[str, nn.Module]:
+    """Peers with random weights, and hrnet_mm with the same weights (strict load). ``prep`` receives the
+    seconds each deploy model took to prepare."""
     impls: Dict[str, nn.Module] = {}
+    prep = {} if prep is None else prep
     reference = None
     for name in names:
         if name.startswith('hrnet_mm'):
@@ -128,8 +155,14 @@ def build_impls(case: Case, names: List[str], compile_deploy: bool) -> Dict[str,
         for m in impls['hrnet_mm-bilinear'].modules():
             if hasattr(m, 'upsample_mode'):
                 m.upsample_mode, m.align_corners = 'bilinear', False
-    if 'hrnet_mm-deploy' in names:
-        impls['hrnet_mm-deploy'] = to_deploy(ours.eval(), compile=compile_deploy)
+    if 'hrnet_mm-cl' in names:
+        impls['hrnet_mm-cl'] = ChannelsLastHRNet(arch=case.arch)
+        impls['hrnet_mm-cl'].load_state_dict(ours.state_dict(), strict=True)
+    for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True))):
+        if name in names:
+            t0 = time.perf_counter()
+            impls[name] = to_deploy(ours.eval(), **kwargs)
+            prep[name] = time.perf_counter() - t0
     return impls
 
 
@@ -138,9 +171,12 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4) -> Dict[str, float]:
-    """Max relative error of each implementation's outputs against hrnet_mm's (mmseg against bilinear)."""
+def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4,
+                    prep: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Max relative error of each implementation's outputs against hrnet_mm's (mmseg against bilinear).
+    The first call of each deploy model (its one-off preparation, compile included) is added to ``prep``."""
     errs = {}
+    prep = {} if prep is None else prep
     with torch.no_grad():
         for m in impls.values():
             m.eval()
@@ -148,13 +184,61 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
         ref_bilinear = _outputs(impls['hrnet_mm-bilinear'], x) if 'hrnet_mm-bilinear' in impls else None
         for name, m in impls.items():
             base = ref_bilinear if name in ('mmseg', 'hrnet_mm-bilinear') else ref
+            t0 = time.perf_counter()
             outs = _outputs(m, x.contiguous(memory_format=torch.channels_last) if 'deploy' in name else x)
+            if name in prep:
+                prep[name] += time.perf_counter() - t0
             err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
                       for a, b in zip(outs, base))
             errs[name] = err
             if err > tol:
                 raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {tol}')
     return errs
+
+
+def _grads(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    model = copy.deepcopy(model).train()
+    sum(o.square().mean() for o in _outputs(model, x)).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def check_gradients(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4) -> Dict[str, float]:
+    """Gradient agreement of the ``hrnet_mm-*`` training variants with hrnet_mm: the max over parameters of
+    ``max|g - g_ref| / max|g_ref|``, computed in float64, where any difference is a different function rather than
+    rounding (in float32 the deep random networks here amplify rounding to ~1e-2 for any change of kernel)."""
+    errs: Dict[str, float] = {}
+    names = [k for k in impls if k.startswith('hrnet_mm-') and 'deploy' not in k and 'bilinear' not in k]
+    if not names:
+        return errs
+    ref = _grads(impls['hrnet_mm'].double(), x.double())
+    impls['hrnet_mm'].float()
+    for name in names:
+        grads = _grads(impls[name].double(), x.double())
+        impls[name].float()
+        errs[name] = max(((grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item() for k, g in ref.items())
+        if errs[name] > tol:
+            raise SystemExit(f'{name} gradients disagree with hrnet_mm: relative error {errs[name]:.2e} > {tol}')
+    return errs
+
+
+def peak_cpu_memory_mb(step: Callable[[], None]) -> float:
+    """Peak CPU memory of one call of ``step`` above what was allocated when it started (MiB): the maximum of
+    the allocator's running total over the profiler's allocation events."""
+    from torch._C._profiler import _EventType
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == 'cpu':
+            events.append((e.start_time_ns, e.extra_fields.total_allocated, e.extra_fields.alloc_size))
+        stack.extend(e.children)
+    if not events:
+        return 0.0
+    events.sort()
+    start = events[0][1] - events[0][2]
+    return max(total for _, total, _ in events) / 2 ** 20 - start / 2 ** 20
 
 
 def _timer(device: torch.device) -> Callable[[], float]:
@@ -200,15 +284,22 @@ class Row:
     peak_mem_mb: Optional[float]
     ratio_to_fastest_peer: float = 0.0
     rel_err: Optional[float] = None
+    prep_s: Optional[float] = None
 
 
 def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
-    names = ['hrnet_mm', *args.peers] + (['hrnet_mm-deploy'] if mode == 'infer' else [])
-    impls = build_impls(case, names, args.compile)
+    if mode == 'infer':
+        names = ['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
+    else:
+        names = ['hrnet_mm', *args.peers] + ([] if args.no_prototypes else ['hrnet_mm-cl'])
+    prep: Dict[str, float] = {}
+    impls = build_impls(case, names, prep)
     x = torch.randn(case.batch, 3, case.height, case.width)
     check_x = x[:1] if case.batch > 1 else x
-    errs = check_agreement(impls, check_x)
+    errs = check_agreement(impls, check_x, prep=prep)
     impls.pop('hrnet_mm-bilinear', None)
+    if mode == 'train':
+        errs.update(check_gradients(impls, check_x[..., :128, :128]))
     if args.channels_last:
         impls = {k: v.to(memory_format=torch.channels_last) for k, v in impls.items()}
         x = x.contiguous(memory_format=torch.channels_last)
@@ -217,12 +308,8 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     autocast = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
     steps = {k: make_step(k, m, x, mode, autocast, device) for k, m in impls.items()}
     now = _timer(device)
-    prep = {}
-    for k, step in steps.items():  # warm-up (and compile time of the deploy model)
-        t0 = now()
-        step()
-        prep[k] = now() - t0
-        for _ in range(args.warmup - 1):
+    for k, step in steps.items():  # warm-up
+        for _ in range(args.warmup):
             step()
     times: Dict[str, List[float]] = {k: [] for k in steps}
     peak: Dict[str, Optional[float]] = {k: None for k in steps}
@@ -235,16 +322,36 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
             times[k].append(now() - t0)
             if device.type == 'cuda':
                 peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated() / 2 ** 20)
+    if args.memory and device.type == 'cpu':
+        for k, step in steps.items():
+            peak[k] = peak_cpu_memory_mb(step)
     rows = []
     for k in steps:
         med = statistics.median(times[k])
-        rows.append(Row(case.name, mode, k, med * 1e3, case.batch / med, peak[k], rel_err=errs.get(k)))
+        rows.append(Row(case.name, mode, k, med * 1e3, case.batch / med, peak[k], rel_err=errs.get(k),
+                        prep_s=prep.get(k)))
     fastest_peer = min((r.median_ms for r in rows if r.impl in PEERS), default=None)
     for r in rows:
         r.ratio_to_fastest_peer = fastest_peer / r.median_ms if fastest_peer else float('nan')
-    if 'hrnet_mm-deploy' in prep:
-        print(f'  {case.name}: hrnet_mm-deploy first call (preparation{" + compile" if args.compile else ""}): '
-              f'{prep["hrnet_mm-deploy"]:.2f} s', file=sys.stderr)
+    return rows
+
+
+def run_memory_case(case: Case, args: argparse.Namespace) -> List[Row]:
+    """CPU peak memory of one training step of hrnet_mm without and with ``with_cp`` (same weights)."""
+    x = torch.randn(case.batch, 3, case.height, case.width)
+    rows = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        model = HRNet(arch=case.arch, with_cp=with_cp)
+        step = make_step('hrnet_mm', model, x, 'train', None, torch.device('cpu'))
+        step()  # gradients and optimizer state exist from here on, as in a runner
+        t0 = time.perf_counter()
+        mem = peak_cpu_memory_mb(step)
+        sec = time.perf_counter() - t0
+        rows.append(Row(case.name, 'train', 'hrnet_mm-with_cp' if with_cp else 'hrnet_mm', sec * 1e3,
+                        case.batch / sec, mem))
+    for r in rows:
+        r.ratio_to_fastest_peer = r.peak_mem_mb / rows[0].peak_mem_mb  # here: memory relative to without with_cp
     return rows
 
 
@@ -259,14 +366,24 @@ def environment(device: torch.device) -> Dict[str, str]:
 
 
 def format_table(rows: List[Row]) -> str:
-    head = f'{"case":<14} {"mode":<6} {"impl":<16} {"median ms":>10} {"img/s":>8} {"peak MB":>8} ' \
-           f'{"vs fastest peer":>15} {"rel err":>8}'
+    head = f'{"case":<14} {"mode":<6} {"impl":<25} {"median ms":>10} {"img/s":>8} {"peak MB":>8} ' \
+           f'{"vs fastest peer":>15} {"rel err":>8} {"prep s":>7}'
     lines = [head, '-' * len(head)]
     for r in rows:
         mem = f'{r.peak_mem_mb:.0f}' if r.peak_mem_mb is not None else '-'
         err = f'{r.rel_err:.0e}' if r.rel_err is not None else '-'
-        lines.append(f'{r.case:<14} {r.mode:<6} {r.impl:<16} {r.median_ms:>10.1f} {r.throughput:>8.2f} {mem:>8} '
-                     f'{r.ratio_to_fastest_peer:>14.2f}x {err:>8}')
+        prep = f'{r.prep_s:.1f}' if r.prep_s is not None else '-'
+        lines.append(f'{r.case:<14} {r.mode:<6} {r.impl:<25} {r.median_ms:>10.1f} {r.throughput:>8.2f} {mem:>8} '
+                     f'{r.ratio_to_fastest_peer:>14.2f}x {err:>8} {prep:>7}')
+    return '\n'.join(lines)
+
+
+def format_memory_table(rows: List[Row]) -> str:
+    head = f'{"case":<14} {"impl":<18} {"peak MB":>8} {"vs no with_cp":>13} {"step s":>7}'
+    lines = [head, '-' * len(head)]
+    for r in rows:
+        lines.append(f'{r.case:<14} {r.impl:<18} {r.peak_mem_mb:>8.0f} {r.ratio_to_fastest_peer:>12.2f}x '
+                     f'{r.median_ms / 1e3:>7.1f}')
     return '\n'.join(lines)
 
 
@@ -281,7 +398,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32', help='autocast dtype')
     parser.add_argument('--channels-last', action='store_true', help='run every implementation channels_last')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the deploy model')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time to_deploy(compile=True) (row hrnet_mm-deploy-compiled; compiles for ~1 min)')
+    parser.add_argument('--no-prototypes', action='store_true', help='leave out the hrnet_mm-cl training prototype')
+    parser.add_argument('--memory', action='store_true',
+                        help='CPU peak memory of every row, and the with_cp memory table of --memory-cases')
+    parser.add_argument('--memory-cases', nargs='*', default=['w32-mem-b2'], choices=sorted(CASES))
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--json', help='also write the rows and the environment as JSON here')
     args = parser.parse_args(argv)
@@ -299,9 +421,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'  running {name} {mode} ...', file=sys.stderr, flush=True)
             rows += run_case(case, mode, args, device)
     print(format_table(rows))
+    memory_rows: List[Row] = []
+    if args.memory:
+        for name in args.memory_cases:
+            print(f'  running {name} memory (with_cp off/on) ...', file=sys.stderr, flush=True)
+            memory_rows += run_memory_case(CASES[name], args)
+        print(format_memory_table(memory_rows))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(environment=env, args=vars(args), rows=[asdict(r) for r in rows]), f, indent=2)
+            json.dump(dict(environment=env, args=vars(args), rows=[asdict(r) for r in rows],
+                           memory_rows=[asdict(r) for r in memory_rows]), f, indent=2)
     return 0
 
 
