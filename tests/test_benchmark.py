@@ -1,0 +1,42 @@
+"""tools/benchmark.py helpers: CPU peak memory, the channels_last training prototype's gradient check."""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, TINY_EXTRA, randomize_
+
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+benchmark = pytest.importorskip('benchmark')
+
+
+def test_peak_cpu_memory_counts_a_step_allocation():
+    def step():
+        a = torch.ones(4 * 2 ** 20 // 4)  # 4 MiB
+        b = a * 2  # another 4 MiB while a is alive
+        del a, b
+    peak = benchmark.peak_cpu_memory_mb(step)
+    assert 7.9 < peak < 9
+
+
+def test_channels_last_prototype_has_the_same_gradients():
+    from hrnet_mm.models import HRNet
+    ours = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
+    proto = benchmark.ChannelsLastHRNet(extra=copy.deepcopy(TINY_EXTRA))
+    proto.load_state_dict(ours.state_dict())
+    assert proto.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    errs = benchmark.check_gradients({'hrnet_mm': ours, 'hrnet_mm-cl': proto}, torch.randn(2, 3, 64, 64))
+    assert errs['hrnet_mm-cl'] < 1e-10
+    assert ours.conv1.weight.dtype == proto.conv1.weight.dtype == torch.float32
+
+
+def test_memory_table_and_rows():
+    rows = [benchmark.Row('c', 'train', 'hrnet_mm', 1000.0, 1.0, 100.0, 1.0),
+            benchmark.Row('c', 'train', 'hrnet_mm-with_cp', 1200.0, 1.0, 40.0, 0.4)]
+    text = benchmark.format_memory_table(rows)
+    assert 'hrnet_mm-with_cp' in text and '0.40x' in text
+    rows[0].prep_s = 2.5
+    assert '2.5' in benchmark.format_table(rows)
