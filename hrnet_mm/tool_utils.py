@@ -385,6 +385,17 @@ def user_error_message(exc: BaseException) -> Optional[str]:
     return None
 
 
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt or was raised while handling one (its cause/context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class Interrupted(Exception):
     """Ctrl-C, with the one line that tells what to do next."""
 

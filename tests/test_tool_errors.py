@@ -351,3 +351,20 @@ def test_interrupted_message_names_the_checkpoint_and_resume(tmp_path: Path) -> 
     message = interrupted_message(str(tmp_path), command)
     assert f'last checkpoint: {tmp_path}/epoch_3.pth' in message
     assert message.endswith(f'python tools/train.py cfg.py --work-dir {tmp_path} --resume')
+
+
+def test_an_error_raised_while_handling_ctrl_c_counts_as_the_interrupt() -> None:
+    """mmengine turns a Ctrl-C during its config formatting (in every checkpoint save) into a SyntaxError."""
+    from hrnet_mm.tool_utils import caused_by_interrupt
+
+    def save_checkpoint():
+        try:
+            raise KeyboardInterrupt
+        except BaseException:
+            raise SyntaxError('Failed to format the config file')
+
+    with pytest.raises(SyntaxError) as info:
+        save_checkpoint()
+    assert caused_by_interrupt(info.value)
+    assert caused_by_interrupt(KeyboardInterrupt())
+    assert not caused_by_interrupt(ValueError('a real bug'))

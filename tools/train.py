@@ -313,7 +313,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             runner = build_runner(cfg, scope)
         try:
             runner.train()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as exc:
+            # mmengine turns a Ctrl-C inside some of its steps into another error (e.g. a SyntaxError while it
+            # formats the config for a checkpoint); the chain of exceptions still holds the KeyboardInterrupt
+            if not tool_utils.caused_by_interrupt(exc):
+                raise
             raise tool_utils.Interrupted(tool_utils.interrupted_message(cfg.work_dir, command_line(argv))) from None
 
 
