@@ -230,3 +230,25 @@ def test_invalid_specs_raise_a_value_error_naming_the_problem(kwargs, message):
     with pytest.raises(ValueError) as info:
         HRNet(**copy.deepcopy(kwargs))
     assert message in str(info.value)
+
+
+def test_channels_last_option_computes_the_same_function():
+    """channels_last=True: NHWC weights and input, same keys, same outputs and gradients (float64, where the two
+    memory layouts must agree to rounding) and the layout survives loading a contiguous checkpoint."""
+    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).double()
+    cl = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True).double()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)
+    cl.load_state_dict(ref.state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)
+    x = torch.randn(2, 3, 97, 130, dtype=torch.float64)
+    for mode in (False, True):
+        ref.train(mode), cl.train(mode)
+        outs_ref, outs_cl = ref(x), cl(x)
+        for a, b in zip(outs_cl, outs_ref):
+            assert a.is_contiguous(memory_format=torch.channels_last)
+            assert rel_err(a, b) < 1e-10
+        sum(o.square().mean() for o in outs_ref).backward()
+        sum(o.square().mean() for o in outs_cl).backward()
+        for (name, p), q in zip(ref.named_parameters(), cl.parameters()):
+            assert rel_err(q.grad, p.grad) < 1e-9, name
+        ref.zero_grad(), cl.zero_grad()

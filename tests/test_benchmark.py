@@ -1,4 +1,4 @@
-"""tools/benchmark.py helpers: CPU peak memory, the channels_last training prototype's gradient check."""
+"""tools/benchmark.py helpers: CPU peak memory, the gradient check of the channels_last training row."""
 from __future__ import annotations
 
 import copy
@@ -22,10 +22,10 @@ def test_peak_cpu_memory_counts_a_step_allocation():
     assert 7.9 < peak < 9
 
 
-def test_channels_last_prototype_has_the_same_gradients():
+def test_channels_last_row_has_the_same_gradients():
     from hrnet_mm.models import HRNet
     ours = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
-    proto = benchmark.ChannelsLastHRNet(extra=copy.deepcopy(TINY_EXTRA))
+    proto = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)
     proto.load_state_dict(ours.state_dict())
     assert proto.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     errs = benchmark.check_gradients({'hrnet_mm': ours, 'hrnet_mm-cl': proto}, torch.randn(2, 3, 64, 64))

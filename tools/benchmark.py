@@ -13,8 +13,8 @@ Implementations:
                       convolutions (infer only)
   hrnet_mm-deploy-compiled   ``to_deploy(model, compile=True)``: torch.compile with inductor weight freezing
                       (infer only, with ``--compile``)
-  hrnet_mm-cl         prototype: hrnet_mm with channels_last weights that converts its input to channels_last
-                      itself (train only; its gradients are checked against hrnet_mm's)
+  hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward
+                      (train only; its gradients are checked against hrnet_mm's)
   mmdet, mmseg, mmpose, mmpretrain, timm   the peers' backbones (mmseg fuses with bilinear upsampling, so
                       hrnet_mm is compared with it in its bilinear setting)
 
@@ -76,18 +76,6 @@ CASES = {c.name: c for c in [
 ]}
 DEFAULT_CASES = ['w32-pose-b1', 'w18-seg-b1', 'w18-train-b2']  # the rest: --cases, they take minutes on CPU
 PEERS = ['mmdet', 'mmseg', 'mmpose', 'mmpretrain', 'timm']
-
-
-class ChannelsLastHRNet(HRNet):
-    """Prototype of a channels_last default for training: weights stored channels_last, the input converted in
-    ``forward``. Same function and parameters as :class:`HRNet` (only the memory layout differs)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor):
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 def _extra(arch: str) -> dict:
@@ -156,7 +144,7 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
             if hasattr(m, 'upsample_mode'):
                 m.upsample_mode, m.align_corners = 'bilinear', False
     if 'hrnet_mm-cl' in names:
-        impls['hrnet_mm-cl'] = ChannelsLastHRNet(arch=case.arch)
+        impls['hrnet_mm-cl'] = HRNet(arch=case.arch, channels_last=True)
         impls['hrnet_mm-cl'].load_state_dict(ours.state_dict(), strict=True)
     for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True))):
         if name in names:
@@ -291,7 +279,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     if mode == 'infer':
         names = ['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
     else:
-        names = ['hrnet_mm', *args.peers] + ([] if args.no_prototypes else ['hrnet_mm-cl'])
+        names = ['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl'])
     prep: Dict[str, float] = {}
     impls = build_impls(case, names, prep)
     x = torch.randn(case.batch, 3, case.height, case.width)
@@ -400,7 +388,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--channels-last', action='store_true', help='run every implementation channels_last')
     parser.add_argument('--compile', action='store_true',
                         help='also time to_deploy(compile=True) (row hrnet_mm-deploy-compiled; compiles for ~1 min)')
-    parser.add_argument('--no-prototypes', action='store_true', help='leave out the hrnet_mm-cl training prototype')
+    parser.add_argument('--no-channels-last-row', action='store_true',
+                        help='leave out the hrnet_mm-cl (channels_last=True) training row')
     parser.add_argument('--memory', action='store_true',
                         help='CPU peak memory of every row, and the with_cp memory table of --memory-cases')
     parser.add_argument('--memory-cases', nargs='*', default=['w32-mem-b2'], choices=sorted(CASES))
