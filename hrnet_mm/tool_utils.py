@@ -463,10 +463,17 @@ class StartupFilter(logging.Filter):
         self.handler, self.log_file = handler, log_file
         self.active, self.dropped = True, 0
 
+    # mmengine's own deprecation notices, raised by its checkpoint hook on every run: nothing a user can act on
+    # (they stay in the log file)
+    internal_notices = ('"FileClient" will be deprecated in future', '"HardDiskBackend" is the alias of')
+
     def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.getMessage())
+        if record.levelno == logging.WARNING and message.startswith(self.internal_notices):
+            return False
         if not self.active or record.levelno > logging.INFO:
             return True
-        if str(record.getMessage()).count('\n') < self.max_lines:
+        if message.count('\n') < self.max_lines:
             return True
         if self.dropped == 0:
             where = f'written to {self.log_file}' if self.log_file else 'not shown'

@@ -218,9 +218,11 @@ def _amp(cfg: Any, scope: str) -> None:
 
 def _pretrain_dataloaders(cfg: Any, args: argparse.Namespace, fields: List[str], persistent: bool) -> None:
     """mmpretrain's dataloader defaults (pin_memory, persistent_workers, default_collate) under the config's."""
+    import torch
     from mmengine.config import ConfigDict
 
-    default = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+    # mmpretrain's tool pins memory unconditionally; without a GPU that only makes torch warn on every loader
+    default = ConfigDict(pin_memory=torch.cuda.is_available(), collate_fn=dict(type='default_collate'))
     if persistent:
         default.persistent_workers = True
     for field in fields:
