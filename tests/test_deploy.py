@@ -130,3 +130,38 @@ def test_deploy_compiled_equals_training_ready_model():
     for a, b in zip(ref, out):
         assert rel_err(b, a) < 1e-4
     assert inductor_config.freezing == before
+
+
+@pytest.mark.parametrize('config,library', [
+    ('configs/demo/fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py', 'mmseg'),  # bilinear fusion + HRNetV2 neck
+    ('configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py', 'mmdet'),  # HRNetV2p neck
+])
+def test_deploy_whole_task_model(config, library):
+    """to_deploy on a whole mmseg/mmdet model: the features its heads see are unchanged (odd input size)."""
+    import os.path as osp
+
+    from mmengine.config import Config
+
+    from hrnet_mm.registry import build_in_scope
+
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    model = build_in_scope(library, Config.fromfile(osp.join(root, config)).model)
+    randomize_(model.backbone)
+    model.eval()
+    deployed = to_deploy(model)
+    x = torch.randn(1, 3, 97, 130)
+    with torch.no_grad():
+        ref = model.extract_feat(x)
+        out = deployed.extract_feat(x.contiguous(memory_format=torch.channels_last))
+    assert len(out) == len(ref)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_deploy_channels_last_backbone():
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)).eval()
+    d = to_deploy(m)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(d(x), m(x)):
+            assert rel_err(a, b) < 1e-4
