@@ -186,8 +186,8 @@ class HRNet(BaseModule, NamedNorms):
         with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion.
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
         channels_last: Keep the weights in ``torch.channels_last`` memory format and convert the input to it, so
-            the convolutions and norms use the faster NHWC kernels (measured 1.13x for a CPU training step at W32
-            256x192 and W18 256x256, docs/benchmarks.md). The outputs are then channels_last tensors with the
+            the convolutions and norms use the faster NHWC kernels (measured 1.13-1.27x for a CPU training step,
+            docs/benchmarks.md). The outputs are then channels_last tensors with the
             same values up to float32 rounding, not bit-identical to the peers', hence off by default.
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
