@@ -327,6 +327,16 @@ def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserInputError(f'cannot read checkpoint {checkpoint}: it holds no state dict')
+    check_state_fits(model, state, checkpoint, config)
+
+
+def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config: str) -> None:
+    """Checks that the weights ``state`` (read from ``checkpoint``) fill every parameter and buffer of ``model``
+    with the right shapes; ``module.`` prefixes (DDP) are ignored on both sides.
+
+    Raises:
+        UserInputError: Weights of the model are missing from ``state`` or have other shapes.
+    """
 
     def strip(key: str) -> str:
         return key[7:] if key.startswith('module.') else key

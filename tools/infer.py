@@ -145,19 +145,12 @@ def check_weights(model: Any, state: Dict[str, Any], checkpoint: str, config: st
     Raises:
         ToolError: Keys of the model are missing from the checkpoint, or their shapes differ.
     """
-    model_state = model.state_dict()
-    missing = [k for k in model_state if k not in state and not k.endswith('num_batches_tracked')]
-    mismatched = [k for k in model_state if k in state and hasattr(state[k], 'shape')
-                  and tuple(state[k].shape) != tuple(model_state[k].shape)]
-    if missing or mismatched:
-        detail = []
-        if missing:
-            detail.append(f'{len(missing)} of {len(model_state)} weights missing (e.g. {missing[0]})')
-        if mismatched:
-            k = mismatched[0]
-            detail.append(f'{len(mismatched)} with other shapes (e.g. {k}: checkpoint '
-                          f'{tuple(state[k].shape)}, model {tuple(model_state[k].shape)})')
-        raise ToolError(f'checkpoint {checkpoint} does not fit the model of {config}: {"; ".join(detail)}')
+    from hrnet_mm.tool_utils import UserInputError, check_state_fits
+
+    try:
+        check_state_fits(model, state, checkpoint, config)
+    except UserInputError as exc:
+        raise ToolError(str(exc)) from None
 
 
 class Predictor:
