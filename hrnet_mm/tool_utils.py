@@ -303,6 +303,19 @@ def check_datasets(cfg: Any, loaders: Sequence[str], scope: str) -> None:
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
+def replace_syncbn(obj: Any) -> Any:
+    """A copy of a config (dict/list tree) with every ``type='SyncBN'`` replaced by ``'BN'``.
+
+    SyncBN needs a process group in its forward; BN has the same parameters and buffers, so a model built this way
+    loads the same checkpoints in a single process (analysis tools, tests).
+    """
+    if isinstance(obj, dict):
+        return {k: ('BN' if k == 'type' and v == 'SyncBN' else replace_syncbn(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [replace_syncbn(v) for v in obj]
+    return obj
+
+
 def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
     """Checks that ``checkpoint`` was saved from a model like ``model`` (same weight names and shapes).
 

@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import hrnet_mm
 from hrnet_mm.registry import build_in_scope
+from hrnet_mm.tool_utils import replace_syncbn
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / 'configs'
@@ -120,15 +121,6 @@ def _peer_config(path: Path) -> Tuple[str, Dict[str, Any]]:
     return library, _config(root / PEERS[rel])
 
 
-def _replace_syncbn(obj: Any) -> Any:
-    """SyncBN needs a process group in forward; BN has the same parameters."""
-    if isinstance(obj, dict):
-        return {k: ('BN' if k == 'type' and v == 'SyncBN' else _replace_syncbn(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_replace_syncbn(v) for v in obj]
-    return obj
-
-
 def _model_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     model = copy.deepcopy(cfg['model'])
     if cfg.get('data_preprocessor') is not None:  # what mmengine's Runner does with a top-level preprocessor
@@ -206,7 +198,7 @@ def test_config_builds_and_runs(path: Path):
     library = cfg['default_scope']
     assert library == TASK_LIBRARY[_task(path)]
     assert cfg['custom_imports'] == dict(imports=['hrnet_mm'], allow_failed_imports=False)
-    model_cfg = _replace_syncbn(_model_cfg(cfg))
+    model_cfg = replace_syncbn(_model_cfg(cfg))
     model_cfg['backbone']['init_cfg'] = None  # no download; init_weights is not called either
     # The forward pass runs in train mode with batch statistics: a fresh BN's running statistics are the identity,
     # under which an untrained HRNet's activations grow to ~1e8 and the RPN proposes nothing.
@@ -297,7 +289,7 @@ PARITY = ['detection/faster-rcnn_hrnetv2p-w18_8xb2-1x_coco.py', 'detection/fcos_
 
 
 def _fresh(library: str, cfg: Dict[str, Any]) -> torch.nn.Module:
-    model_cfg = _replace_syncbn(_model_cfg(cfg))
+    model_cfg = replace_syncbn(_model_cfg(cfg))
     model_cfg['backbone']['init_cfg'] = None
     model_cfg.pop('pretrained', None)
     return build_in_scope(library, ConfigDict(model_cfg)).eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
@@ -13,6 +13,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 import hrnet_mm  # noqa: E402,F401  (registers the modules and the hrnet_mm:: config prefix)
+from hrnet_mm.tool_utils import replace_syncbn  # noqa: E402
 
 LIBRARIES = ('mmdet', 'mmseg', 'mmpose', 'mmpretrain')
 
@@ -49,15 +50,6 @@ def load_config(path: str):
     return cfg
 
 
-def _replace_syncbn(obj: Any) -> Any:
-    """SyncBN needs a process group in forward; BN has the same parameters."""
-    if isinstance(obj, dict):
-        return {k: ('BN' if k == 'type' and v == 'SyncBN' else _replace_syncbn(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_replace_syncbn(v) for v in obj]
-    return obj
-
-
 def model_config(cfg) -> dict:
     """The config's model as a plain dict: top-level data_preprocessor merged in (as the Runner does), SyncBN
     replaced by BN, the backbone's ``init_cfg`` and the model's ``pretrained`` dropped (nothing downloads)."""
@@ -65,7 +57,7 @@ def model_config(cfg) -> dict:
     if cfg.get('data_preprocessor') is not None:
         pre = cfg.data_preprocessor
         model.setdefault('data_preprocessor', pre.to_dict() if hasattr(pre, 'to_dict') else dict(pre))
-    model = _replace_syncbn(model)
+    model = replace_syncbn(model)
     model.pop('pretrained', None)
     if isinstance(model.get('backbone'), dict):
         model['backbone']['init_cfg'] = None
