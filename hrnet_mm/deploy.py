@@ -7,11 +7,19 @@ oneDNN convolutions whose weights are packed once (per input shape) and which fu
 or multi-resolution sum that follows them (:func:`fuse_onednn`). ``compile=True`` compiles it with
 ``torch.compile`` (inductor with weight freezing). Outputs equal the original's within float32 rounding (the
 folding and the fused sums change the order of a few operations).
+
+On CPU, :func:`to_deploy` also calls :func:`tune_cpu_allocator` (glibc only; ``tune_allocator=False`` leaves the
+allocator alone): by default glibc hands the large activation buffers of every forward back to the operating
+system and takes them again, page by page, on the next one (about 1,900 page faults per W32 256x192 forward and
+60,000 per W18 512x1024 forward), which costs 8-15% of the deploy model's time.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import operator
+import platform
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -65,11 +73,59 @@ def fold_batchnorm(model: nn.Module) -> int:
     return count
 
 
-def onednn_available() -> bool:
-    """Whether this torch has the oneDNN (mkldnn) fused convolution ops used by :class:`OneDNNConv2d`."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_ALLOCATOR_TUNED: Optional[Tuple[int, int]] = None
+
+
+def tune_cpu_allocator(mmap_threshold_mb: int = 64, trim_threshold_mb: int = 256) -> bool:
+    """Makes glibc's ``malloc`` keep freed memory for reuse instead of returning it to the operating system.
+
+    Process-wide (every later allocation of every library in this process): blocks below ``mmap_threshold_mb``
+    come from the heap instead of a fresh ``mmap`` each time, and up to ``trim_threshold_mb`` of free memory at the
+    top of the heap stays mapped. Repeated forwards then reuse the same pages instead of faulting them in again,
+    which makes CPU inference of any HRNet (the peers' too) faster: W32 256x192 deploy 70 -> 64 ms, eager W18
+    512x1024 840 -> 595 ms on the 2-core development machine. The price is that the process keeps up to
+    ``trim_threshold_mb`` of freed memory. The same effect as preloading jemalloc or tcmalloc, which Intel
+    recommends for PyTorch on CPU; with those preloaded this call changes nothing.
+
+    Returns:
+        Whether the setting was applied (False on a C library other than glibc, or when ``mallopt`` refuses).
+    """
+    global _ALLOCATOR_TUNED
+    wanted = (int(mmap_threshold_mb), int(trim_threshold_mb))
+    if _ALLOCATOR_TUNED == wanted:
+        return True
+    if wanted[0] <= 0 or wanted[1] < wanted[0]:
+        raise ValueError(f'tune_cpu_allocator: need 0 < mmap_threshold_mb <= trim_threshold_mb, got {wanted}')
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if not (mallopt(_M_MMAP_THRESHOLD, wanted[0] << 20) and mallopt(_M_TRIM_THRESHOLD, wanted[1] << 20)):
+        return False
+    _ALLOCATOR_TUNED = wanted
+    return True
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_cpu_allocator` has been applied in this process."""
+    return _ALLOCATOR_TUNED is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_ops() -> bool:
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
             and hasattr(torch.ops.mkldnn, '_reorder_convolution_weight'))
+
+
+def onednn_available() -> bool:
+    """Whether this torch has the oneDNN (mkldnn) fused convolution ops used by :class:`OneDNNConv2d`, and they
+    are enabled (``torch.backends.mkldnn.flags(enabled=False)`` turns them off)."""
+    return _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
 class OneDNNConv2d(nn.Module):
@@ -92,7 +148,7 @@ class OneDNNConv2d(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu, self.add, self.inplace = relu, add, inplace
-        self._packed: Dict[Tuple[Any, ...], torch.Tensor] = {}
+        self._packed: Dict[torch.Size, Tuple[torch.Tensor, torch.Size]] = {}
 
     def extra_repr(self) -> str:
         cin, cout = self.weight.shape[1] * self.groups, self.weight.shape[0]
@@ -111,29 +167,28 @@ class OneDNNConv2d(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _fast(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
-        if not (x.device.type == 'cpu' and x.dtype == self.weight.dtype == torch.float32 and x.dim() == 4
-                and self.weight.device.type == 'cpu' and onednn_available()):
+        if not (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
+                and self.weight.dtype == torch.float32 and self.weight.device.type == 'cpu' and onednn_available()):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
             return False  # the fused ops have no backward
-        if other is None:
-            return True
-        k = self.weight.shape[2:]
-        size = [(x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (k[i] - 1) - 1) // self.stride[i] + 1
-                for i in range(2)]
-        return other.dtype == x.dtype and list(other.shape) == [x.shape[0], self.weight.shape[0], *size]
+        return other is None or (other.dtype == x.dtype and other.shape == self._packed_weight(x)[1])
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape)
-        w = self._packed.get(key)
-        if w is None:
+    def _packed_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
+        """The weight packed for ``x``'s shape, and the output shape."""
+        key = x.shape
+        entry = self._packed.get(key)
+        if entry is None:
             if len(self._packed) >= 8:  # many input sizes: keep the most recent few
                 self._packed.pop(next(iter(self._packed)))
             w = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, self.dilation,
                                                              self.groups, list(x.shape))
-            self._packed[key] = w
-        return w
+            k = self.weight.shape[2:]
+            size = [(x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (k[i] - 1) - 1) // self.stride[i] + 1
+                    for i in range(2)]
+            entry = self._packed[key] = (w, torch.Size([x.shape[0], self.weight.shape[0], *size]))
+        return entry
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self._fast(x, other):
@@ -141,7 +196,7 @@ class OneDNNConv2d(nn.Module):
             if other is not None:
                 y = y + other
             return F.relu(y) if self.relu else y
-        w = self._packed_weight(x)
+        w = self._packed_weight(x)[0]
         args = (self.padding, self.stride, self.dilation, self.groups)
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, *args, 'relu' if self.relu else 'none',
@@ -262,8 +317,8 @@ class CompiledDeploy(nn.Module):
 
 
 def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = False, inplace: bool = False,
-              fuse: Optional[bool] = None, freezing: bool = True, compile_options: Optional[Dict[str, Any]] = None
-              ) -> nn.Module:
+              fuse: Optional[bool] = None, freezing: bool = True, compile_options: Optional[Dict[str, Any]] = None,
+              tune_allocator: bool = True) -> nn.Module:
     """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, fused, optionally compiled.
 
     Args:
@@ -278,6 +333,8 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         freezing: With ``compile``, turn on inductor's weight freezing for this model only (weights become
             constants, folded and prepacked for oneDNN); the global inductor config is untouched.
         compile_options: Extra inductor options for ``torch.compile`` (e.g. ``{'max_autotune': True}``).
+        tune_allocator: When the model is on the CPU, call :func:`tune_cpu_allocator` (process-wide: glibc keeps
+            freed memory for the next forward instead of faulting it in again; 8-15% faster here).
 
     Returns:
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
@@ -293,6 +350,8 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         fuse = onednn_available() and not compile
     if fuse:
         m = _fuse_ours(m)
+    if tune_allocator and all(p.device.type == 'cpu' for p in m.parameters()):
+        tune_cpu_allocator()
     if compile:
         options = dict(compile_options or {})
         if freezing:

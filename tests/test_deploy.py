@@ -106,6 +106,28 @@ def test_deploy_nchw_input_and_no_channels_last():
                 assert rel_err(b, a) < 1e-4
 
 
+def test_deploy_tunes_the_allocator_unless_asked_not_to(monkeypatch):
+    import hrnet_mm.deploy as deploy
+    calls = []
+    monkeypatch.setattr(deploy, 'tune_cpu_allocator', lambda *a, **k: calls.append(a) or True)
+    m = HRNet(extra=copy.deepcopy(TINY_EXTRA)).eval()
+    to_deploy(m, tune_allocator=False)
+    assert calls == []
+    to_deploy(m)
+    assert len(calls) == 1
+
+
+def test_tune_cpu_allocator_arguments():
+    from hrnet_mm.deploy import tune_cpu_allocator
+    with pytest.raises(ValueError, match='mmap_threshold_mb'):
+        tune_cpu_allocator(0, 256)
+    with pytest.raises(ValueError, match='trim_threshold_mb'):
+        tune_cpu_allocator(64, 32)
+    if __import__('platform').libc_ver()[0] == 'glibc':
+        from hrnet_mm.deploy import allocator_tuned
+        assert tune_cpu_allocator() and allocator_tuned()
+
+
 def test_deploy_compile_uses_freezing_without_leaking_config():
     import torch._inductor.config as inductor_config
     m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()

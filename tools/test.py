@@ -268,6 +268,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         with tool_utils.quiet_startup(args.verbose):
             runner = tool.build_runner(cfg, scope)
         tool_utils.check_checkpoint_fits(runner.model, args.checkpoint, args.config)
+        first = next(runner.model.parameters(), None)
+        if first is None or first.device.type == 'cpu':  # freed pages reused from batch to batch
+            from hrnet_mm.deploy import tune_cpu_allocator
+            tune_cpu_allocator()
         add_result_dumps(runner, args, scope)
         try:
             metrics = runner.test()
