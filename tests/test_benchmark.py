@@ -1,4 +1,5 @@
-"""tools/benchmark.py helpers: CPU peak memory, the gradient check of the channels_last training row."""
+"""tools/benchmark.py helpers: CPU peak memory, the gradient check of the channels_last training row, the
+allocator table."""
 from __future__ import annotations
 
 import copy
@@ -40,3 +41,15 @@ def test_memory_table_and_rows():
     assert 'hrnet_mm-with_cp' in text and '0.40x' in text
     rows[0].prep_s = 2.5
     assert '2.5' in benchmark.format_table(rows)
+
+
+@pytest.mark.skipif(__import__('platform').libc_ver()[0] != 'glibc', reason='tune_cpu_allocator is for glibc')
+def test_allocator_child_times_the_model_and_counts_faults():
+    case = benchmark.Case('tiny', 'w18_small', 64, 64, 1)
+    for impl in ('hrnet_mm', 'hrnet_mm-deploy'):
+        res = benchmark.allocator_child(case, impl, 'tuned', repeats=2, warmup=1)
+        assert res['median_ms'] > 0 and res['faults_per_call'] >= 0
+    text = benchmark.format_allocator_table([dict(case='tiny', impl='hrnet_mm',
+                                                  glibc=dict(median_ms=10.0, faults_per_call=900.0),
+                                                  tuned=dict(median_ms=8.0, faults_per_call=0.0))])
+    assert '1.25x' in text and '900' in text

@@ -36,6 +36,7 @@ Examples::
     python tools/benchmark.py --device cuda --dtype bf16 --channels-last
     python tools/benchmark.py --cases w32-pose-b1 w18-seg-b1 --mode infer --compile   # + compiled deploy model
     python tools/benchmark.py --mode train --memory --memory-cases w32-mem-b2          # + CPU memory, with_cp
+    python tools/benchmark.py --allocator-effect --cases w32-pose-b1 w18-seg-b1        # glibc vs tuned allocator
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -350,6 +351,64 @@ def run_memory_case(case: Case, args: argparse.Namespace) -> List[Row]:
     return rows
 
 
+def allocator_child(case: Case, impl: str, allocator: str, repeats: int, warmup: int) -> Dict[str, float]:
+    """Runs in a fresh process: the median forward time and page faults per forward of hrnet_mm (or its deploy
+    model) on ``case``, with glibc's default allocator or after :func:`tune_cpu_allocator`."""
+    import resource
+    if allocator == 'tuned' and not tune_cpu_allocator():
+        raise SystemExit('the allocator could not be tuned (not glibc)')
+    model = HRNet(arch=case.arch).eval()
+    x = torch.randn(case.batch, 3, case.height, case.width)
+    if impl == 'hrnet_mm-deploy':
+        model = to_deploy(model, tune_allocator=False)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return dict(median_ms=statistics.median(times) * 1e3, faults_per_call=faults / repeats)
+
+
+def allocator_effect(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """The table of ``--allocator-effect``: every (case, impl, allocator) timed in its own fresh process, since
+    glibc's default behaviour depends on what the process allocated before."""
+    import subprocess
+    results = []
+    for name in args.cases:
+        for impl in ('hrnet_mm', 'hrnet_mm-deploy'):
+            res = dict(case=name, impl=impl)
+            for allocator in ('glibc', 'tuned'):
+                print(f'  running {name} {impl} allocator={allocator} ...', file=sys.stderr, flush=True)
+                cmd = [sys.executable, os.path.abspath(__file__), '--allocator-child', name, impl, allocator,
+                       '--repeats', str(args.repeats), '--warmup', str(args.warmup)]
+                if args.threads:
+                    cmd += ['--threads', str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f'{name} {impl} {allocator}: {out.stderr.strip().splitlines()[-1:]}')
+                res[allocator] = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(res)
+    return results
+
+
+def format_allocator_table(results: List[Dict[str, Any]]) -> str:
+    head = (f'{"case":<14} {"impl":<16} {"glibc ms":>9} {"tuned ms":>9} {"speedup":>8} '
+            f'{"faults/call glibc":>18} {"faults/call tuned":>18}')
+    lines = [head, '-' * len(head)]
+    for r in results:
+        g, t = r['glibc'], r['tuned']
+        lines.append(f'{r["case"]:<14} {r["impl"]:<16} {g["median_ms"]:>9.1f} {t["median_ms"]:>9.1f} '
+                     f'{g["median_ms"] / t["median_ms"]:>7.2f}x {g["faults_per_call"]:>18.0f} '
+                     f'{t["faults_per_call"]:>18.0f}')
+    return '\n'.join(lines)
+
+
 def environment(device: torch.device) -> Dict[str, str]:
     import mmengine
     info = dict(python=platform.python_version(), torch=torch.__version__, mmengine=mmengine.__version__,
@@ -405,10 +464,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--allocator', choices=['tuned', 'glibc'], default='tuned',
                         help="'tuned': hrnet_mm.deploy.tune_cpu_allocator() for the whole run (all rows); "
                              "'glibc': glibc's default, and the deploy models built with tune_allocator=False")
+    parser.add_argument('--allocator-effect', action='store_true',
+                        help='instead: time hrnet_mm and its deploy model (infer) with glibc\'s default allocator '
+                             'and tuned, each in a fresh process, and print that table')
+    parser.add_argument('--allocator-child', nargs=3, metavar=('CASE', 'IMPL', 'ALLOCATOR'), help=argparse.SUPPRESS)
     parser.add_argument('--json', help='also write the rows and the environment as JSON here')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator_child:
+        name, impl, allocator = args.allocator_child
+        print(json.dumps(allocator_child(CASES[name], impl, allocator, args.repeats, args.warmup)))
+        return 0
+    if args.allocator_effect:
+        env = environment(torch.device('cpu'))
+        env.pop('allocator')
+        print('  '.join(f'{k}={v}' for k, v in env.items()))
+        print(f'repeats={args.repeats} warmup={args.warmup} (each row: two fresh processes)')
+        results = allocator_effect(args)
+        print(format_allocator_table(results))
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(environment=env, args=vars(args), allocator_effect=results), f, indent=2)
+        return 0
     device = torch.device(args.device)
     if args.allocator == 'tuned' and device.type == 'cpu' and not tune_cpu_allocator():
         print('  the allocator could not be tuned (not glibc); timing with its default', file=sys.stderr)
