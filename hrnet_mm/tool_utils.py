@@ -316,19 +316,10 @@ def replace_syncbn(obj: Any) -> Any:
     return obj
 
 
-def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
-    """Checks that ``checkpoint`` was saved from a model like ``model`` (same weight names and shapes).
-
-    mmengine loads checkpoints non-strictly (warnings only), so testing the checkpoint of another config would
-    evaluate a partly random model; this reports it as one error instead.
-
-    Raises:
-        UserInputError: The file is not a checkpoint, or weights of the model are missing or have other shapes.
-    """
+def _read_state(checkpoint: str) -> Dict[str, Any]:
+    """The state dict of a local checkpoint file (memory-mapped where possible)."""
     import torch
 
-    if _is_remote(checkpoint) or not osp.isfile(checkpoint):
-        return
     try:
         try:
             ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False, mmap=True)
@@ -340,6 +331,73 @@ def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserInputError(f'cannot read checkpoint {checkpoint}: it holds no state dict')
+    return state
+
+
+def _strip_module(key: str) -> str:
+    return key[7:] if key.startswith('module.') else key
+
+
+def _compare_state(model: Any, state: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any], List[str], List[str]]:
+    """(checkpoint state, model state, names missing from the checkpoint, names with other shapes), with
+    ``module.`` prefixes (DDP) removed on both sides."""
+    state = {_strip_module(k): v for k, v in state.items()}
+    model_state = {_strip_module(k): v for k, v in model.state_dict().items()}
+    missing = [k for k in model_state if k not in state and not k.endswith('num_batches_tracked')]
+    mismatched = [k for k in model_state if k in state and hasattr(state[k], 'shape')
+                  and tuple(state[k].shape) != tuple(model_state[k].shape)]
+    return state, model_state, missing, mismatched
+
+
+def check_load_from(model: Any, checkpoint: str, config: str) -> Optional[str]:
+    """What ``load_from`` will load into ``model``, before training starts.
+
+    Fine-tuning from a checkpoint with another head is normal (mmengine loads what fits and keeps the rest as
+    initialized), so partial fits are a one-line summary, not an error. A checkpoint of which no weight fits is an
+    error (usually a bare backbone file, which belongs in the backbone's ``init_cfg``, or another model).
+
+    Returns:
+        None when every weight fits, else the summary line.
+
+    Raises:
+        UserInputError: The file is not a checkpoint, or none of the model's weights are in it with their shapes.
+    """
+    if _is_remote(checkpoint) or not osp.isfile(checkpoint):
+        return None
+    state, model_state, missing, mismatched = _compare_state(model, _read_state(checkpoint))
+    fitting = [k for k in model_state if k in state and k not in mismatched]
+    if not fitting:
+        hint = ''
+        if any(f'backbone.{k}' in model_state for k in state):
+            hint = ("; it looks like a bare backbone: use model.backbone.init_cfg=dict(type='Pretrained', "
+                    f"checkpoint='{checkpoint}') instead")
+        raise UserInputError(f'load_from {checkpoint}: none of the weights of the model of {config} are in it with '
+                             f'their shapes (model e.g. {next(iter(model_state), "?")}, checkpoint e.g. '
+                             f'{next(iter(state), "?")}){hint}')
+    if not missing and not mismatched:
+        return None
+    parts = [f'{len(fitting)} of {len(model_state)} weights load']
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f'{len(mismatched)} with other shapes keep their initialization (e.g. {k}: checkpoint '
+                     f'{tuple(state[k].shape)}, model {tuple(model_state[k].shape)})')
+    if missing:
+        parts.append(f'{len(missing)} are not in the checkpoint (e.g. {missing[0]})')
+    return f'load_from {checkpoint}: ' + '; '.join(parts)
+
+
+def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
+    """Checks that ``checkpoint`` was saved from a model like ``model`` (same weight names and shapes).
+
+    mmengine loads checkpoints non-strictly (warnings only), so testing the checkpoint of another config would
+    evaluate a partly random model; this reports it as one error instead.
+
+    Raises:
+        UserInputError: The file is not a checkpoint, or weights of the model are missing or have other shapes.
+    """
+    if _is_remote(checkpoint) or not osp.isfile(checkpoint):
+        return
+    state = _read_state(checkpoint)
     check_state_fits(model, state, checkpoint, config)
 
 
@@ -350,15 +408,7 @@ def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config:
     Raises:
         UserInputError: Weights of the model are missing from ``state`` or have other shapes.
     """
-
-    def strip(key: str) -> str:
-        return key[7:] if key.startswith('module.') else key
-
-    state = {strip(k): v for k, v in state.items()}
-    model_state = {strip(k): v for k, v in model.state_dict().items()}
-    missing = [k for k in model_state if k not in state and not k.endswith('num_batches_tracked')]
-    mismatched = [k for k in model_state if k in state and hasattr(state[k], 'shape')
-                  and tuple(state[k].shape) != tuple(model_state[k].shape)]
+    state, model_state, missing, mismatched = _compare_state(model, state)
     if missing or mismatched:
         detail = []
         if mismatched:

@@ -368,3 +368,28 @@ def test_an_error_raised_while_handling_ctrl_c_counts_as_the_interrupt() -> None
     assert caused_by_interrupt(info.value)
     assert caused_by_interrupt(KeyboardInterrupt())
     assert not caused_by_interrupt(ValueError('a real bug'))
+
+
+def test_load_from_summarizes_what_fits_and_refuses_what_does_not(cls_cwd: Path) -> None:
+    """Fine-tuning from a checkpoint with another head is one warning line; a file none of whose weights fit the
+    model (here a bare backbone) is a one-line error pointing at the backbone's init_cfg."""
+    import torch
+    from mmengine.config import Config
+
+    from hrnet_mm.registry import build_in_scope
+
+    torch.save(dict(state_dict={'conv1.weight': torch.zeros(3)}), cls_cwd / 'bare.pth')
+    proc = _tool(cls_cwd, TRAIN, CLS, '--work-dir', 'work', '--cfg-options', 'load_from=bare.pth')
+    _one_line_error(proc, 'train.py', 'load_from bare.pth: none of the weights of the model', 'bare backbone',
+                    "init_cfg=dict(type='Pretrained'")
+
+    state = build_in_scope('mmpretrain', Config.fromfile(CLS).model).state_dict()
+    (head,) = [k for k in state if k.startswith('head.') and k.endswith('.weight')]
+    state[head] = torch.zeros(7, *state[head].shape[1:])
+    torch.save(dict(state_dict=state), cls_cwd / 'other_head.pth')
+    proc = _tool(cls_cwd, TRAIN, CLS, '--work-dir', 'work', '--cfg-options', 'load_from=other_head.pth',
+                 'train_cfg.max_epochs=1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert f'load_from other_head.pth: {len(state) - 1} of {len(state)} weights load; 1 with other shapes' in out, out
+    assert f'e.g. {head}: checkpoint (7, ' in out

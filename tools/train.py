@@ -313,6 +313,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         tool_utils.check_datasets(cfg, train_loaders(cfg), scope)
         with tool_utils.quiet_startup(args.verbose):
             runner = build_runner(cfg, scope)
+        if isinstance(load_from, str) and not cfg.get('resume', False):
+            summary = tool_utils.check_load_from(runner.model, load_from, args.config)
+            if summary:
+                runner.logger.warning(summary)
         try:
             runner.train()
         except (KeyboardInterrupt, Exception) as exc:
