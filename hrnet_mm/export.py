@@ -129,9 +129,9 @@ def prepare(model: nn.Module, fold_bn: bool = True) -> Tuple[nn.Module, int]:
     Returns:
         The copy and the number of folded conv+BN pairs.
     """
-    from .deploy import fold_batchnorm
+    from .deploy import fold_batchnorm, plain_forward
 
-    m = copy.deepcopy(model).eval()
+    m = plain_forward(copy.deepcopy(model).eval())
     for p in m.parameters():
         p.requires_grad_(False)
     return m, (fold_batchnorm(m) if fold_bn else 0)

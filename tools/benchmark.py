@@ -15,6 +15,9 @@ Implementations:
                       (infer only, with ``--compile``)
   hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward
                       (train only; its gradients are checked against hrnet_mm's)
+  hrnet_mm-cl-compiled   ``HRNet(channels_last=True, compile=True)``: the forward through torch.compile
+                      (train only, with ``--compile``; ``prep s`` is its first step, which compiles; its
+                      gradients are checked in float64 like hrnet_mm-cl's, which compiles once more)
   mmdet, mmseg, mmpose, mmpretrain, timm   the peers' backbones (mmseg fuses with bilinear upsampling, so
                       hrnet_mm is compared with it in its bilinear setting)
 
@@ -151,9 +154,10 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
         for m in impls['hrnet_mm-bilinear'].modules():
             if hasattr(m, 'upsample_mode'):
                 m.upsample_mode, m.align_corners = 'bilinear', False
-    if 'hrnet_mm-cl' in names:
-        impls['hrnet_mm-cl'] = HRNet(arch=case.arch, channels_last=True)
-        impls['hrnet_mm-cl'].load_state_dict(ours.state_dict(), strict=True)
+    for name, kwargs in (('hrnet_mm-cl', {}), ('hrnet_mm-cl-compiled', dict(compile=True))):
+        if name in names:
+            impls[name] = HRNet(arch=case.arch, channels_last=True, **kwargs)
+            impls[name].load_state_dict(ours.state_dict(), strict=True)
     for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True))):
         if name in names:
             t0 = time.perf_counter()
@@ -179,6 +183,8 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
         ref = _outputs(impls['hrnet_mm'], x)
         ref_bilinear = _outputs(impls['hrnet_mm-bilinear'], x) if 'hrnet_mm-bilinear' in impls else None
         for name, m in impls.items():
+            if name == 'hrnet_mm-cl-compiled':
+                continue  # a training row: its gradients are checked (compiling an eval graph too would be slow)
             base = ref_bilinear if name in ('mmseg', 'hrnet_mm-bilinear') else ref
             t0 = time.perf_counter()
             outs = _outputs(m, x.contiguous(memory_format=torch.channels_last) if 'deploy' in name else x)
@@ -287,7 +293,8 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     if mode == 'infer':
         names = ['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
     else:
-        names = ['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl'])
+        names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl'])
+                 + (['hrnet_mm-cl-compiled'] if args.compile else []))
     prep: Dict[str, float] = {}
     impls = build_impls(case, names, prep, tune_allocator=args.allocator == 'tuned')
     x = torch.randn(case.batch, 3, case.height, case.width)
@@ -305,8 +312,11 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     steps = {k: make_step(k, m, x, mode, autocast, device) for k, m in impls.items()}
     now = _timer(device)
     for k, step in steps.items():  # warm-up
-        for _ in range(args.warmup):
+        for i in range(max(args.warmup, 1 if k.endswith('-compiled') else 0)):
+            t0 = now()
             step()
+            if i == 0 and k == 'hrnet_mm-cl-compiled':
+                prep[k] = now() - t0  # the first step compiles
     times: Dict[str, List[float]] = {k: [] for k in steps}
     peak: Dict[str, Optional[float]] = {k: None for k in steps}
     for _ in range(args.repeats):  # interleaved rounds: noise hits every implementation alike
@@ -454,7 +464,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32', help='autocast dtype')
     parser.add_argument('--channels-last', action='store_true', help='run every implementation channels_last')
     parser.add_argument('--compile', action='store_true',
-                        help='also time to_deploy(compile=True) (row hrnet_mm-deploy-compiled; compiles for ~1 min)')
+                        help='also time to_deploy(compile=True) (infer row hrnet_mm-deploy-compiled, compiles for '
+                             '~1 min) and HRNet(channels_last=True, compile=True) (train row hrnet_mm-cl-compiled, '
+                             'compiles for ~3 min per case and dtype)')
     parser.add_argument('--no-channels-last-row', action='store_true',
                         help='leave out the hrnet_mm-cl (channels_last=True) training row')
     parser.add_argument('--memory', action='store_true',
