@@ -459,7 +459,8 @@ class HRNet(BaseModule, NamedNorms):
         """Maps ``(N, in_channels, H, W)`` to a tuple of ``len(out_indices)`` maps (a list when scripted); see
         the module docstring for their sizes."""
         if not torch.jit.is_scripting():
-            if self.compile_options is not None and not torch.compiler.is_compiling():
+            # getattr: modules pickled before the option existed
+            if getattr(self, 'compile_options', None) is not None and not torch.compiler.is_compiling():
                 return self._compiled_forward()(x)
         return self._forward(x)
 
