@@ -9,9 +9,9 @@ or multi-resolution sum that follows them (:func:`fuse_onednn`). ``compile=True`
 folding and the fused sums change the order of a few operations).
 
 On CPU, :func:`to_deploy` also calls :func:`tune_cpu_allocator` (glibc only; ``tune_allocator=False`` leaves the
-allocator alone): by default glibc hands the large activation buffers of every forward back to the operating
-system and takes them again, page by page, on the next one (about 1,900 page faults per W32 256x192 forward and
-60,000 per W18 512x1024 forward), which costs 8-15% of the deploy model's time.
+allocator alone): by default glibc may hand the large activation buffers of every forward back to the operating
+system and take them again, page by page, on the next one (up to 61,000 page faults per W18 512x1024 deploy
+forward, which then takes 1.24x as long; docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def tune_cpu_allocator(mmap_threshold_mb: int = 64, trim_threshold_mb: int = 256
     Process-wide (every later allocation of every library in this process): blocks below ``mmap_threshold_mb``
     come from the heap instead of a fresh ``mmap`` each time, and up to ``trim_threshold_mb`` of free memory at the
     top of the heap stays mapped. Repeated forwards then reuse the same pages instead of faulting them in again,
-    which makes CPU inference of any HRNet (the peers' too) faster: W32 256x192 deploy 70 -> 64 ms, eager W18
-    512x1024 840 -> 595 ms on the 2-core development machine. The price is that the process keeps up to
+    which makes CPU inference of any HRNet (the peers' too) faster: eager W18 512x1024 830 -> 576 ms, its deploy
+    model 373 -> 301 ms on the 2-core development machine. The price is that the process keeps up to
     ``trim_threshold_mb`` of freed memory. The same effect as preloading jemalloc or tcmalloc, which Intel
     recommends for PyTorch on CPU; with those preloaded this call changes nothing.
 
@@ -344,7 +344,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
             constants, folded and prepacked for oneDNN); the global inductor config is untouched.
         compile_options: Extra inductor options for ``torch.compile`` (e.g. ``{'max_autotune': True}``).
         tune_allocator: When the model is on the CPU, call :func:`tune_cpu_allocator` (process-wide: glibc keeps
-            freed memory for the next forward instead of faulting it in again; 8-15% faster here).
+            freed memory for the next forward instead of faulting it in again; up to 1.24x faster here).
 
     Returns:
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
