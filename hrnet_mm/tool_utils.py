@@ -349,6 +349,11 @@ def _compare_state(model: Any, state: Dict[str, Any]) -> Tuple[Dict[str, Any], D
     return state, model_state, missing, mismatched
 
 
+def _shape_example(state: Dict[str, Any], model_state: Dict[str, Any], mismatched: List[str]) -> str:
+    k = mismatched[0]
+    return f'e.g. {k}: checkpoint {tuple(state[k].shape)}, model {tuple(model_state[k].shape)}'
+
+
 def check_load_from(model: Any, checkpoint: str, config: str) -> Optional[str]:
     """What ``load_from`` will load into ``model``, before training starts.
 
@@ -378,9 +383,8 @@ def check_load_from(model: Any, checkpoint: str, config: str) -> Optional[str]:
         return None
     parts = [f'{len(fitting)} of {len(model_state)} weights load']
     if mismatched:
-        k = mismatched[0]
-        parts.append(f'{len(mismatched)} with other shapes keep their initialization (e.g. {k}: checkpoint '
-                     f'{tuple(state[k].shape)}, model {tuple(model_state[k].shape)})')
+        parts.append(f'{len(mismatched)} with other shapes keep their initialization '
+                     f'({_shape_example(state, model_state, mismatched)})')
     if missing:
         parts.append(f'{len(missing)} are not in the checkpoint (e.g. {missing[0]})')
     return f'load_from {checkpoint}: ' + '; '.join(parts)
@@ -412,9 +416,8 @@ def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config:
     if missing or mismatched:
         detail = []
         if mismatched:
-            k = mismatched[0]
-            detail.append(f'{len(mismatched)} weights with other shapes (e.g. {k}: checkpoint '
-                          f'{tuple(state[k].shape)}, model {tuple(model_state[k].shape)})')
+            example = _shape_example(state, model_state, mismatched)
+            detail.append(f'{len(mismatched)} weights with other shapes ({example})')
         if missing:
             detail.append(f'{len(missing)} of {len(model_state)} weights missing (e.g. {missing[0]})')
         raise UserInputError(f'checkpoint {checkpoint} does not fit the model of {config}: {"; ".join(detail)}; '
