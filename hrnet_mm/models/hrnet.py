@@ -191,12 +191,12 @@ class HRNet(BaseModule, NamedNorms):
             same values up to float32 rounding, not bit-identical to the peers', hence off by default.
         compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='max-autotune')``), in training and inference alike. Inductor fuses the norms, ReLUs and
-            sums around the convolutions; the first call compiles the forward and backward graphs once (about
-            3 minutes on a 2-core CPU; a new input size may compile again). Measured on CPU with
-            ``channels_last=True``: 1.37x the peers' W18 256x256 batch-2 training step, 1.19x at W32 256x192
-            batch 1 (docs/benchmarks.md). The compiled function is not part of the module's state: a copy, an
-            unpickled module, :func:`hrnet_mm.deploy.to_deploy`, ONNX export and ``torch.jit.script`` use the
-            plain forward.
+            sums around the convolutions. The first training step compiles the forward and backward graphs
+            (3-7 minutes on a 2-core CPU); eval mode and new input sizes may compile again. Measured on CPU
+            with ``channels_last=True``, per training step: 1.30x the fastest peer at W18 256x256 batch 2, 1.14x
+            at W32 256x192 batch 1 (docs/benchmarks.md). The compiled function is not part of the module's state:
+            a copy, an unpickled module, :func:`hrnet_mm.deploy.to_deploy`, ONNX export and ``torch.jit.script``
+            use the plain forward.
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
             default (Kaiming normal, fan_out, for convs; ones and zeros for norms).
