@@ -53,3 +53,17 @@ def test_allocator_child_times_the_model_and_counts_faults():
                                                   glibc=dict(median_ms=10.0, faults_per_call=900.0),
                                                   tuned=dict(median_ms=8.0, faults_per_call=0.0))])
     assert '1.25x' in text and '900' in text
+
+
+def test_a_peer_that_fails_on_the_input_is_left_out_not_fatal(capsys):
+    from hrnet_mm.models import HRNet
+
+    class Crashes(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError('The size of tensor a (334) must match the size of tensor b (336)')
+
+    impls = {'hrnet_mm': HRNet(extra=copy.deepcopy(TINY_EXTRA)), 'mmdet': Crashes()}
+    errs = benchmark.check_agreement(impls, torch.randn(1, 3, 64, 80))
+    assert list(impls) == ['hrnet_mm'] and 'mmdet' not in errs
+    assert 'skipping mmdet: RuntimeError: The size of tensor a (334)' in capsys.readouterr().err
+    assert benchmark.CASES['w32-det-b1'].width % 32 == 0  # what mmdet's preprocessor feeds the backbone
