@@ -186,7 +186,7 @@ class HRNet(BaseModule, NamedNorms):
         with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion.
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
         channels_last: Keep the weights in ``torch.channels_last`` memory format and convert the input to it, so
-            the convolutions and norms use the faster NHWC kernels (measured 1.13-1.27x for a CPU training step,
+            the convolutions and norms use the faster NHWC kernels (measured 1.11-1.20x for a CPU training step,
             docs/benchmarks.md). The outputs are then channels_last tensors with the
             same values up to float32 rounding, not bit-identical to the peers', hence off by default.
         compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
