@@ -166,14 +166,18 @@ class OneDNNConv2d(nn.Module):
         self._packed = {}
         return super()._apply(fn, *args, **kwargs)
 
-    def _fast(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
+    def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The packed weight when the fused oneDNN op can run on these inputs, else None."""
         if not (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
                 and self.weight.dtype == torch.float32 and self.weight.device.type == 'cpu' and onednn_available()):
-            return False
+            return None
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
-            return False  # the fused ops have no backward
-        return other is None or (other.dtype == x.dtype and other.shape == self._packed_weight(x)[1])
+            return None  # the fused ops have no backward
+        w, out_shape = self._packed_weight(x)
+        if other is not None and (other.dtype != x.dtype or other.shape != out_shape):
+            return None
+        return w
 
     def _packed_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
         """The weight packed for ``x``'s shape, and the output shape."""
@@ -191,12 +195,12 @@ class OneDNNConv2d(nn.Module):
         return entry
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not self._fast(x, other):
+        w = self._fast_weight(x, other)
+        if w is None:
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
             if other is not None:
                 y = y + other
             return F.relu(y) if self.relu else y
-        w = self._packed_weight(x)[0]
         args = (self.padding, self.stride, self.dilation, self.groups)
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, *args, 'relu' if self.relu else 'none',
