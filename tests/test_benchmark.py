@@ -67,3 +67,15 @@ def test_a_peer_that_fails_on_the_input_is_left_out_not_fatal(capsys):
     assert list(impls) == ['hrnet_mm'] and 'mmdet' not in errs
     assert 'skipping mmdet: RuntimeError: The size of tensor a (334)' in capsys.readouterr().err
     assert benchmark.CASES['w32-det-b1'].width % 32 == 0  # what mmdet's preprocessor feeds the backbone
+
+
+def test_environment_names_the_processor_and_its_vector_isa():
+    # The ratios depend on the CPU (oneDNN's AVX2 and AVX-512 kernels differ), so every table says which it was.
+    env = benchmark.environment(torch.device('cpu'))
+    assert env['processor'] and env['processor'] == benchmark.processor_name()
+    assert env['cpu_isa'] == torch.backends.cpu.get_cpu_capability()
+    if os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        if names:
+            assert env['processor'] == ' '.join(names[0].split())

@@ -427,10 +427,25 @@ def format_allocator_table(results: List[Dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 
+def processor_name() -> str:
+    """The CPU model as the kernel reports it (``model name`` of /proc/cpuinfo), else ``platform.processor()``.
+
+    Ratios depend on it: the oneDNN kernels differ between AVX2 and AVX-512 processors (see ``cpu_isa``)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return ' '.join(line.split(':', 1)[1].split()) or '?'
+    except OSError:
+        pass
+    return platform.processor() or '?'
+
+
 def environment(device: torch.device) -> Dict[str, str]:
     import mmengine
     info = dict(python=platform.python_version(), torch=torch.__version__, mmengine=mmengine.__version__,
-                hrnet_mm=hrnet_mm.__version__, machine=platform.machine(), processor=platform.processor() or '?',
+                hrnet_mm=hrnet_mm.__version__, machine=platform.machine(), processor=processor_name(),
+                cpu_isa=torch.backends.cpu.get_cpu_capability(),
                 threads=str(torch.get_num_threads()), device=str(device),
                 allocator='tuned' if allocator_tuned() else 'glibc-default')
     if device.type == 'cuda':
