@@ -79,3 +79,26 @@ def test_environment_names_the_processor_and_its_vector_isa():
             names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
         if names:
             assert env['processor'] == ' '.join(names[0].split())
+
+
+def test_branch_streams_patch_every_hr_module_and_keep_the_cpu_forward():
+    # On a GPU the branches run on streams of their own (tests/test_cuda.py); elsewhere the plain forward runs.
+    from hrnet_mm.deploy import to_deploy
+    from hrnet_mm.models import HRModule, HRNet
+    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    plain = to_deploy(model, fuse=False)
+    streams = benchmark.use_branch_streams(to_deploy(model, fuse=False))
+    hr_modules = [m for m in streams.modules() if isinstance(m, HRModule)]
+    assert len(hr_modules) == 5 and all('forward' in vars(m) for m in hr_modules)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for a, b in zip(streams(x), plain(x)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('flag', ['--branch-streams', '--cuda-graphs'])
+def test_cuda_only_rows_need_a_cuda_device(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(['--device', 'cpu', flag, '--cases', 'w32-pose-b1'])
+    assert exc.value.code == 2
+    assert 'CUDA-only rows' in capsys.readouterr().err

@@ -13,6 +13,11 @@ Implementations:
                       convolutions (infer only)
   hrnet_mm-deploy-compiled   ``to_deploy(model, compile=True)``: torch.compile with inductor weight freezing
                       (infer only, with ``--compile``)
+  hrnet_mm-deploy-streams    CUDA only, with ``--branch-streams``: the deploy model (unfused) whose HR modules run
+                      each branch on a CUDA stream of its own (:func:`use_branch_streams`; an experiment for
+                      batch-1 latency, checked against hrnet_mm on the device)
+  hrnet_mm-deploy-cudagraphs CUDA only, with ``--cuda-graphs``: ``to_deploy(model, compile=True)`` with inductor's
+                      CUDA graphs (``triton.cudagraphs``): one graph launch per forward instead of ~300 kernels
   hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward
                       (train only; its gradients are checked against hrnet_mm's)
   hrnet_mm-cl-compiled   ``HRNet(channels_last=True, compile=True)``: the forward through torch.compile
@@ -40,6 +45,8 @@ Examples::
     python tools/benchmark.py --cases w32-pose-b1 w18-seg-b1 --mode infer --compile   # + compiled deploy model
     python tools/benchmark.py --mode train --memory --memory-cases w32-mem-b2          # + CPU memory, with_cp
     python tools/benchmark.py --allocator-effect --cases w32-pose-b1 w18-seg-b1        # glibc vs tuned allocator
+    python tools/benchmark.py --device cuda --dtype bf16 --channels-last --mode infer --compile \
+        --branch-streams --cuda-graphs --cases w32-pose-b1 w32-pose-b32     # the CUDA rows (tools/gpu_check.sh)
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -61,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hrnet_mm  # noqa: E402
 from hrnet_mm.deploy import allocator_tuned, to_deploy, tune_cpu_allocator  # noqa: E402
-from hrnet_mm.models import HRNet  # noqa: E402
+from hrnet_mm.models import HRModule, HRNet  # noqa: E402
 from hrnet_mm.models.arch import get_preset  # noqa: E402
 
 
@@ -87,6 +95,37 @@ CASES = {c.name: c for c in [
 ]}
 DEFAULT_CASES = ['w32-pose-b1', 'w18-seg-b1', 'w18-train-b2']  # the rest: --cases, they take minutes on CPU
 PEERS = ['mmdet', 'mmseg', 'mmpose', 'mmpretrain', 'timm']
+CUDA_ONLY = ('hrnet_mm-deploy-streams', 'hrnet_mm-deploy-cudagraphs')  # checked against hrnet_mm on the device
+
+
+def _branch_streams_forward(self: HRModule, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+    """:meth:`HRModule.forward` with branch ``i`` on CUDA stream ``i`` (then the fusion on the current stream)."""
+    if not xs[0].is_cuda:
+        return HRModule.forward(self, xs)
+    streams = self.__dict__.setdefault('_cuda_streams', {}).setdefault(xs[0].device, [])
+    while len(streams) < len(xs):
+        streams.append(torch.cuda.Stream(device=xs[0].device))
+    main = torch.cuda.current_stream(xs[0].device)
+    ys: List[torch.Tensor] = []
+    for x, branch, stream in zip(xs, self.branches, streams):
+        stream.wait_stream(main)  # x was written on the current stream
+        with torch.cuda.stream(stream):
+            x.record_stream(stream)  # its memory is not reused before this stream has read it
+            ys.append(branch(x))
+    for y, stream in zip(ys, streams):
+        main.wait_stream(stream)
+        y.record_stream(main)  # allocated on the branch stream, read by the fusion on the current one
+    return ys if self.fuse_layers is None else self._fuse(ys)
+
+
+def use_branch_streams(model: nn.Module) -> nn.Module:
+    """Makes every :class:`HRModule` in ``model`` (in place) run its parallel branches concurrently, each on a CUDA
+    stream of its own, and fuse them after all have finished; inputs that are not on a GPU take the plain forward.
+    For inference: the streams are not synchronised for autograd."""
+    for module in model.modules():
+        if isinstance(module, HRModule):
+            module.forward = types.MethodType(_branch_streams_forward, module)
+    return model
 
 
 def _extra(arch: str) -> dict:
@@ -159,10 +198,15 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
         if name in names:
             impls[name] = HRNet(arch=case.arch, channels_last=True, **kwargs)
             impls[name].load_state_dict(ours.state_dict(), strict=True)
-    for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True))):
+    for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True)),
+                         ('hrnet_mm-deploy-streams', dict(fuse=False)),
+                         ('hrnet_mm-deploy-cudagraphs', dict(compile=True,
+                                                             compile_options={'triton.cudagraphs': True}))):
         if name in names:
             t0 = time.perf_counter()
             impls[name] = to_deploy(ours.eval(), tune_allocator=tune_allocator, **kwargs)
+            if name == 'hrnet_mm-deploy-streams':
+                use_branch_streams(impls[name])
             prep[name] = time.perf_counter() - t0
     return impls
 
@@ -184,8 +228,9 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
         ref = _outputs(impls['hrnet_mm'], x)
         ref_bilinear = _outputs(impls['hrnet_mm-bilinear'], x) if 'hrnet_mm-bilinear' in impls else None
         for name, m in list(impls.items()):
-            if name == 'hrnet_mm-cl-compiled':
-                continue  # a training row: its gradients are checked (compiling an eval graph too would be slow)
+            if name == 'hrnet_mm-cl-compiled' or name in CUDA_ONLY:
+                continue  # a training row: its gradients are checked (compiling an eval graph too would be slow);
+                # the CUDA-only rows are checked on the device (check_on_device)
             base = ref_bilinear if name in ('mmseg', 'hrnet_mm-bilinear') else ref
             t0 = time.perf_counter()
             try:
@@ -203,6 +248,31 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
             errs[name] = err
             if err > tol:
                 raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {tol}')
+    return errs
+
+
+def check_on_device(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4,
+                    prep: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Max relative error of the CUDA-only rows against hrnet_mm, both on ``x``'s device in float32; their first
+    call (compile, graph capture) is added to ``prep``."""
+    errs: Dict[str, float] = {}
+    prep = {} if prep is None else prep
+    names = [k for k in CUDA_ONLY if k in impls]
+    if not names:
+        return errs
+    with torch.no_grad():
+        ref = _outputs(impls['hrnet_mm'].eval(), x)
+        for name in names:
+            t0 = time.perf_counter()
+            outs = [o.clone() for o in _outputs(impls[name], x.contiguous(memory_format=torch.channels_last))]
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            prep[name] = prep.get(name, 0.0) + time.perf_counter() - t0
+            errs[name] = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                             for a, b in zip(outs, ref))
+            if errs[name] > tol:
+                raise SystemExit(f'{name} disagrees with hrnet_mm on {x.device}: '
+                                 f'relative error {errs[name]:.2e} > {tol}')
     return errs
 
 
@@ -299,7 +369,9 @@ class Row:
 
 def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
     if mode == 'infer':
-        names = ['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
+        names = (['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
+                 + (['hrnet_mm-deploy-streams'] if args.branch_streams else [])
+                 + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else []))
     else:
         names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl'])
                  + (['hrnet_mm-cl-compiled'] if args.compile else []))
@@ -316,6 +388,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
         x = x.contiguous(memory_format=torch.channels_last)
     impls = {k: v.to(device) for k, v in impls.items()}
     x = x.to(device)
+    errs.update(check_on_device(impls, x[:1], prep=prep))
     autocast = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
     steps = {k: make_step(k, m, x, mode, autocast, device) for k, m in impls.items()}
     now = _timer(device)
@@ -497,6 +570,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='also time to_deploy(compile=True) (infer row hrnet_mm-deploy-compiled, compiles for '
                              '~1 min) and HRNet(channels_last=True, compile=True) (train row hrnet_mm-cl-compiled, '
                              'compiles for ~3 min per case and dtype)')
+    parser.add_argument('--branch-streams', action='store_true',
+                        help='CUDA: also time the deploy model with each HR module\'s branches on CUDA streams of '
+                             'their own (infer row hrnet_mm-deploy-streams)')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='CUDA: also time to_deploy(compile=True) with inductor\'s CUDA graphs (infer row '
+                             'hrnet_mm-deploy-cudagraphs)')
     parser.add_argument('--no-channels-last-row', action='store_true',
                         help='leave out the hrnet_mm-cl (channels_last=True) training row')
     parser.add_argument('--memory', action='store_true',
@@ -530,6 +609,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 json.dump(dict(environment=env, args=vars(args), allocator_effect=results), f, indent=2)
         return 0
     device = torch.device(args.device)
+    if (args.branch_streams or args.cuda_graphs) and device.type != 'cuda':
+        parser.error('--branch-streams and --cuda-graphs time CUDA-only rows: use them with --device cuda')
     if args.allocator == 'tuned' and device.type == 'cpu' and not tune_cpu_allocator():
         print('  the allocator could not be tuned (not glibc); timing with its default', file=sys.stderr)
     env = environment(device)
