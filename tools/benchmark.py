@@ -51,6 +51,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -216,6 +217,11 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def max_rel_err(outs: List[torch.Tensor], refs: List[torch.Tensor]) -> float:
+    """The largest ``max|a - b| / max|b|`` over pairs of outputs, in float32."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(outs, refs))
+
+
 def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4,
                     prep: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Max relative error of each implementation's outputs against hrnet_mm's (mmseg against bilinear).
@@ -243,24 +249,34 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
                 continue
             if name in prep:
                 prep[name] += time.perf_counter() - t0
-            err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-                      for a, b in zip(outs, base))
-            errs[name] = err
+            err = errs[name] = max_rel_err(outs, base)
             if err > tol:
                 raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {tol}')
     return errs
 
 
+@contextlib.contextmanager
+def _matmul_tf32(allow: bool):
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def check_on_device(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1e-4,
                     prep: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-    """Max relative error of the CUDA-only rows against hrnet_mm, both on ``x``'s device in float32; their first
+    """Max relative error of the CUDA-only rows against hrnet_mm, both on ``x``'s device in float32 with TF32 off
+    (TF32 keeps 10 mantissa bits: two TF32 runs of the same function differ by more than ``tol``); their first
     call (compile, graph capture) is added to ``prep``."""
     errs: Dict[str, float] = {}
     prep = {} if prep is None else prep
     names = [k for k in CUDA_ONLY if k in impls]
     if not names:
         return errs
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False), \
+            _matmul_tf32(False):
         ref = _outputs(impls['hrnet_mm'].eval(), x)
         for name in names:
             t0 = time.perf_counter()
@@ -268,8 +284,7 @@ def check_on_device(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             prep[name] = prep.get(name, 0.0) + time.perf_counter() - t0
-            errs[name] = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-                             for a, b in zip(outs, ref))
+            errs[name] = max_rel_err(outs, ref)
             if errs[name] > tol:
                 raise SystemExit(f'{name} disagrees with hrnet_mm on {x.device}: '
                                  f'relative error {errs[name]:.2e} > {tol}')
