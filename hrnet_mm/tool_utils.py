@@ -476,6 +476,64 @@ class Interrupted(Exception):
     """Ctrl-C, with the one line that tells what to do next."""
 
 
+class InterruptGuard:
+    """Makes one Ctrl-C stop a training run even where the ``KeyboardInterrupt`` gets lost.
+
+    Python raises a Ctrl-C wherever the main thread happens to be. When that is inside a finalizer (``__del__``, a
+    weakref callback: the exception is printed as "Exception ignored" and dropped) or inside a library's
+    ``except BaseException``, training simply goes on. While the guard is active, SIGINT also sets
+    :attr:`requested`, and the hook that :meth:`hook` returns raises ``KeyboardInterrupt`` again at the next
+    train or val iteration and epoch end. Use it as a context manager in the main thread; it restores the
+    previous SIGINT handler on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self, *args, **kwargs) -> None:
+        """Raises ``KeyboardInterrupt`` if a Ctrl-C arrived (any arguments, so it can serve as every hook method)."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def hook(self):
+        """An mmengine hook (highest priority) that calls :meth:`check` before every train and val iteration and
+        after every train and val epoch; register it with ``runner.register_hook(guard.hook(), 'HIGHEST')``."""
+        from mmengine.hooks import Hook
+
+        check = self.check
+
+        class InterruptHook(Hook):
+            priority = 'HIGHEST'
+
+            def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+                check()
+
+            def before_val_iter(self, runner, batch_idx, data_batch=None) -> None:
+                check()
+
+            def after_train_epoch(self, runner) -> None:
+                check()
+
+            def after_val_epoch(self, runner, metrics=None) -> None:
+                check()
+
+        return InterruptHook()
+
+    def __enter__(self) -> 'InterruptGuard':
+        import signal
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+        signal.signal(signal.SIGINT, self._previous)
+
+
 @contextlib.contextmanager
 def user_errors(prog: str, debug: bool = False, user_types: Tuple[type, ...] = ()) -> Iterator[None]:
     """Reports user errors in the block as ``prog: error: <one line>`` on stderr and exits with status 2.

@@ -240,6 +240,35 @@ def test_ctrl_c_prints_the_last_checkpoint_and_how_to_resume(cls_cwd: Path) -> N
     assert line.endswith('default_hooks.checkpoint.interval=1 --resume'), line
 
 
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training() -> None:
+    # A KeyboardInterrupt raised while a finalizer runs is printed as "Exception ignored" and dropped, and training
+    # would go on; the guard that train.py installs remembers the Ctrl-C and its hook raises it again.
+    import signal
+
+    from hrnet_mm.tool_utils import InterruptGuard
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10000):  # the handler runs here, inside the finalizer
+                pass
+
+    guard = InterruptGuard()
+    hook = guard.hook()
+    before = signal.getsignal(signal.SIGINT)
+    hook.before_train_iter(None, 0)  # no Ctrl-C yet: nothing happens
+    with guard:
+        obj = Finalized()
+        del obj  # the KeyboardInterrupt is lost in __del__
+        assert guard.requested
+        for call in (lambda: hook.before_train_iter(None, 1), lambda: hook.before_val_iter(None, 0),
+                     lambda: hook.after_train_epoch(None), lambda: hook.after_val_epoch(None, {})):
+            with pytest.raises(KeyboardInterrupt):
+                call()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert hook.priority == 'HIGHEST'
+
+
 # ------------------------------------------------------------------------------------ checks in-process
 
 

@@ -317,12 +317,15 @@ def main(argv: Optional[List[str]] = None) -> None:
             summary = tool_utils.check_load_from(runner.model, load_from, args.config)
             if summary:
                 runner.logger.warning(summary)
+        guard = tool_utils.InterruptGuard()  # a Ctrl-C that a library swallows still stops the run
+        runner.register_hook(guard.hook(), 'HIGHEST')
         try:
-            runner.train()
+            with guard:
+                runner.train()
         except (KeyboardInterrupt, Exception) as exc:
             # mmengine turns a Ctrl-C inside some of its steps into another error (e.g. a SyntaxError while it
             # formats the config for a checkpoint); the chain of exceptions still holds the KeyboardInterrupt
-            if not tool_utils.caused_by_interrupt(exc):
+            if not (guard.requested or tool_utils.caused_by_interrupt(exc)):
                 raise
             raise tool_utils.Interrupted(tool_utils.interrupted_message(cfg.work_dir, command_line(argv))) from None
 
