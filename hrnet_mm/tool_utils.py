@@ -495,8 +495,8 @@ class InterruptGuard:
         self.requested = True
         raise KeyboardInterrupt
 
-    def check(self, *args, **kwargs) -> None:
-        """Raises ``KeyboardInterrupt`` if a Ctrl-C arrived (any arguments, so it can serve as every hook method)."""
+    def check(self) -> None:
+        """Raises ``KeyboardInterrupt`` if a Ctrl-C arrived while the guard was active."""
         if self.requested:
             raise KeyboardInterrupt
 
