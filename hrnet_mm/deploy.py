@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hrnet_mm import winograd as winograd_ops
+
 
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
@@ -139,41 +141,52 @@ class OneDNNConv2d(nn.Module):
         relu: Apply a ReLU to the result.
         add: ``forward`` takes a second tensor that is added to the convolution before the ReLU.
         inplace: Write the result into that second tensor (only when nothing else reads it).
+        winograd: For a 3x3 stride-1 convolution, also consider the Winograd kernels (:mod:`hrnet_mm.winograd`;
+            float32 channels_last CPU inputs): the fastest of oneDNN, F(2x2, 3x3) and F(4x4, 3x3) is timed once
+            per input shape and used from then on.
     """
 
-    def __init__(self, conv: nn.Conv2d, relu: bool = False, add: bool = False, inplace: bool = False) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool = False, add: bool = False, inplace: bool = False,
+                 winograd: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu, self.add, self.inplace = relu, add, inplace
+        geometry = (tuple(self.weight.shape[2:]), self.stride, self.padding, self.dilation, self.groups)
+        self.winograd = bool(winograd) and geometry == ((3, 3), [1, 1], [1, 1], [1, 1], 1)
         self._packed: Dict[torch.Size, Tuple[torch.Tensor, torch.Size]] = {}
+        self._winograd: Dict[torch.Size, Tuple[int, Optional[torch.Tensor]]] = {}
 
     def extra_repr(self) -> str:
         cin, cout = self.weight.shape[1] * self.groups, self.weight.shape[0]
         return (f'{cin}, {cout}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, '
-                f'relu={self.relu}, add={self.add}, inplace={self.inplace}')
+                f'relu={self.relu}, add={self.add}, inplace={self.inplace}, winograd={self.winograd}')
 
     def __deepcopy__(self, memo):  # packed weights are opaque oneDNN tensors: repack after a copy
         new = copy.copy(self)
         memo[id(self)] = new
-        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != '_packed'}
-        new._packed = {}
+        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in _CACHES}
+        new._packed, new._winograd = {}, {}
         return new
 
     def _apply(self, fn, *args, **kwargs):  # .to() / .half() / ...: drop packed weights
-        self._packed = {}
+        self._packed, self._winograd = {}, {}
         return super()._apply(fn, *args, **kwargs)
 
-    def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The packed weight when the fused oneDNN op can run on these inputs, else None."""
+    def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor], pack: bool = True) -> Any:
+        """The packed weight when the fused oneDNN op can run on these inputs, else None (``pack=False``: only
+        whether it can run)."""
         if not (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
                 and self.weight.dtype == torch.float32 and self.weight.device.type == 'cpu' and onednn_available()):
             return None
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
             return None  # the fused ops have no backward
+        if not pack:
+            return x.shape[1] == self.weight.shape[1] * self.groups and (
+                other is None or (other.dtype == x.dtype and other.shape == self._out_shape(x)))
         w, out_shape = self._packed_weight(x)
         if other is not None and (other.dtype != x.dtype or other.shape != out_shape):
             return None
@@ -188,13 +201,42 @@ class OneDNNConv2d(nn.Module):
                 self._packed.pop(next(iter(self._packed)))
             w = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, self.dilation,
                                                              self.groups, list(x.shape))
-            k = self.weight.shape[2:]
-            size = [(x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (k[i] - 1) - 1) // self.stride[i] + 1
-                    for i in range(2)]
-            entry = self._packed[key] = (w, torch.Size([x.shape[0], self.weight.shape[0], *size]))
+            entry = self._packed[key] = (w, self._out_shape(x))
+        return entry
+
+    def _out_shape(self, x: torch.Tensor) -> torch.Size:
+        k = self.weight.shape[2:]
+        size = [(x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (k[i] - 1) - 1) // self.stride[i] + 1
+                for i in range(2)]
+        return torch.Size([x.shape[0], self.weight.shape[0], *size])
+
+    def _winograd_weight(self, x: torch.Tensor) -> Tuple[int, Optional[torch.Tensor]]:
+        """(tile, transformed weight) when a Winograd kernel is the fastest for ``x``'s shape, else (0, None)."""
+        entry = self._winograd.get(x.shape)
+        if entry is None:
+            if len(self._winograd) >= 8:
+                self._winograd.pop(next(iter(self._winograd)))
+            args = (self.padding, self.stride, self.dilation, self.groups)
+            w = self._packed_weight(x)[0]
+
+            def onednn(data: torch.Tensor) -> torch.Tensor:
+                return torch.ops.mkldnn._convolution_pointwise(data, w, self.bias, *args, 'none', [], '')
+
+            tile = winograd_ops.choose_algorithm(x, self.weight, onednn)
+            u = winograd_ops.prepare_weight(self.weight, tile) if tile else None
+            entry = self._winograd[x.shape] = (tile, u)
+            if tile:
+                self._packed.pop(x.shape, None)  # the Winograd weight replaces the oneDNN one for this shape
         return entry
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        channels_last = torch.channels_last
+        if (self.winograd and x.is_contiguous(memory_format=channels_last) and self._fast_weight(x, other, pack=False)
+                and (other is None or other.is_contiguous(memory_format=channels_last))):
+            tile, u = self._winograd_weight(x)
+            if tile:
+                inplace = self.inplace and other is not None
+                return winograd_ops.conv(x, u, self.weight.shape[0], self.bias, tile, other, self.relu, inplace)
         w = self._fast_weight(x, other)
         if w is None:
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -213,6 +255,7 @@ class OneDNNConv2d(nn.Module):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, other, w, self.bias, *args, 'add', 1.0, unary, [], '')
 
 
+_CACHES = ('_packed', '_winograd')
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
@@ -239,9 +282,10 @@ def _owns_result(gm: 'torch.fx.GraphModule', node: 'torch.fx.Node') -> bool:
     return node.op == 'call_function' and node.target in (operator.add, torch.add, F.interpolate)
 
 
-def fuse_onednn(module: nn.Module, inplace_add: bool = True) -> 'torch.fx.GraphModule':
+def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = False) -> 'torch.fx.GraphModule':
     """Traces ``module`` with ``torch.fx`` and replaces every ``Conv2d`` [-> add] [-> ReLU] by one
     :class:`OneDNNConv2d`; ``nn.Identity`` (folded BN) disappears. Fold the BNs first (:func:`fold_batchnorm`).
+    ``winograd`` lets the 3x3 stride-1 convolutions use the Winograd kernels where they are faster.
 
     Public attributes of plain types (``out_channels``, ...) are copied to the returned module. Raises whatever
     ``torch.fx.symbolic_trace`` raises when the forward cannot be traced.
@@ -272,7 +316,8 @@ def fuse_onednn(module: nn.Module, inplace_add: bool = True) -> 'torch.fx.GraphM
             last = next(iter(last.users))
         name = f'onednn_conv{count}'
         count += 1
-        gm.add_submodule(name, OneDNNConv2d(conv, relu=relu, add=other is not None, inplace=inplace))
+        fused = OneDNNConv2d(conv, relu=relu, add=other is not None, inplace=inplace, winograd=winograd)
+        gm.add_submodule(name, fused)
         with graph.inserting_before(last):
             new = graph.call_module(name, (node.args[0],) if other is None else (node.args[0], other))
         last.replace_all_uses_with(new)
@@ -300,15 +345,15 @@ def plain_forward(model: nn.Module) -> nn.Module:
     return model
 
 
-def _fuse_ours(model: nn.Module) -> nn.Module:
+def _fuse_ours(model: nn.Module, winograd: bool = False) -> nn.Module:
     """Applies :func:`fuse_onednn` to the outermost hrnet_mm modules (backbone, necks) inside ``model``."""
     if _is_ours(model):
         try:
-            return fuse_onednn(model)
+            return fuse_onednn(model, winograd=winograd)
         except Exception:  # noqa: BLE001 - an untraceable forward keeps its eager form (BN still folded)
             pass
     for name, child in list(model.named_children()):
-        new = _fuse_ours(child)
+        new = _fuse_ours(child, winograd)
         if new is not child:
             setattr(model, name, new)
     return model
@@ -332,7 +377,7 @@ class CompiledDeploy(nn.Module):
 
 def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = False, inplace: bool = False,
               fuse: Optional[bool] = None, freezing: bool = True, compile_options: Optional[Dict[str, Any]] = None,
-              tune_allocator: bool = True) -> nn.Module:
+              tune_allocator: bool = True, winograd: Optional[bool] = None) -> nn.Module:
     """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, fused, optionally compiled.
 
     Args:
@@ -349,6 +394,11 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         compile_options: Extra inductor options for ``torch.compile`` (e.g. ``{'max_autotune': True}``).
         tune_allocator: When the model is on the CPU, call :func:`tune_cpu_allocator` (process-wide: glibc keeps
             freed memory for the next forward instead of faulting it in again; up to 1.24x faster here).
+        winograd: With ``fuse``, let each 3x3 stride-1 convolution use a Winograd kernel (:mod:`hrnet_mm.winograd`)
+            for the input shapes where timing shows it faster than oneDNN (CPU, float32, channels_last inputs).
+            Default: on when ``fuse`` is and the kernel builds here (C++ compiler and ninja; built once per machine,
+            about 45 s). Outputs then differ from the module's by about 1e-5 of their largest value instead of
+            1e-6.
 
     Returns:
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
@@ -364,7 +414,9 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     if fuse is None:
         fuse = onednn_available() and not compile
     if fuse:
-        m = _fuse_ours(m)
+        if winograd is None:
+            winograd = all(p.device.type == 'cpu' for p in m.parameters()) and winograd_ops.available()
+        m = _fuse_ours(m, bool(winograd))
     if tune_allocator and all(p.device.type == 'cpu' for p in m.parameters()):
         tune_cpu_allocator()
     if compile:

@@ -10,7 +10,8 @@ includes the compile time of ``hrnet_mm-deploy-compiled``).
 Implementations:
   hrnet_mm            the training-ready module (what configs build)
   hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last, prepacked and fused oneDNN
-                      convolutions (infer only)
+                      convolutions, and on CPU Winograd 3x3 convolutions where they are faster (header field
+                      ``winograd=``; its ``prep s`` includes timing the choice per shape) (infer only)
   hrnet_mm-deploy-compiled   ``to_deploy(model, compile=True)``: torch.compile with inductor weight freezing
                       (infer only, with ``--compile``)
   hrnet_mm-deploy-streams    CUDA only, with ``--branch-streams``: the deploy model (unfused) whose HR modules run
@@ -538,7 +539,17 @@ def environment(device: torch.device) -> Dict[str, str]:
                 allocator='tuned' if allocator_tuned() else 'glibc-default')
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
+    info['winograd'] = winograd_state() if device.type == 'cpu' else 'cpu-only'
     return info
+
+
+def winograd_state() -> str:
+    """Whether the deploy model can use the Winograd kernel here: its build name, or off and why. Called before
+    any timing, so a first build on this machine (about 45 s, once) is not counted as preparation time."""
+    from hrnet_mm import winograd
+    if winograd.available():
+        return winograd.build_name()
+    return 'off(' + (winograd.build_error() or '?').replace(' ', '_')[:60] + ')'
 
 
 def format_table(rows: List[Row]) -> str:

@@ -1,0 +1,346 @@
+// Winograd convolutions for hrnet_mm's CPU deploy mode (hrnet_mm/winograd.py builds this file on first use).
+//
+// A 3x3, stride-1, zero-padding-1 convolution computed as F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", CVPR 2016) with m = 4 (6x6 input tiles: 36 products per 16 outputs and channel
+// pair instead of 144) or m = 2 (4x4 tiles: 16 instead of 36). For a block of tiles at a time:
+//   1. input transform: every tile d of every input channel becomes B^T d B, stored as V[P][tiles][C], P = (m+2)^2;
+//   2. P independent matrix products M[p] = V[p] @ U[p], U[p] being the transformed weight (G g G^T)[p] (C x K8,
+//      computed once in float64 by hrnet_mm/winograd.py, K padded to a multiple of 8 with zero columns, stored
+//      as contiguous 16-column panels: hrnet_mm.winograd.pack_weight);
+//   3. output transform: A^T M A per tile, plus bias, plus an optional residual, optional ReLU, written into the
+//      channels_last output.
+// The block is sized so that its V and M stay in the core's L2 cache; blocks (and, when there are too few tiles
+// to share out, slices of the output channels) are spread over torch's intra-op threads. The transforms work on
+// 8 channels at a time (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HRNET_MM_AVX2 1
+#endif
+
+namespace {
+constexpr int L = 8;  // channel lanes per step (one AVX2 register)
+
+// In-register 1-D transforms on L lanes: x[i*xs] -> y[p*ys] (strides in units of L floats).
+#define LOOP for (int c = 0; c < L; ++c)
+template <int MT> struct Tf;
+template <> struct Tf<4> {
+  static constexpr int A = 6;
+  static inline void bt(const float* __restrict__ x, int xs, float* __restrict__ y, int ys) {
+    LOOP {
+      const float a0 = x[0 * xs + c], a1 = x[1 * xs + c], a2 = x[2 * xs + c], a3 = x[3 * xs + c],
+                  a4 = x[4 * xs + c], a5 = x[5 * xs + c];
+      y[0 * ys + c] = 4.f * a0 - 5.f * a2 + a4;
+      y[1 * ys + c] = -4.f * (a1 + a2) + a3 + a4;
+      y[2 * ys + c] = 4.f * (a1 - a2) - a3 + a4;
+      y[3 * ys + c] = 2.f * (a3 - a1) - a2 + a4;
+      y[4 * ys + c] = 2.f * (a1 - a3) - a2 + a4;
+      y[5 * ys + c] = 4.f * a1 - 5.f * a3 + a5;
+    }
+  }
+  static inline void at(const float* __restrict__ m, int ms, float* __restrict__ o, int os) {
+    LOOP {
+      const float m0 = m[0 * ms + c], m1 = m[1 * ms + c], m2 = m[2 * ms + c], m3 = m[3 * ms + c],
+                  m4 = m[4 * ms + c], m5 = m[5 * ms + c];
+      const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+      o[0 * os + c] = m0 + s12 + s34;
+      o[1 * os + c] = d12 + 2.f * d34;
+      o[2 * os + c] = s12 + 4.f * s34;
+      o[3 * os + c] = d12 + 8.f * d34 + m5;
+    }
+  }
+};
+template <> struct Tf<2> {
+  static constexpr int A = 4;
+  static inline void bt(const float* __restrict__ x, int xs, float* __restrict__ y, int ys) {
+    LOOP {
+      const float a0 = x[0 * xs + c], a1 = x[1 * xs + c], a2 = x[2 * xs + c], a3 = x[3 * xs + c];
+      y[0 * ys + c] = a0 - a2;
+      y[1 * ys + c] = a1 + a2;
+      y[2 * ys + c] = a2 - a1;
+      y[3 * ys + c] = a1 - a3;
+    }
+  }
+  static inline void at(const float* __restrict__ m, int ms, float* __restrict__ o, int os) {
+    LOOP {
+      const float m0 = m[0 * ms + c], m1 = m[1 * ms + c], m2 = m[2 * ms + c], m3 = m[3 * ms + c];
+      o[0 * os + c] = m0 + m1 + m2;
+      o[1 * os + c] = m1 - m2 - m3;
+    }
+  }
+};
+
+struct Geometry {
+  int64_t N, H, W, C, K, K8, th, tw, T;
+};
+
+// Input transform of tiles [t0, t1) into V[p][t - t0][c] (row stride C, plane stride ldt * C).
+template <int MT>
+void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, int64_t t1, float* __restrict__ V,
+                  int64_t ldt) {
+  constexpr int A = Tf<MT>::A;
+  const int64_t H = g.H, W = g.W, C = g.C;
+  alignas(32) float d[A * A * L];
+  alignas(32) float u[A * A * L];
+  alignas(32) float v[A * A * L];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    const int64_t y0 = ty * MT - 1, x0 = tx * MT - 1;
+    const bool interior = y0 >= 0 && x0 >= 0 && y0 + A <= H && x0 + A <= W;
+    float* dst_t = V + (t - t0) * C;
+    for (int64_t c0 = 0; c0 < C; c0 += L) {
+      const int64_t cb = std::min<int64_t>(L, C - c0);
+      if (interior && cb == L) {
+        for (int i = 0; i < A; ++i) {
+          const float* src = in + ((n * H + y0 + i) * W + x0) * C + c0;
+          for (int j = 0; j < A; ++j) LOOP d[(i * A + j) * L + c] = src[j * C + c];
+        }
+      } else {
+        for (int i = 0; i < A; ++i)
+          for (int j = 0; j < A; ++j) {
+            const int64_t y = y0 + i, x = x0 + j;
+            float* dst = d + (i * A + j) * L;
+            if (y >= 0 && y < H && x >= 0 && x < W) {
+              const float* src = in + ((n * H + y) * W + x) * C + c0;
+              LOOP dst[c] = c < cb ? src[c] : 0.f;
+            } else {
+              LOOP dst[c] = 0.f;
+            }
+          }
+      }
+      for (int j = 0; j < A; ++j) Tf<MT>::bt(d + j * L, A * L, u + j * L, A * L);  // columns
+      for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, v + p * A * L, L);  // rows
+      for (int k = 0; k < A * A; ++k) {
+        float* dst = dst_t + k * ldt * C + c0;
+        if (cb == L) {
+          LOOP dst[c] = v[k * L + c];
+        } else {
+          for (int c = 0; c < cb; ++c) dst[c] = v[k * L + c];
+        }
+      }
+    }
+  }
+}
+
+// m[i][0 .. 8*NV) = sum_c v[i][c] * u[c][0 .. 8*NV) for i < R (row strides ldv, ldu, ldm).
+template <int R, int NV>
+inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restrict__ u, int64_t ldu,
+                  float* __restrict__ m, int64_t ldm, int64_t C) {
+#ifdef HRNET_MM_AVX2
+  // Twelve named accumulators (not an array, which GCC keeps spilling to the stack); R and NV are constants, so
+  // the unused ones and their branches disappear.
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define HRNET_MM_ROW(i, a0, a1)                                  \
+  if (R > i) {                                                   \
+    const __m256 a = _mm256_broadcast_ss(v + i * ldv + c);       \
+    a0 = _mm256_fmadd_ps(a, b0, a0);                             \
+    if (NV > 1) a1 = _mm256_fmadd_ps(a, b1, a1);                 \
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const __m256 b0 = _mm256_loadu_ps(u + c * ldu);
+    const __m256 b1 = NV > 1 ? _mm256_loadu_ps(u + c * ldu + 8) : b0;
+    HRNET_MM_ROW(0, c00, c01)
+    HRNET_MM_ROW(1, c10, c11)
+    HRNET_MM_ROW(2, c20, c21)
+    HRNET_MM_ROW(3, c30, c31)
+    HRNET_MM_ROW(4, c40, c41)
+    HRNET_MM_ROW(5, c50, c51)
+  }
+#undef HRNET_MM_ROW
+#define HRNET_MM_STORE(i, a0, a1)                                \
+  if (R > i) {                                                   \
+    _mm256_storeu_ps(m + i * ldm, a0);                           \
+    if (NV > 1) _mm256_storeu_ps(m + i * ldm + 8, a1);           \
+  }
+  HRNET_MM_STORE(0, c00, c01)
+  HRNET_MM_STORE(1, c10, c11)
+  HRNET_MM_STORE(2, c20, c21)
+  HRNET_MM_STORE(3, c30, c31)
+  HRNET_MM_STORE(4, c40, c41)
+  HRNET_MM_STORE(5, c50, c51)
+#undef HRNET_MM_STORE
+#else
+  float acc[R][8 * NV] = {};
+  for (int64_t c = 0; c < C; ++c)
+    for (int i = 0; i < R; ++i) {
+      const float a = v[i * ldv + c];
+      for (int j = 0; j < 8 * NV; ++j) acc[i][j] += a * u[c * ldu + j];
+    }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < 8 * NV; ++j) m[i * ldm + j] = acc[i][j];
+#endif
+}
+
+// M (tn x kc8, row stride kc8) = V (tn x C, row stride C) @ U[:, k0 : k0 + kc8], U being one plane of the packed
+// weight: 16-column panels (the last one 8 wide when K8 % 16 == 8), each C x width contiguous, so the panel of
+// columns k.. starts at U + C * k. Panel by panel, so that each is read from memory once and reused from L1 by
+// all rows.
+void gemm(const float* V, int64_t tn, int64_t C, const float* U, int64_t K8, int64_t k0, int64_t kc8, float* M) {
+  for (int64_t k = k0; k < k0 + kc8; k += 16) {
+    const float* u = U + C * k;
+    float* m = M + (k - k0);
+    const bool wide = k + 16 <= K8;
+    int64_t r = 0;
+    if (wide) {
+      for (; r + 6 <= tn; r += 6) micro<6, 2>(V + r * C, C, u, 16, m + r * kc8, kc8, C);
+    } else {
+      for (; r + 6 <= tn; r += 6) micro<6, 1>(V + r * C, C, u, 8, m + r * kc8, kc8, C);
+    }
+    const float* v = V + r * C;
+    float* mr = m + r * kc8;
+#define HRNET_MM_TAIL(R)                                                   \
+  case R:                                                                  \
+    if (wide) micro<R, 2>(v, C, u, 16, mr, kc8, C);                        \
+    else micro<R, 1>(v, C, u, 8, mr, kc8, C);                              \
+    break;
+    switch (tn - r) {
+      HRNET_MM_TAIL(5)
+      HRNET_MM_TAIL(4)
+      HRNET_MM_TAIL(3)
+      HRNET_MM_TAIL(2)
+      HRNET_MM_TAIL(1)
+      default: break;
+    }
+#undef HRNET_MM_TAIL
+  }
+}
+
+// Output transform of tiles [t0, t1) and output channels [k0, k0 + kc) from M[p][t - t0][k - k0] (row stride
+// kc8, plane stride ldt * kc8), with bias, residual and ReLU, into the channels_last output.
+template <int MT>
+void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const Geometry& g, int64_t t0,
+                   int64_t t1, int64_t k0, int64_t kc, const float* __restrict__ bias, const float* res, bool relu,
+                   float* out) {
+  constexpr int A = Tf<MT>::A;
+  const int64_t H = g.H, W = g.W, K = g.K;
+  alignas(32) float m[A * A * L];
+  alignas(32) float u[MT * A * L];
+  alignas(32) float o[MT * MT * L];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    const float* src_t = M + (t - t0) * kc8;
+    for (int64_t kk = 0; kk < kc; kk += L) {
+      const int64_t kb = std::min<int64_t>(L, kc - kk);
+      for (int k = 0; k < A * A; ++k) {
+        const float* src = src_t + k * ldt * kc8 + kk;  // kk + L <= kc8: whole lanes are in the buffer
+        LOOP m[k * L + c] = src[c];
+      }
+      for (int q = 0; q < A; ++q) Tf<MT>::at(m + q * L, A * L, u + q * L, A * L);    // columns
+      for (int i = 0; i < MT; ++i) Tf<MT>::at(u + i * A * L, L, o + i * MT * L, L);  // rows
+      alignas(32) float b[L];
+      LOOP b[c] = (bias && c < kb) ? bias[k0 + kk + c] : 0.f;
+      for (int i = 0; i < MT; ++i) {
+        const int64_t y = ty * MT + i;
+        if (y >= H) break;
+        for (int j = 0; j < MT; ++j) {
+          const int64_t x = tx * MT + j;
+          if (x >= W) break;
+          const int64_t off = ((n * H + y) * W + x) * K + k0 + kk;
+          alignas(32) float r[L];
+          LOOP r[c] = o[(i * MT + j) * L + c] + b[c];
+          if (kb == L) {
+            if (res) LOOP r[c] += res[off + c];
+            if (relu) LOOP r[c] = std::max(r[c], 0.f);
+            LOOP out[off + c] = r[c];
+          } else {
+            if (res) for (int c = 0; c < kb; ++c) r[c] += res[off + c];
+            if (relu) LOOP r[c] = std::max(r[c], 0.f);
+            for (int c = 0; c < kb; ++c) out[off + c] = r[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+constexpr int64_t kBlockFloats = 64 * 1024;  // V and M of one block: 256 KB, half of a Zen 3 core's L2
+
+template <int MT>
+void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
+         const Geometry& g) {
+  constexpr int64_t P = (MT + 2) * (MT + 2);
+  const int64_t threads = std::max(1, at::get_num_threads());
+  auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };  // slices start on a 16-column panel
+  int64_t TB, kstep;
+  if (P * g.T * g.C <= kBlockFloats / 2) {
+    // Few tiles (low-resolution maps): one block holds all of V; slice the output channels so that each slice of
+    // M fits beside it and every thread gets one. Each U[p] is then read once in all.
+    TB = g.T;
+    kstep = std::max<int64_t>(16, (kBlockFloats - P * g.T * g.C) / (P * g.T) / 16 * 16);
+    kstep = std::min(kstep, round16((g.K8 + threads - 1) / threads));
+  } else {
+    // Many tiles: blocks of tiles sized for the cache, all output channels (or slices of them) per block.
+    kstep = std::max<int64_t>(16, round16(kBlockFloats / (P * 12) - g.C));
+    TB = std::max<int64_t>(6, kBlockFloats / (P * (g.C + kstep)) / 6 * 6);
+    TB = std::min(TB, g.T);
+  }
+  kstep = std::min(kstep, g.K8);
+  const int64_t nb = (g.T + TB - 1) / TB, nk = (g.K8 + kstep - 1) / kstep;
+  at::parallel_for(0, nb * nk, 1, [&](int64_t j0, int64_t j1) {
+    std::unique_ptr<float[]> Vb(new float[P * TB * g.C]);
+    std::unique_ptr<float[]> Mb(new float[P * TB * kstep]);
+    int64_t done = -1;
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t tb = job / nk, kj = job % nk;
+      const int64_t t0 = tb * TB, t1 = std::min(g.T, t0 + TB), tn = t1 - t0;
+      if (tb != done) {
+        transform_in<MT>(in, g, t0, t1, Vb.get(), TB);
+        done = tb;
+      }
+      const int64_t k0 = kj * kstep, kc8 = std::min(g.K8, k0 + kstep) - k0, kc = std::min(g.K, k0 + kc8) - k0;
+      for (int64_t p = 0; p < P; ++p)
+        gemm(Vb.get() + p * TB * g.C, tn, g.C, U + p * g.C * g.K8, g.K8, k0, kc8, Mb.get() + p * TB * kc8);
+      transform_out<MT>(Mb.get(), TB, kc8, g, t0, t1, k0, kc, bias, res, relu, out);
+    }
+  });
+}
+}  // namespace
+
+// x: (N, C, H, W) float32 channels_last; U: (P, C, K8) float32 contiguous, P = (tile + 2)^2, K8 = K rounded up
+// to a multiple of 8; bias: (K,) or None; residual: (N, K, H, W) channels_last or None. With inplace, the result
+// is written into residual.
+at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& residual, bool relu, int64_t tile, bool inplace) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv: tile must be 2 or 4, got ", tile);
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "winograd_conv: x must be a float32 channels_last 4-D CPU tensor");
+  const int64_t P = (tile + 2) * (tile + 2), N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t K8 = (K + 7) / 8 * 8;
+  TORCH_CHECK(K > 0 && U.device().is_cpu() && U.scalar_type() == at::kFloat && U.dim() == 3 && U.size(0) == P &&
+                  U.size(1) == C && U.size(2) == K8 && U.is_contiguous(),
+              "winograd_conv: the transformed weight must be a contiguous float32 (", P, ", ", C, ", ", K8,
+              ") tensor, got ", U.sizes());
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == K && bias->is_contiguous(),
+                "winograd_conv: bias must be a contiguous float32 tensor of ", K, " values");
+    b = bias->data_ptr<float>();
+  }
+  const float* res = nullptr;
+  if (residual.has_value()) {
+    const auto& r = *residual;
+    TORCH_CHECK(r.sizes() == at::IntArrayRef({N, K, H, W}) && r.scalar_type() == at::kFloat &&
+                    r.is_contiguous(at::MemoryFormat::ChannelsLast),
+                "winograd_conv: residual must be a float32 channels_last tensor of the output's shape");
+    res = r.data_ptr<float>();
+  }
+  TORCH_CHECK(!inplace || res, "winograd_conv: inplace needs a residual");
+  at::Tensor out = inplace ? *residual
+                           : at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
+  const Geometry g{N, H, W, C, K, K8, th, tw, N * th * tw};
+  if (tile == 4) run<4>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
+  else run<2>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("winograd_conv", &winograd_conv,
+        "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
+}

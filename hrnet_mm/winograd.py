@@ -1,0 +1,283 @@
+"""Winograd 3x3 convolutions for the CPU deploy mode (:func:`hrnet_mm.deploy.to_deploy`).
+
+Most of HRNet's arithmetic is 3x3 stride-1 convolutions on small maps. Direct convolution (oneDNN) already runs
+them near the processor's peak multiply rate, so the remaining speed has to come from doing fewer
+multiplications: Winograd's F(4x4, 3x3) computes 16 outputs of a channel pair with 36 products instead of 144,
+F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is ``hrnet_mm/csrc/winograd.cpp``,
+built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about 45 s) and cached under
+``~/.cache/torch_extensions``. Without a compiler, or with ``HRNET_MM_WINOGRAD=0`` in the environment, nothing
+uses it and the deploy model runs oneDNN convolutions as before.
+
+Accuracy: the transforms are exact in real arithmetic; in float32 F(4x4, 3x3) is about 10x less exact than direct
+convolution (about 1e-5 of the output's largest value per layer instead of 1e-6), F(2x2, 3x3) about as exact.
+
+Which of oneDNN, F(2x2) and F(4x4) is fastest depends on the shape and the processor, so
+:func:`choose_algorithm` times them once per shape in the process (a few milliseconds each) and remembers the
+result.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import logging
+import os
+import shutil
+import time
+import warnings
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+
+ONEDNN = 0  # algorithm ids: 0 = oneDNN direct convolution, 2 / 4 = Winograd F(2x2, 3x3) / F(4x4, 3x3)
+TILES = (2, 4)
+
+# realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
+_SOURCE = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc', 'winograd.cpp')
+_BUILD_ERROR: Optional[str] = None
+
+
+def _matrices(tile: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B^T, G, A^T) of F(tile x tile, 3x3) in float64, interpolation points 0, +-1, +-2 (and infinity)."""
+    if tile == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif tile == 4:
+        bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+              [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+        g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+             [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f'Winograd tile must be one of {TILES}, got {tile!r}')
+    return tuple(torch.tensor(m, dtype=torch.float64) for m in (bt, g, at))
+
+
+def transform_weight(weight: torch.Tensor, tile: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``U[p] = (G w G^T)[p]`` for a (K, C, 3, 3) weight: a (P, C, K) tensor of ``dtype``, P = (tile + 2) ** 2,
+    computed in float64."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f'Winograd needs a (K, C, 3, 3) weight, got {tuple(weight.shape)}')
+    _, g, _ = _matrices(tile)
+    a = tile + 2
+    k, c = weight.shape[:2]
+    u = torch.einsum('pi,kcij,qj->pqck', g, weight.detach().double().cpu(), g)
+    return u.reshape(a * a, c, k).to(dtype)
+
+
+def pack_weight(u: torch.Tensor) -> torch.Tensor:
+    """The kernel's layout of a transformed (P, C, K) weight: K padded with zero columns to K8, a multiple of 8,
+    and each plane stored as 16-column panels (C x 16, contiguous; the last one C x 8 when K8 % 16 == 8), so that
+    the matrix-product kernel reads each panel as one stream. Returned as a contiguous (P, C, K8) tensor."""
+    p, c, k = u.shape
+    u = torch.nn.functional.pad(u, (0, -k % 8))
+    panels = [u[:, :, j:j + 16].reshape(p, -1) for j in range(0, u.shape[2], 16)]
+    return torch.cat(panels, dim=1).reshape(p, c, -1).contiguous()
+
+
+def prepare_weight(weight: torch.Tensor, tile: int) -> torch.Tensor:
+    """``pack_weight(transform_weight(weight, tile))``: what :func:`conv` takes."""
+    return pack_weight(transform_weight(weight, tile))
+
+
+def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], tile: int) -> torch.Tensor:
+    """The same F(tile x tile, 3x3) algorithm written with torch ops (slow; for tests and as documentation)."""
+    bt, _, at = _matrices(tile)
+    a = tile + 2
+    n, c, h, w = x.shape
+    th, tw = -(-h // tile), -(-w // tile)
+    xp = torch.nn.functional.pad(x, (1, tw * tile + 1 - w, 1, th * tile + 1 - h))
+    d = xp.unfold(2, a, tile).unfold(3, a, tile)  # n, c, th, tw, a, a
+    v = torch.einsum('pi,nctuij,qj->pqntuc', bt.to(x), d, bt.to(x))
+    u = transform_weight(weight, tile, x.dtype).to(x.device).reshape(a, a, c, -1)
+    m = torch.einsum('pqntuc,pqck->pqntuk', v, u)
+    y = torch.einsum('ip,pqntuk,jq->nktiuj', at.to(x), m, at.to(x)).reshape(n, -1, th * tile, tw * tile)
+    y = y[:, :, :h, :w]
+    return y if bias is None else y + bias.to(x).view(1, -1, 1, 1)
+
+
+def _ninja_on_path() -> Optional[str]:
+    """A directory to put on PATH for ninja, if ninja is only installed as the Python package (a venv's bin
+    directory is not on PATH when its python is run by its full path)."""
+    if shutil.which('ninja'):
+        return None
+    try:
+        import ninja  # noqa: F401 - the PyPI package ships the binary
+        return ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        return None
+
+
+def build_name() -> str:
+    """The extension's name on this machine (``hrnet_mm_winograd_avx2`` or ``hrnet_mm_winograd_generic``)."""
+    return _build_flags()[0]
+
+
+def _build_flags() -> Tuple[str, list]:
+    """Extension name and compiler flags: AVX2/FMA code where torch reports AVX2 or better, portable code
+    otherwise. The name carries the instruction set, so a cache shared by different machines never loads code
+    the processor cannot run."""
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    flags = ['-O3', '-fopenmp']
+    if isa.startswith('avx2') or isa.startswith('avx512'):
+        flags += ['-mavx2', '-mfma']
+        isa = 'avx2'
+    else:
+        isa = 'generic'
+    return f'hrnet_mm_winograd_{isa}', flags
+
+
+def enabled() -> bool:
+    """False when the environment variable ``HRNET_MM_WINOGRAD`` is 0 / false / no / off."""
+    return os.environ.get('HRNET_MM_WINOGRAD', '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
+def extension():
+    """The compiled kernel module, or None (disabled by ``HRNET_MM_WINOGRAD=0``, or it cannot be built here:
+    :func:`build_error` says why). The first call on a machine compiles it (about 45 s); later calls load the
+    cached build."""
+    return _load() if enabled() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    # torch's extension module logs "No CUDA runtime is found" when imported: irrelevant to a CPU build
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+        return _build(cpp_extension)
+    finally:
+        logger.setLevel(level)
+
+
+def _build(cpp_extension):
+    global _BUILD_ERROR
+    name, flags = _build_flags()
+    extra_path = _ninja_on_path()
+    old_path = os.environ.get('PATH', '')
+    try:
+        if extra_path:
+            os.environ['PATH'] = extra_path + os.pathsep + old_path
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return cpp_extension.load(name, [_SOURCE], extra_cflags=flags, extra_ldflags=['-fopenmp'],
+                                      verbose=False)
+    except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: run without Winograd
+        lines = str(e).strip().splitlines()
+        _BUILD_ERROR = f'{type(e).__name__}: {lines[-1] if lines else ""}'
+        warnings.warn(f'hrnet_mm: Winograd convolutions unavailable, deploy mode uses oneDNN only ({_BUILD_ERROR}). '
+                      'They need a C++ compiler and ninja (pip install ninja).')
+        return None
+    finally:
+        if extra_path:
+            os.environ['PATH'] = old_path
+
+
+def available() -> bool:
+    """Whether the Winograd kernel is built (or can be built) and enabled."""
+    return extension() is not None
+
+
+def build_error() -> Optional[str]:
+    """Why :func:`extension` returns None (None when it does not, or was not called yet)."""
+    if not enabled():
+        return 'disabled by HRNET_MM_WINOGRAD'
+    return _BUILD_ERROR
+
+
+def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[torch.Tensor], tile: int,
+         residual: Optional[torch.Tensor] = None, relu: bool = False, inplace: bool = False) -> torch.Tensor:
+    """``relu?(conv3x3(x, w, bias, padding=1) [+ residual])`` with ``u = prepare_weight(w, tile)`` and
+    ``out_channels = w.shape[0]``; ``x`` and ``residual`` float32 channels_last on the CPU. ``inplace`` writes the
+    result into ``residual``."""
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f'hrnet_mm Winograd kernel unavailable: {_BUILD_ERROR}')
+    return ext.winograd_conv(x, u, out_channels, bias, residual, relu, tile, inplace)
+
+
+_CHOICES: Dict[Tuple[int, ...], int] = {}
+_FORCED: Optional[int] = None
+
+
+@contextlib.contextmanager
+def force_algorithm(algorithm: int) -> Iterator[None]:
+    """Within the block, :func:`choose_algorithm` returns ``algorithm`` (:data:`ONEDNN`, 2 or 4) without timing
+    anything, for shapes seen for the first time (modules keep what they chose before). For tests and
+    experiments."""
+    global _FORCED
+    if algorithm not in (ONEDNN, *TILES):
+        raise ValueError(f'algorithm must be one of {(ONEDNN, *TILES)}, got {algorithm!r}')
+    old, _FORCED = _FORCED, algorithm
+    try:
+        yield
+    finally:
+        _FORCED = old
+
+
+def _cache_bytes() -> int:
+    """The largest CPU cache (bytes; 32 MiB when the system does not say)."""
+    sizes = []
+    for path in glob.glob('/sys/devices/system/cpu/cpu0/cache/index*/size'):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+            scale = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip('KMG')) * scale)
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=32 << 20)
+
+
+@functools.lru_cache(maxsize=None)
+def _eviction_buffer() -> torch.Tensor:
+    return torch.empty(2 * _cache_bytes() // 4)
+
+
+def _median_time(fn, data: torch.Tensor, repeats: int = 5) -> float:
+    """Median time of ``fn()`` as it runs inside a network: its weights evicted from the caches (the whole
+    network's weights do not fit) and its input ``data`` just written (by the layer before)."""
+    fn()
+    evict = _eviction_buffer()
+    times = []
+    for _ in range(repeats):
+        evict.fill_(0.0)
+        data.mul_(1.0)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """The fastest of oneDNN (``onednn(x)`` runs it) and the Winograd tiles for the 3x3 stride-1 convolution of
+    ``x``'s shape with ``weight``'s, timed once per shape and thread count in this process (on random data of
+    those shapes, with the weights out of the caches as in a whole network: Winograd's transformed weights are
+    1.8x (F(2x2)) and 4x (F(4x4)) the size of the originals, which decides it for low-resolution layers).
+    Returns :data:`ONEDNN`, 2 or 4."""
+    if not available():
+        return ONEDNN
+    if _FORCED is not None:
+        return _FORCED
+    n, c, h, w = x.shape
+    key = (n, c, h, w, weight.shape[0], torch.get_num_threads())
+    if key in _CHOICES:
+        return _CHOICES[key]
+    data = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    times = {ONEDNN: _median_time(lambda: onednn(data), data)}
+    for tile in TILES:
+        if min(h, w) < tile:  # a map smaller than one tile would be mostly padding
+            continue
+        u = prepare_weight(torch.randn_like(weight, dtype=torch.float32), tile)
+        times[tile] = _median_time(lambda: conv(data, u, weight.shape[0], None, tile), data)
+    best = min(times, key=times.get)
+    _CHOICES[key] = best
+    return best
+
+
+def choices() -> Dict[Tuple[int, ...], int]:
+    """The algorithm chosen so far for each (N, C, H, W, K, threads) (a copy)."""
+    return dict(_CHOICES)

@@ -1,0 +1,213 @@
+"""Winograd 3x3 convolutions of the CPU deploy mode (hrnet_mm/winograd.py, hrnet_mm/csrc/winograd.cpp).
+
+References: torch's own convolution in float64. Tolerances: F(2x2, 3x3) is about as exact as a direct float32
+convolution (1e-6 of the output's largest value); F(4x4, 3x3) multiplies rounding errors by its larger transform
+coefficients (up to 8 and 1/24), measured at 2e-6 to 1.1e-5 on HRNet's layer shapes, so 3e-5.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TINY_EXTRA, randomize_, rel_err
+
+from hrnet_mm import winograd
+from hrnet_mm.deploy import OneDNNConv2d, to_deploy
+from hrnet_mm.models import HRNet
+
+TOL = {2: 2e-6, 4: 3e-5}
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    if not winograd.available():
+        if shutil.which('c++') or shutil.which('g++'):
+            pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')
+        pytest.skip(f'no C++ compiler: {winograd.build_error()}')
+    return winograd.extension()
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _reference(x, w, b, residual=None, relu=False):
+    y = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    if residual is not None:
+        y = y + residual.double()
+    return y.relu() if relu else y
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('shape', [(2, 5, 7, 9, 12), (1, 3, 1, 2, 8), (1, 24, 13, 6, 40)])
+def test_reference_algorithm_equals_torch_convolution(tile, shape):
+    """The transform matrices themselves, in float64 (no kernel involved)."""
+    n, c, h, w, k = shape
+    g = torch.Generator().manual_seed(0)
+    x, wt, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((n, c, h, w), (k, c, 3, 3), (k,)))
+    assert rel_err(winograd.reference_conv(x, wt, b, tile), _reference(x, wt, b)) < 1e-12
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('shape', [
+    (2, 5, 7, 9, 12),     # channels not multiples of 8, odd sizes, batch 2
+    (1, 16, 1, 1, 8),     # a map smaller than one tile
+    (1, 24, 13, 6, 40),   # output channels: two 16-wide panels and one 8-wide
+    (1, 32, 64, 48, 32),  # many tiles: several cache blocks
+    (1, 128, 8, 6, 136),  # few tiles: one block, output channels split across threads
+])
+@pytest.mark.parametrize('bias,residual,relu', [(True, False, False), (False, False, True), (True, True, True)])
+def test_kernel_equals_convolution(kernel, tile, shape, bias, residual, relu):
+    n, c, h, w, k = shape
+    g = torch.Generator().manual_seed(1)
+    x = _cl(torch.randn(n, c, h, w, generator=g))
+    wt = torch.randn(k, c, 3, 3, generator=g) / (3 * c ** 0.5)
+    b = torch.randn(k, generator=g) if bias else None
+    r = _cl(torch.randn(n, k, h, w, generator=g)) if residual else None
+    out = winograd.conv(x, winograd.prepare_weight(wt, tile), k, b, tile, r, relu)
+    assert out.shape == (n, k, h, w) and out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, _reference(x, wt, b, r, relu)) < TOL[tile]
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+def test_inplace_writes_into_the_residual(kernel, tile):
+    x, wt, b = _cl(torch.randn(1, 8, 10, 11)), torch.randn(16, 8, 3, 3) / 8, torch.randn(16)
+    r = _cl(torch.randn(1, 16, 10, 11))
+    ref = _reference(x, wt, b, r, relu=True)
+    out = winograd.conv(x, winograd.prepare_weight(wt, tile), 16, b, tile, r, relu=True, inplace=True)
+    assert out.data_ptr() == r.data_ptr()
+    assert rel_err(r, ref) < TOL[tile]
+
+
+def test_result_does_not_depend_on_the_thread_count(kernel):
+    """Blocks and channel slices change with the threads; every output sums its products in the same order."""
+    x, wt = _cl(torch.randn(1, 64, 20, 24)), torch.randn(72, 64, 3, 3)
+    u = winograd.prepare_weight(wt, 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = winograd.conv(x, u, 72, None, 4)
+        torch.set_num_threads(max(2, threads))
+        many = winograd.conv(x, u, 72, None, 4)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+def test_pack_weight_layout():
+    u = torch.arange(2 * 3 * 40, dtype=torch.float32).reshape(2, 3, 40)
+    packed = winograd.pack_weight(u)
+    assert packed.shape == (2, 3, 40)
+    flat = packed.reshape(2, -1)
+    assert torch.equal(flat[:, :48].reshape(2, 3, 16), u[:, :, :16])  # first panel: C x 16
+    assert torch.equal(flat[:, 96:].reshape(2, 3, 8), u[:, :, 32:])  # last panel: C x 8
+    assert winograd.pack_weight(u[:, :, :18]).shape == (2, 3, 24)  # zero columns up to a multiple of 8
+
+
+def test_bad_inputs_name_the_problem(kernel):
+    x, wt = _cl(torch.randn(1, 8, 6, 6)), torch.randn(16, 8, 3, 3)
+    u = winograd.prepare_weight(wt, 4)
+    with pytest.raises(RuntimeError, match='channels_last'):
+        winograd.conv(x.contiguous(), u, 16, None, 4)
+    with pytest.raises(RuntimeError, match='float32'):
+        winograd.conv(x.double(), u, 16, None, 4)
+    with pytest.raises(RuntimeError, match='transformed weight'):
+        winograd.conv(x, winograd.prepare_weight(wt, 2), 16, None, 4)
+    with pytest.raises(RuntimeError, match='tile must be 2 or 4'):
+        winograd.conv(x, u, 16, None, 3)
+    with pytest.raises(RuntimeError, match='bias'):
+        winograd.conv(x, u, 16, torch.zeros(15), 4)
+    with pytest.raises(RuntimeError, match='residual'):
+        winograd.conv(x, u, 16, None, 4, residual=_cl(torch.randn(1, 16, 6, 5)))
+    with pytest.raises(ValueError, match=r'\(K, C, 3, 3\)'):
+        winograd.transform_weight(torch.randn(16, 8, 1, 1), 4)
+    with pytest.raises(ValueError, match='tile'):
+        winograd.transform_weight(wt, 6)
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('add,inplace', [(False, False), (True, False), (True, True)])
+def test_fused_conv_module_uses_the_forced_tile(kernel, tile, add, inplace):
+    conv = randomize_(nn.Conv2d(8, 16, 3, padding=1))
+    fused = OneDNNConv2d(conv, relu=True, add=add, inplace=inplace, winograd=True)
+    x = _cl(torch.randn(2, 8, 13, 10))
+    with torch.no_grad(), winograd.force_algorithm(tile):
+        y = conv(x)
+        other = _cl(torch.randn_like(y)) if add else None
+        ref = (y + other if add else y).relu()
+        out = fused(x, other.clone(memory_format=torch.channels_last)) if add else fused(x)
+    assert fused._winograd[x.shape][0] == tile
+    assert rel_err(out, ref) < 10 * TOL[tile]
+    with torch.no_grad():  # an NCHW input takes oneDNN's path, same function
+        out2 = fused(x.contiguous(), other.contiguous() if add else None) if add else fused(x.contiguous())
+    assert rel_err(out2, ref) < 1e-5
+
+
+def test_only_3x3_stride_1_convolutions_are_eligible():
+    for kwargs, eligible in ((dict(kernel_size=3, padding=1), True), (dict(kernel_size=3, padding=1, stride=2), False),
+                             (dict(kernel_size=1), False), (dict(kernel_size=3, padding=2, dilation=2), False),
+                             (dict(kernel_size=3, padding=1, groups=2), False)):
+        assert OneDNNConv2d(nn.Conv2d(8, 8, **kwargs), winograd=True).winograd is eligible
+
+
+def test_choose_algorithm_times_once_per_shape(kernel, monkeypatch):
+    calls = []
+    x, wt = _cl(torch.randn(1, 8, 12, 12)), torch.randn(8, 8, 3, 3)
+
+    def onednn(data):
+        calls.append(data.shape)
+        return F.conv2d(data, wt, padding=1)
+
+    monkeypatch.setattr(winograd, '_CHOICES', {})
+    first = winograd.choose_algorithm(x, wt, onednn)
+    assert first in (winograd.ONEDNN, *winograd.TILES)
+    n = len(calls)
+    assert n > 0 and winograd.choose_algorithm(x, wt, onednn) == first and len(calls) == n
+    assert winograd.choices() == {(1, 8, 12, 12, 8, torch.get_num_threads()): first}
+    with pytest.raises(ValueError, match='algorithm'):
+        with winograd.force_algorithm(3):
+            pass
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+def test_deploy_with_winograd_equals_training_ready_model(kernel, tile):
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    x = _cl(torch.randn(2, 3, 97, 66))
+    with torch.no_grad(), winograd.force_algorithm(tile):
+        d = to_deploy(m, winograd=True)
+        out = d(x)
+        ref = m(x)
+    convs = [c for c in d.modules() if isinstance(c, OneDNNConv2d)]
+    assert any(c.winograd and c._winograd and next(iter(c._winograd.values()))[0] == tile for c in convs)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_deploy_winograd_on_real_widths(kernel):
+    """W18 (real channel counts 18/36/72/144, not multiples of 16) with F(4x4) everywhere: within the deploy
+    tolerance of 1e-4 of the training-ready model."""
+    m = randomize_(HRNet(arch='w18')).eval()
+    x = _cl(torch.randn(1, 3, 128, 96))
+    with torch.no_grad(), winograd.force_algorithm(4):
+        out = to_deploy(m, winograd=True)(x)
+        ref = m(x)
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_deploy_without_winograd(monkeypatch):
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    d = to_deploy(m, winograd=False)
+    assert not any(c.winograd for c in d.modules() if isinstance(c, OneDNNConv2d))
+    monkeypatch.setenv('HRNET_MM_WINOGRAD', '0')
+    assert not winograd.available() and 'HRNET_MM_WINOGRAD' in winograd.build_error()
+    d = to_deploy(m)
+    assert not any(c.winograd for c in d.modules() if isinstance(c, OneDNNConv2d))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(d(_cl(x)), m(x)):
+            assert rel_err(a, b) < 1e-4
