@@ -30,7 +30,7 @@ constexpr int L = 8;  // channel lanes per step (one AVX2 register)
 template <int MT> struct Tf;
 template <> struct Tf<4> {
   static constexpr int A = 6;
-  static inline void bt(const float* __restrict__ x, int xs, float* __restrict__ y, int ys) {
+  static inline void bt(const float* __restrict__ x, int64_t xs, float* __restrict__ y, int64_t ys) {
     LOOP {
       const float a0 = x[0 * xs + c], a1 = x[1 * xs + c], a2 = x[2 * xs + c], a3 = x[3 * xs + c],
                   a4 = x[4 * xs + c], a5 = x[5 * xs + c];
@@ -42,7 +42,7 @@ template <> struct Tf<4> {
       y[5 * ys + c] = 4.f * a1 - 5.f * a3 + a5;
     }
   }
-  static inline void at(const float* __restrict__ m, int ms, float* __restrict__ o, int os) {
+  static inline void at(const float* __restrict__ m, int64_t ms, float* __restrict__ o, int64_t os) {
     LOOP {
       const float m0 = m[0 * ms + c], m1 = m[1 * ms + c], m2 = m[2 * ms + c], m3 = m[3 * ms + c],
                   m4 = m[4 * ms + c], m5 = m[5 * ms + c];
@@ -56,7 +56,7 @@ template <> struct Tf<4> {
 };
 template <> struct Tf<2> {
   static constexpr int A = 4;
-  static inline void bt(const float* __restrict__ x, int xs, float* __restrict__ y, int ys) {
+  static inline void bt(const float* __restrict__ x, int64_t xs, float* __restrict__ y, int64_t ys) {
     LOOP {
       const float a0 = x[0 * xs + c], a1 = x[1 * xs + c], a2 = x[2 * xs + c], a3 = x[3 * xs + c];
       y[0 * ys + c] = a0 - a2;
@@ -65,7 +65,7 @@ template <> struct Tf<2> {
       y[3 * ys + c] = a1 - a3;
     }
   }
-  static inline void at(const float* __restrict__ m, int ms, float* __restrict__ o, int os) {
+  static inline void at(const float* __restrict__ m, int64_t ms, float* __restrict__ o, int64_t os) {
     LOOP {
       const float m0 = m[0 * ms + c], m1 = m[1 * ms + c], m2 = m[2 * ms + c], m3 = m[3 * ms + c];
       o[0 * os + c] = m0 + m1 + m2;
@@ -94,24 +94,24 @@ void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, i
     float* dst_t = V + (t - t0) * C;
     for (int64_t c0 = 0; c0 < C; c0 += L) {
       const int64_t cb = std::min<int64_t>(L, C - c0);
-      if (interior && cb == L) {
-        for (int i = 0; i < A; ++i) {
-          const float* src = in + ((n * H + y0 + i) * W + x0) * C + c0;
-          for (int j = 0; j < A; ++j) LOOP d[(i * A + j) * L + c] = src[j * C + c];
-        }
-      } else {
-        for (int i = 0; i < A; ++i)
-          for (int j = 0; j < A; ++j) {
-            const int64_t y = y0 + i, x = x0 + j;
-            float* dst = d + (i * A + j) * L;
-            if (y >= 0 && y < H && x >= 0 && x < W) {
-              const float* src = in + ((n * H + y) * W + x) * C + c0;
-              LOOP dst[c] = c < cb ? src[c] : 0.f;
-            } else {
-              LOOP dst[c] = 0.f;
-            }
-          }
+      if (interior && cb == L) {  // straight from the input into V, no staging copies
+        const float* src = in + ((n * H + y0) * W + x0) * C + c0;
+        for (int j = 0; j < A; ++j) Tf<MT>::bt(src + j * C, W * C, u + j * L, A * L);  // columns
+        for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, dst_t + p * A * ldt * C + c0, ldt * C);  // rows
+        continue;
       }
+      // Border tiles and a last, partial group of channels: staged through a zero-padded copy.
+      for (int i = 0; i < A; ++i)
+        for (int j = 0; j < A; ++j) {
+          const int64_t y = y0 + i, x = x0 + j;
+          float* dst = d + (i * A + j) * L;
+          if (y >= 0 && y < H && x >= 0 && x < W) {
+            const float* src = in + ((n * H + y) * W + x) * C + c0;
+            LOOP dst[c] = c < cb ? src[c] : 0.f;
+          } else {
+            LOOP dst[c] = 0.f;
+          }
+        }
       for (int j = 0; j < A; ++j) Tf<MT>::bt(d + j * L, A * L, u + j * L, A * L);  // columns
       for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, v + p * A * L, L);  // rows
       for (int k = 0; k < A * A; ++k) {
@@ -218,7 +218,6 @@ void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const 
                    float* out) {
   constexpr int A = Tf<MT>::A;
   const int64_t H = g.H, W = g.W, K = g.K;
-  alignas(32) float m[A * A * L];
   alignas(32) float u[MT * A * L];
   alignas(32) float o[MT * MT * L];
   for (int64_t t = t0; t < t1; ++t) {
@@ -226,11 +225,8 @@ void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const 
     const float* src_t = M + (t - t0) * kc8;
     for (int64_t kk = 0; kk < kc; kk += L) {
       const int64_t kb = std::min<int64_t>(L, kc - kk);
-      for (int k = 0; k < A * A; ++k) {
-        const float* src = src_t + k * ldt * kc8 + kk;  // kk + L <= kc8: whole lanes are in the buffer
-        LOOP m[k * L + c] = src[c];
-      }
-      for (int q = 0; q < A; ++q) Tf<MT>::at(m + q * L, A * L, u + q * L, A * L);    // columns
+      for (int q = 0; q < A; ++q)  // columns, read from M (kk + L <= kc8: whole lanes are in the buffer)
+        Tf<MT>::at(src_t + q * ldt * kc8 + kk, A * ldt * kc8, u + q * L, A * L);
       for (int i = 0; i < MT; ++i) Tf<MT>::at(u + i * A * L, L, o + i * MT * L, L);  // rows
       alignas(32) float b[L];
       LOOP b[c] = (bias && c < kb) ? bias[k0 + kk + c] : 0.f;
