@@ -23,6 +23,7 @@ import glob
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -161,6 +162,9 @@ def _build(cpp_extension):
     try:
         if extra_path:
             os.environ['PATH'] = extra_path + os.pathsep + old_path
+        if not _built(cpp_extension, name):
+            print(f'hrnet_mm: building the Winograd kernel {name} for this machine (once; about a minute)',
+                  file=sys.stderr, flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             return cpp_extension.load(name, [_SOURCE], extra_cflags=flags, extra_ldflags=['-fopenmp'],
@@ -174,6 +178,15 @@ def _build(cpp_extension):
     finally:
         if extra_path:
             os.environ['PATH'] = old_path
+
+
+def _built(cpp_extension, name: str) -> bool:
+    """Whether torch's extension cache already holds a build of ``name`` (True when that cannot be told)."""
+    try:
+        directory = cpp_extension._get_build_directory(name, verbose=False)
+    except Exception:  # noqa: BLE001 - a private helper of torch: assume built rather than print wrongly
+        return True
+    return os.path.exists(os.path.join(directory, f'{name}.so'))
 
 
 def available() -> bool:

@@ -140,11 +140,16 @@ def test_fused_conv_module_uses_the_forced_tile(kernel, tile, add, inplace):
         other = _cl(torch.randn_like(y)) if add else None
         ref = (y + other if add else y).relu()
         out = fused(x, other.clone(memory_format=torch.channels_last)) if add else fused(x)
-    assert fused._winograd[x.shape][0] == tile
+    assert fused._winograd[x.shape] == tile and set(fused._winograd_u) == {tile}
     assert rel_err(out, ref) < 10 * TOL[tile]
     with torch.no_grad():  # an NCHW input takes oneDNN's path, same function
         out2 = fused(x.contiguous(), other.contiguous() if add else None) if add else fused(x.contiguous())
     assert rel_err(out2, ref) < 1e-5
+    x3 = _cl(torch.randn(1, 8, 9, 7))  # another input shape: chosen again, the transformed weight is shared
+    with torch.no_grad(), winograd.force_algorithm(tile):
+        out3 = fused(x3, _cl(torch.randn(1, 16, 9, 7))) if add else fused(x3)
+    assert out3.shape == (1, 16, 9, 7) and len(fused._winograd) == 2 and len(fused._winograd_u) == 1
+    assert not copy.deepcopy(fused)._winograd_u  # a copy transforms again
 
 
 def test_only_3x3_stride_1_convolutions_are_eligible():
@@ -182,7 +187,7 @@ def test_deploy_with_winograd_equals_training_ready_model(kernel, tile):
         out = d(x)
         ref = m(x)
     convs = [c for c in d.modules() if isinstance(c, OneDNNConv2d)]
-    assert any(c.winograd and c._winograd and next(iter(c._winograd.values()))[0] == tile for c in convs)
+    assert any(c.winograd and set(c._winograd.values()) == {tile} for c in convs)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-4
 
