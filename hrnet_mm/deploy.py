@@ -403,7 +403,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         winograd: With ``fuse``, let each 3x3 stride-1 convolution use a Winograd kernel (:mod:`hrnet_mm.winograd`)
             for the input shapes where timing shows it faster than oneDNN (CPU, float32, channels_last inputs).
             Default: on when ``fuse`` is and the kernel builds here (C++ compiler and ninja; built once per machine,
-            about 45 s). Outputs then differ from the module's by about 1e-5 of their largest value instead of
+            about a minute). Outputs then differ from the module's by about 1e-5 of their largest value instead of
             1e-6.
 
     Returns:

@@ -4,9 +4,9 @@ Most of HRNet's arithmetic is 3x3 stride-1 convolutions on small maps. Direct co
 them near the processor's peak multiply rate, so the remaining speed has to come from doing fewer
 multiplications: Winograd's F(4x4, 3x3) computes 16 outputs of a channel pair with 36 products instead of 144,
 F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is ``hrnet_mm/csrc/winograd.cpp``,
-built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about 45 s) and cached under
-``~/.cache/torch_extensions``. Without a compiler, or with ``HRNET_MM_WINOGRAD=0`` in the environment, nothing
-uses it and the deploy model runs oneDNN convolutions as before.
+built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about a minute) and cached
+under ``~/.cache/torch_extensions`` (:func:`build_directory`). Without a compiler, or with
+``HRNET_MM_WINOGRAD=0`` in the environment, nothing uses it and the deploy model runs oneDNN convolutions only.
 
 Accuracy: the transforms are exact in real arithmetic; in float32 F(4x4, 3x3) is about 10x less exact than direct
 convolution (about 1e-5 of the output's largest value per layer instead of 1e-6), F(2x2, 3x3) about as exact.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -111,14 +112,14 @@ def _ninja_on_path() -> Optional[str]:
 
 
 def build_name() -> str:
-    """The extension's name on this machine (``hrnet_mm_winograd_avx2`` or ``hrnet_mm_winograd_generic``)."""
+    """The extension's name on this machine: ``hrnet_mm_winograd_{avx2|generic}_{hash of the source}``."""
     return _build_flags()[0]
 
 
 def _build_flags() -> Tuple[str, list]:
     """Extension name and compiler flags: AVX2/FMA code where torch reports AVX2 or better, portable code
     otherwise. The name carries the instruction set, so a cache shared by different machines never loads code
-    the processor cannot run."""
+    the processor cannot run, and a hash of the source and flags, so a changed kernel never loads an old build."""
     isa = torch.backends.cpu.get_cpu_capability().lower()
     flags = ['-O3', '-fopenmp']
     if isa.startswith('avx2') or isa.startswith('avx512'):
@@ -126,7 +127,9 @@ def _build_flags() -> Tuple[str, list]:
         isa = 'avx2'
     else:
         isa = 'generic'
-    return f'hrnet_mm_winograd_{isa}', flags
+    with open(_SOURCE, 'rb') as f:
+        digest = hashlib.sha1(f.read() + ' '.join(flags).encode()).hexdigest()[:10]
+    return f'hrnet_mm_winograd_{isa}_{digest}', flags
 
 
 def enabled() -> bool:
@@ -136,7 +139,7 @@ def enabled() -> bool:
 
 def extension():
     """The compiled kernel module, or None (disabled by ``HRNET_MM_WINOGRAD=0``, or it cannot be built here:
-    :func:`build_error` says why). The first call on a machine compiles it (about 45 s); later calls load the
+    :func:`build_error` says why). The first call on a machine compiles it (about a minute); later calls load the
     cached build."""
     return _load() if enabled() else None
 
@@ -162,13 +165,15 @@ def _build(cpp_extension):
     try:
         if extra_path:
             os.environ['PATH'] = extra_path + os.pathsep + old_path
-        if not _built(cpp_extension, name):
+        directory = build_directory()
+        source = _stable_source(directory)
+        if not os.path.exists(os.path.join(directory, f'{name}.so')):
             print(f'hrnet_mm: building the Winograd kernel {name} for this machine (once; about a minute)',
                   file=sys.stderr, flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return cpp_extension.load(name, [_SOURCE], extra_cflags=flags, extra_ldflags=['-fopenmp'],
-                                      verbose=False)
+            return cpp_extension.load(name, [source], extra_cflags=flags, extra_ldflags=['-fopenmp'],
+                                      build_directory=directory, verbose=False)
     except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: run without Winograd
         lines = str(e).strip().splitlines()
         _BUILD_ERROR = f'{type(e).__name__}: {lines[-1] if lines else ""}'
@@ -180,13 +185,35 @@ def _build(cpp_extension):
             os.environ['PATH'] = old_path
 
 
-def _built(cpp_extension, name: str) -> bool:
-    """Whether torch's extension cache already holds a build of ``name`` (True when that cannot be told)."""
+def build_directory() -> str:
+    """Where the kernel is built: ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then one
+    directory per Python and torch version and one per :func:`build_name`."""
+    default = os.path.join(os.path.expanduser('~'), '.cache', 'torch_extensions')
+    base = os.environ.get('TORCH_EXTENSIONS_DIR') or default
+    tag = f'hrnet_mm-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split("+")[0]}'
+    directory = os.path.join(base, tag, build_name())
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _stable_source(directory: str) -> str:
+    """A copy of the kernel's source inside its build directory. The build's name carries a hash of the source,
+    and ninja rebuilds when the source's path changes, so every checkout and install of the same kernel (an
+    editable install, a CI clone, site-packages) shares one build instead of rebuilding in turn."""
+    path = os.path.join(directory, 'winograd.cpp')
+    with open(_SOURCE, 'rb') as f:
+        text = f.read()
     try:
-        directory = cpp_extension._get_build_directory(name, verbose=False)
-    except Exception:  # noqa: BLE001 - a private helper of torch: assume built rather than print wrongly
-        return True
-    return os.path.exists(os.path.join(directory, f'{name}.so'))
+        with open(path, 'rb') as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(text)
+    os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
+    return path
 
 
 def available() -> bool:

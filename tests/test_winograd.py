@@ -7,6 +7,7 @@ coefficients (up to 8 and 1/24), measured at 2e-6 to 1.1e-5 on HRNet's layer sha
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 
 import pytest
@@ -216,3 +217,23 @@ def test_deploy_without_winograd(monkeypatch):
     with torch.no_grad():
         for a, b in zip(d(_cl(x)), m(x)):
             assert rel_err(a, b) < 1e-4
+
+
+def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, monkeypatch):
+    name = winograd.build_name()
+    assert name.startswith(('hrnet_mm_winograd_avx2_', 'hrnet_mm_winograd_generic_'))
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    directory = winograd.build_directory()
+    assert directory.startswith(str(tmp_path)) and directory.endswith(name)
+    assert torch.__version__.split('+')[0] in directory
+    copy_path = winograd._stable_source(directory)
+    assert open(copy_path).read() == open(winograd._SOURCE).read()
+    mtime = os.stat(copy_path).st_mtime_ns
+    assert winograd._stable_source(directory) == copy_path  # unchanged source: the copy is not rewritten
+    assert os.stat(copy_path).st_mtime_ns == mtime
+    other = tmp_path / 'changed.cpp'
+    other.write_text('// another kernel\n')
+    monkeypatch.setattr(winograd, '_SOURCE', str(other))
+    assert winograd.build_name() != name  # a changed source never loads the old build
+    winograd._stable_source(directory)
+    assert open(copy_path).read() == '// another kernel\n'
