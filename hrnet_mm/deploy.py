@@ -178,22 +178,22 @@ class OneDNNConv2d(nn.Module):
         self._packed, self._winograd, self._winograd_u = {}, {}, {}
         return super()._apply(fn, *args, **kwargs)
 
-    def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor], pack: bool = True) -> Any:
-        """The packed weight when the fused oneDNN op can run on these inputs, else None (``pack=False``: only
-        whether it can run)."""
+    def _fusable(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
+        """Whether the fused kernels (oneDNN, Winograd) can run on these inputs: float32 CPU tensors that need no
+        gradient, channels that match the weight and a summand of the output's shape. Otherwise the plain ops
+        run (and raise torch's own errors for a wrong input)."""
         if not (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
                 and self.weight.dtype == torch.float32 and self.weight.device.type == 'cpu' and onednn_available()):
-            return None
+            return False
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
-            return None  # the fused ops have no backward
-        if not pack:
-            return x.shape[1] == self.weight.shape[1] * self.groups and (
-                other is None or (other.dtype == x.dtype and other.shape == self._out_shape(x)))
-        w, out_shape = self._packed_weight(x)
-        if other is not None and (other.dtype != x.dtype or other.shape != out_shape):
-            return None
-        return w
+            return False  # the fused ops have no backward
+        return x.shape[1] == self.weight.shape[1] * self.groups and (
+            other is None or (other.dtype == x.dtype and other.shape == self._out_shape(x)))
+
+    def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The packed weight when the fused oneDNN op can run on these inputs, else None."""
+        return self._packed_weight(x)[0] if self._fusable(x, other) else None
 
     def _packed_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
         """The weight packed for ``x``'s shape, and the output shape."""
@@ -237,7 +237,7 @@ class OneDNNConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         channels_last = torch.channels_last
-        if (self.winograd and x.is_contiguous(memory_format=channels_last) and self._fast_weight(x, other, pack=False)
+        if (self.winograd and x.is_contiguous(memory_format=channels_last) and self._fusable(x, other)
                 and (other is None or other.is_contiguous(memory_format=channels_last))):
             tile, u = self._winograd_weight(x)
             if tile:

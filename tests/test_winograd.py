@@ -153,6 +153,12 @@ def test_fused_conv_module_uses_the_forced_tile(kernel, tile, add, inplace):
     assert not copy.deepcopy(fused)._winograd_u  # a copy transforms again
 
 
+def test_fused_conv_with_a_wrong_input_raises_torchs_error():
+    fused = OneDNNConv2d(nn.Conv2d(8, 16, 3, padding=1), winograd=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match='channels'):
+        fused(_cl(torch.randn(1, 5, 8, 8)))
+
+
 def test_only_3x3_stride_1_convolutions_are_eligible():
     for kwargs, eligible in ((dict(kernel_size=3, padding=1), True), (dict(kernel_size=3, padding=1, stride=2), False),
                              (dict(kernel_size=1), False), (dict(kernel_size=3, padding=2, dilation=2), False),
