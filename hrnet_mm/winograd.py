@@ -272,16 +272,11 @@ def _cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
-@functools.lru_cache(maxsize=None)
-def _eviction_buffer() -> torch.Tensor:
-    return torch.empty(2 * _cache_bytes() // 4)
-
-
-def _median_time(fn, data: torch.Tensor, repeats: int = 5) -> float:
-    """Median time of ``fn()`` as it runs inside a network: its weights evicted from the caches (the whole
-    network's weights do not fit) and its input ``data`` just written (by the layer before)."""
+def _median_time(fn, data: torch.Tensor, evict: torch.Tensor, repeats: int = 5) -> float:
+    """Median time of ``fn()`` as it runs inside a network: its weights evicted from the caches by writing
+    ``evict`` (the whole network's weights do not fit either) and its input ``data`` just written (by the layer
+    before)."""
     fn()
-    evict = _eviction_buffer()
     times = []
     for _ in range(repeats):
         evict.fill_(0.0)
@@ -307,12 +302,13 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
     if key in _CHOICES:
         return _CHOICES[key]
     data = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
-    times = {ONEDNN: _median_time(lambda: onednn(data), data)}
+    evict = torch.empty(2 * _cache_bytes() // 4)  # twice the largest cache; freed when the choice is made
+    times = {ONEDNN: _median_time(lambda: onednn(data), data, evict)}
     for tile in TILES:
         if min(h, w) < tile:  # a map smaller than one tile would be mostly padding
             continue
         u = prepare_weight(torch.randn_like(weight, dtype=torch.float32), tile)
-        times[tile] = _median_time(lambda: conv(data, u, weight.shape[0], None, tile), data)
+        times[tile] = _median_time(lambda: conv(data, u, weight.shape[0], None, tile), data, evict)
     best = min(times, key=times.get)
     _CHOICES[key] = best
     return best
