@@ -232,8 +232,11 @@ def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[tor
          residual: Optional[torch.Tensor] = None, relu: bool = False, inplace: bool = False) -> torch.Tensor:
     """``relu?(conv3x3(x, w, bias, padding=1) [+ residual])`` with ``u = prepare_weight(w, tile)`` and
     ``out_channels = w.shape[0]``; ``x`` and ``residual`` float32 channels_last on the CPU. ``inplace`` writes the
-    result into ``residual``."""
-    ext = extension()
+    result into ``residual``.
+
+    Runs the loaded build whatever ``HRNET_MM_WINOGRAD`` says now: the variable decides new choices
+    (:func:`available`), so a model that chose a tile keeps working, and the hot path reads no environment."""
+    ext = _load()
     if ext is None:
         raise RuntimeError(f'hrnet_mm Winograd kernel unavailable: {_BUILD_ERROR}')
     return ext.winograd_conv(x, u, out_channels, bias, residual, relu, tile, inplace)

@@ -215,8 +215,15 @@ def test_deploy_without_winograd(monkeypatch):
     m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
     d = to_deploy(m, winograd=False)
     assert not any(c.winograd for c in d.modules() if isinstance(c, OneDNNConv2d))
+    with torch.no_grad(), winograd.force_algorithm(4):  # chosen while enabled ...
+        chosen = to_deploy(m)
+        chosen(_cl(torch.randn(1, 3, 64, 64)))
     monkeypatch.setenv('HRNET_MM_WINOGRAD', '0')
     assert not winograd.available() and 'HRNET_MM_WINOGRAD' in winograd.build_error()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # ... keeps running after the variable turns it off for new models
+        for a, b in zip(chosen(_cl(x)), m(x)):
+            assert rel_err(a, b) < 1e-4
     d = to_deploy(m)
     assert not any(c.winograd for c in d.modules() if isinstance(c, OneDNNConv2d))
     x = torch.randn(1, 3, 64, 64)
