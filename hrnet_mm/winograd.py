@@ -320,3 +320,157 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
 def choices() -> Dict[Tuple[int, ...], int]:
     """The algorithm chosen so far for each (N, C, H, W, K, threads) (a copy)."""
     return dict(_CHOICES)
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+# In training the weight changes every step, so it is transformed on every call (``winograd_weight``, a few
+# microseconds to a millisecond), and the backward pass runs Winograd too: the input gradient is the 3x3
+# convolution of the output gradient with the weight transposed and turned by 180 degrees, and the weight gradient
+# is the gradient of the transformed weight, ``dU[p] = V[p]^T dM[p]`` (a batched matrix product over the tiles),
+# mapped back through the weight transform. Which tile, or oneDNN, serves the forward and input gradient, and which
+# the weight gradient, is timed once per shape (:func:`choose_training_algorithm`).
+
+_TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int]] = {}
+TRAIN_MIN_CHANNELS = 32
+
+
+def _weight_grad(ext, x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:
+    """Gradient of the 3x3 stride-1 padding-1 convolution's weight (x, dy channels_last float32)."""
+    if tile == ONEDNN:
+        return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1]
+    v = ext.winograd_input_transform(x, tile)
+    dm = ext.winograd_grad_output_transform(dy, tile)
+    return ext.winograd_weight_grad(torch.bmm(v.transpose(1, 2), dm), tile, weight)
+
+
+def _forward_conv(ext, x: torch.Tensor, weight: torch.Tensor, tile: int, flip: bool = False) -> torch.Tensor:
+    if tile == ONEDNN:
+        w = weight.flip((2, 3)).transpose(0, 1) if flip else weight
+        return torch.conv2d(x, w.contiguous(memory_format=torch.channels_last), None, 1, 1)
+    out_channels = weight.shape[1] if flip else weight.shape[0]
+    return ext.winograd_conv(x, ext.winograd_weight(weight, tile, flip), out_channels, None, None, False, tile,
+                             False)
+
+
+class _TrainConv3x3(torch.autograd.Function):
+    """``conv2d(x, weight, padding=1)`` with Winograd forward and backward passes; float32 CPU, channels_last out."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
+        ext = _load()
+        nchw = not _is_channels_last(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(x, weight)
+        ctx.tiles = (tile, weight_tile, nchw)
+        y = _forward_conv(ext, x, weight, tile)
+        return y.contiguous() if nchw else y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        ext = _load()
+        x, weight = ctx.saved_tensors
+        tile, weight_tile, nchw = ctx.tiles
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = _forward_conv(ext, dy, weight, tile, flip=True)
+            dx = dx.contiguous() if nchw else dx
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(ext, x, dy, weight, weight_tile)
+        return dx, dw, None, None
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+        else torch.contiguous_format
+
+
+def trainable(conv: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`train_conv` computes ``conv(x)`` with Winograd: a plain ``nn.Conv2d`` 3x3, stride 1, padding
+    1, no dilation or groups, zero padding, no bias; float32 CPU input and weight; gradients being recorded; not
+    under autocast, tracing, scripting, ``torch.compile`` or ONNX export; and the kernel available."""
+    return (type(conv) is torch.nn.Conv2d and min(conv.in_channels, conv.out_channels) >= TRAIN_MIN_CHANNELS
+            and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == 'zeros' and conv.bias is None
+            and x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
+            and conv.weight.dtype == torch.float32 and conv.weight.device.type == 'cpu'
+            and torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+            and available())
+
+
+def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a training step: by Winograd in the forward and backward passes where :func:`trainable`
+    and where :func:`choose_training_algorithm` finds it faster than oneDNN, else ``conv(x)`` itself. The result
+    is channels_last when Winograd computed it."""
+    if not trainable(conv, x):
+        return conv(x)
+    tile, weight_tile = choose_training_algorithm(x, conv.weight)
+    if tile == ONEDNN and weight_tile == ONEDNN:
+        return conv(x)
+    return _TrainConv3x3.apply(x, conv.weight, tile, weight_tile)
+
+
+def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int]:
+    """(algorithm of the forward pass and input gradient, algorithm of the weight gradient) for a training step of
+    the 3x3 convolution of ``x``'s shape and memory format with ``weight``'s: each :data:`ONEDNN`, 2 or 4, timed
+    once per shape, format and thread count in this process, on random data. The times include what each choice
+    costs around the convolution: the weight transforms and, for a contiguous (NCHW) input, the copies to
+    channels_last and back (the kernel works on channels_last; the result keeps the input's format).
+    ``force_algorithm`` applies to both."""
+    if not available():
+        return ONEDNN, ONEDNN
+    if _FORCED is not None:
+        return _FORCED, _FORCED
+    n, c, h, w = x.shape
+    nchw = not _is_channels_last(x)
+    key = (n, c, h, w, weight.shape[0], torch.get_num_threads(), int(nchw))
+    choice = _TRAIN_CHOICES.get(key)
+    if choice is not None:
+        return choice
+    ext = _load()
+    fmt = torch.contiguous_format if nchw else torch.channels_last
+    cb = torch.ops.aten.convolution_backward
+    with torch.no_grad():
+        data = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
+        grad = torch.randn(n, weight.shape[0], h, w).contiguous(memory_format=fmt)
+        wt = torch.randn(tuple(weight.shape)).contiguous(memory_format=_memory_format(weight))
+        evict = torch.empty(2 * _cache_bytes() // 4)
+        tiles = [t for t in TILES if min(h, w) >= t]
+
+        def onednn_conv() -> None:
+            torch.conv2d(data, wt, None, 1, 1)
+            cb(grad, data, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])
+
+        def winograd_conv(tile: int) -> None:
+            xl = data.contiguous(memory_format=torch.channels_last)
+            y = _forward_conv(ext, xl, wt, tile)
+            dx = _forward_conv(ext, grad.contiguous(memory_format=torch.channels_last), wt, tile, True)
+            if nchw:
+                y.contiguous(), dx.contiguous()
+
+        conv_times = {ONEDNN: _median_time(onednn_conv, data, evict, repeats=3)}
+        conv_times.update({t: _median_time(lambda: winograd_conv(t), data, evict, repeats=3) for t in tiles})
+        tile = min(conv_times, key=conv_times.get)
+        weight_tile = ONEDNN
+        if tile != ONEDNN or not nchw:  # with oneDNN for both passes on NCHW, the weight gradient stays oneDNN too
+            xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (data, grad))
+            grad_times = {a: _median_time(lambda: _weight_grad(ext, xl, gl, wt, a), data, evict, repeats=3)
+                          for a in [ONEDNN, *tiles]}
+            weight_tile = min(grad_times, key=grad_times.get)
+    _TRAIN_CHOICES[key] = tile, weight_tile
+    return tile, weight_tile
+
+
+def training_choices() -> Dict[Tuple[int, ...], Tuple[int, int]]:
+    """The (forward/input-gradient, weight-gradient) algorithms chosen so far per (N, C, H, W, K, threads, NCHW)."""
+    return dict(_TRAIN_CHOICES)

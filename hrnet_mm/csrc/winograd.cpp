@@ -295,6 +295,70 @@ void run(const float* in, const float* U, const float* bias, const float* res, b
     }
   });
 }
+
+// Adjoint of the output transform on L lanes: the gradient of M from the gradient of one tile's outputs,
+// z[r*zs] = sum_i A^T[i][r] y[i*ys] (y: MT values, z: A values).
+template <int MT> struct Ta;
+template <> struct Ta<4> {
+  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
+    LOOP {
+      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c], y2 = y[2 * ys + c], y3 = y[3 * ys + c];
+      const float e = y0 + y2, o = y1 + y3, e4 = y0 + 4.f * y2, o8 = 2.f * y1 + 8.f * y3;
+      z[0 * zs + c] = y0;
+      z[1 * zs + c] = e + o;
+      z[2 * zs + c] = e - o;
+      z[3 * zs + c] = e4 + o8;
+      z[4 * zs + c] = e4 - o8;
+      z[5 * zs + c] = y3;
+    }
+  }
+};
+template <> struct Ta<2> {
+  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
+    LOOP {
+      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c];
+      z[0 * zs + c] = y0;
+      z[1 * zs + c] = y0 + y1;
+      z[2 * zs + c] = y0 - y1;
+      z[3 * zs + c] = -y1;
+    }
+  }
+};
+
+// dM[p][t][k] of tiles [t0, t1) from the channels_last output gradient dy (outputs past the map's edge count as
+// zero): the gradient of the output transform, so that dU[p] = V[p]^T dM[p] is the gradient of U.
+template <int MT>
+void transform_grad_out(const float* __restrict__ dy, const Geometry& g, int64_t t0, int64_t t1,
+                        float* __restrict__ dM) {
+  constexpr int A = Tf<MT>::A;
+  const int64_t H = g.H, W = g.W, K = g.K, T = g.T;
+  alignas(32) float d[MT * MT * L];
+  alignas(32) float u[A * MT * L];
+  alignas(32) float v[A * A * L];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    for (int64_t k0 = 0; k0 < K; k0 += L) {
+      const int64_t kb = std::min<int64_t>(L, K - k0);
+      for (int i = 0; i < MT; ++i)
+        for (int j = 0; j < MT; ++j) {
+          const int64_t y = ty * MT + i, x = tx * MT + j;
+          float* dst = d + (i * MT + j) * L;
+          if (y < H && x < W) {
+            const float* src = dy + ((n * H + y) * W + x) * K + k0;
+            LOOP dst[c] = c < kb ? src[c] : 0.f;
+          } else {
+            LOOP dst[c] = 0.f;
+          }
+        }
+      for (int j = 0; j < MT; ++j) Ta<MT>::a(d + j * L, MT * L, u + j * L, MT * L);  // columns: u[r][j]
+      for (int r = 0; r < A; ++r) Ta<MT>::a(u + r * MT * L, L, v + r * A * L, L);   // rows: v[r][s]
+      for (int p = 0; p < A * A; ++p) {
+        float* dst = dM + (p * T + t) * K + k0;
+        for (int c = 0; c < kb; ++c) dst[c] = v[p * L + c];
+      }
+    }
+  }
+}
 }  // namespace
 
 // x: (N, C, H, W) float32 channels_last; U: (P, C, K8) float32 contiguous, P = (tile + 2)^2, K8 = K rounded up
@@ -336,7 +400,242 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, co
   return out;
 }
 
+namespace {
+void check_map(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "winograd: ", name, " must be a float32 channels_last 4-D CPU tensor");
+}
+
+Geometry geometry(const at::Tensor& x, int64_t tile) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd: tile must be 2 or 4, got ", tile);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
+  return Geometry{N, H, W, C, C, (C + 7) / 8 * 8, th, tw, N * th * tw};
+}
+
+// The 1-D weight transform G (A x 3) of F(tile x tile, 3x3), as in hrnet_mm/winograd.py.
+void g_matrix(int64_t tile, double g[6][3]) {
+  static const double g2[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
+  static const double g4[6][3] = {{1. / 4, 0, 0},         {-1. / 6, -1. / 6, -1. / 6}, {-1. / 6, 1. / 6, -1. / 6},
+                                  {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+  const int a = tile == 4 ? 6 : 4;
+  for (int p = 0; p < a; ++p)
+    for (int i = 0; i < 3; ++i) g[p][i] = tile == 4 ? g4[p][i] : g2[p][i];
+}
+
+// G x G^T of F(tile x tile, 3x3) on L lanes: x[(i * 3 + j) * xs] -> y[(p * A + s) * ys] (float32; the rounding
+// this adds is far below the transform's own, about 1e-6 of the output's largest value per layer).
+template <int MT>
+inline void weight_tf(const double (&g)[6][3], const float* __restrict__ x, int64_t xs, float* __restrict__ y,
+                      int64_t ys) {
+  constexpr int A = MT + 2;
+#ifdef HRNET_MM_AVX2
+  __m256 xv[9], t[A][3];
+  for (int k = 0; k < 9; ++k) xv[k] = _mm256_loadu_ps(x + k * xs);
+  for (int p = 0; p < A; ++p) {
+    const __m256 g0 = _mm256_set1_ps(static_cast<float>(g[p][0])), g1 = _mm256_set1_ps(static_cast<float>(g[p][1])),
+                 g2 = _mm256_set1_ps(static_cast<float>(g[p][2]));
+    for (int j = 0; j < 3; ++j)
+      t[p][j] = _mm256_fmadd_ps(g2, xv[6 + j], _mm256_fmadd_ps(g1, xv[3 + j], _mm256_mul_ps(g0, xv[j])));
+  }
+  for (int s = 0; s < A; ++s) {
+    const __m256 g0 = _mm256_set1_ps(static_cast<float>(g[s][0])), g1 = _mm256_set1_ps(static_cast<float>(g[s][1])),
+                 g2 = _mm256_set1_ps(static_cast<float>(g[s][2]));
+    for (int p = 0; p < A; ++p)
+      _mm256_storeu_ps(y + (p * A + s) * ys,
+                       _mm256_fmadd_ps(g2, t[p][2], _mm256_fmadd_ps(g1, t[p][1], _mm256_mul_ps(g0, t[p][0]))));
+  }
+#else
+  alignas(32) float t[A * 3 * L];
+  for (int p = 0; p < A; ++p)
+    for (int j = 0; j < 3; ++j)
+      LOOP t[(p * 3 + j) * L + c] = static_cast<float>(g[p][0]) * x[(0 * 3 + j) * xs + c] +
+                                    static_cast<float>(g[p][1]) * x[(1 * 3 + j) * xs + c] +
+                                    static_cast<float>(g[p][2]) * x[(2 * 3 + j) * xs + c];
+  for (int p = 0; p < A; ++p)
+    for (int s = 0; s < A; ++s)
+      LOOP y[(p * A + s) * ys + c] = t[(p * 3 + 0) * L + c] * static_cast<float>(g[s][0]) +
+                                     t[(p * 3 + 1) * L + c] * static_cast<float>(g[s][1]) +
+                                     t[(p * 3 + 2) * L + c] * static_cast<float>(g[s][2]);
+#endif
+}
+
+// Its adjoint: y[(i * 3 + j) * ys] = sum_{p,s} G[p][i] x[(p * A + s) * xs] G[s][j] on L lanes.
+template <int MT>
+inline void weight_tf_adjoint(const double (&g)[6][3], const float* __restrict__ x, int64_t xs,
+                              float* __restrict__ y, int64_t ys) {
+  constexpr int A = MT + 2;
+#ifdef HRNET_MM_AVX2
+  __m256 t[A][3];
+  for (int p = 0; p < A; ++p) {
+    t[p][0] = t[p][1] = t[p][2] = _mm256_setzero_ps();
+    for (int s = 0; s < A; ++s) {
+      const __m256 v = _mm256_loadu_ps(x + (p * A + s) * xs);
+      for (int j = 0; j < 3; ++j) t[p][j] = _mm256_fmadd_ps(_mm256_set1_ps(static_cast<float>(g[s][j])), v, t[p][j]);
+    }
+  }
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int p = 0; p < A; ++p) acc = _mm256_fmadd_ps(_mm256_set1_ps(static_cast<float>(g[p][i])), t[p][j], acc);
+      _mm256_storeu_ps(y + (i * 3 + j) * ys, acc);
+    }
+#else
+  alignas(32) float t[A * 3 * L] = {};
+  for (int p = 0; p < A; ++p)
+    for (int s = 0; s < A; ++s)
+      for (int j = 0; j < 3; ++j) LOOP t[(p * 3 + j) * L + c] += x[(p * A + s) * xs + c] * static_cast<float>(g[s][j]);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      alignas(32) float acc[L] = {};
+      for (int p = 0; p < A; ++p) LOOP acc[c] += static_cast<float>(g[p][i]) * t[(p * 3 + j) * L + c];
+      LOOP y[(i * 3 + j) * ys + c] = acc[c];
+    }
+#endif
+}
+
+// The packed transformed weight (P, rows, cols8) of the convolution with w' (cols, rows, 3, 3): w' = w
+// (K, C, 3, 3, element strides st), or with flip, w transposed to (C, K) and turned by 180 degrees. Panel by panel and 8
+// rows at a time: a block of w is gathered into x (r, tap, q), and every plane gets 8 x 16 contiguous floats per
+// step (the planes are a power of two apart for the usual channel counts: writing them a few floats at a time
+// would make the cache thrash).
+template <int MT>
+void pack_transformed(const float* w, int64_t K0, int64_t C0, const int64_t (&st)[4], bool flip, float* U) {
+  constexpr int A = MT + 2, P = A * A, RB = 8;
+  const int64_t rows = flip ? K0 : C0, cols = flip ? C0 : K0;
+  const int64_t cols8 = (cols + 7) / 8 * 8, npanels = (cols8 + 15) / 16, nrb = (rows + RB - 1) / RB;
+  double g[6][3];
+  g_matrix(MT, g);
+  at::parallel_for(0, npanels * nrb, 1, [&](int64_t b0, int64_t b1) {
+    alignas(32) float x[RB * 9 * 16];
+    alignas(32) float y[P * L];
+    std::unique_ptr<float[]> buf(new float[P * RB * 16]);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = (b / nrb) * 16, r0 = (b % nrb) * RB, rn = std::min<int64_t>(RB, rows - r0);
+      const int64_t width = std::min<int64_t>(16, cols8 - j0), qn = std::min<int64_t>(width, cols - j0);
+      std::fill(x, x + RB * 9 * 16, 0.f);
+      for (int64_t q = 0; q < qn; ++q)
+        for (int64_t r = 0; r < rn; ++r) {
+          // w'[q][r] = w[q][r] or w[r][q] turned by 180 degrees
+          const float* f = flip ? w + (r0 + r) * st[0] + (j0 + q) * st[1] : w + (j0 + q) * st[0] + (r0 + r) * st[1];
+          for (int k = 0; k < 9; ++k) {
+            const int tap = flip ? 8 - k : k;
+            x[(r * 9 + k) * 16 + q] = f[(tap / 3) * st[2] + (tap % 3) * st[3]];
+          }
+        }
+      for (int64_t r = 0; r < rn; ++r)
+        for (int64_t q0 = 0; q0 < width; q0 += L) {
+          weight_tf<MT>(g, x + r * 9 * 16 + q0, 16, y, L);
+          for (int p = 0; p < P; ++p) LOOP buf[(p * RB + r) * width + q0 + c] = y[p * L + c];
+        }
+      for (int p = 0; p < P; ++p)
+        std::memcpy(U + p * rows * cols8 + rows * j0 + r0 * width, buf.get() + p * RB * width,
+                    sizeof(float) * rn * width);
+    }
+  });
+}
+}  // namespace
+
+// prepare_weight for training (the weight changes every step): w (K, C, 3, 3) -> the packed (P, C, K8)
+// transformed weight; with flip, that of the convolution giving the input gradient (w transposed to (C, K) and
+// turned by 180 degrees): a packed (P, K, C8) tensor.
+at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight: tile must be 2 or 4, got ", tile);
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
+                  weight.size(2) == 3 && weight.size(3) == 3,
+              "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes());
+  const int64_t K0 = weight.size(0), C0 = weight.size(1);
+  const int64_t st[4] = {weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3)};
+  const int64_t rows = flip ? K0 : C0, cols = flip ? C0 : K0, cols8 = (cols + 7) / 8 * 8;
+  at::Tensor U = at::empty({(tile + 2) * (tile + 2), rows, cols8}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  if (tile == 4) pack_transformed<4>(weight.data_ptr<float>(), K0, C0, st, flip, U.data_ptr<float>());
+  else pack_transformed<2>(weight.data_ptr<float>(), K0, C0, st, flip, U.data_ptr<float>());
+  return U;
+}
+
+// The input transform of every tile: V (P, T, C), T = N * ceil(H / tile) * ceil(W / tile).
+at::Tensor winograd_input_transform(const at::Tensor& x, int64_t tile) {
+  check_map(x, "x");
+  const Geometry g = geometry(x, tile);
+  const int64_t P = (tile + 2) * (tile + 2);
+  at::Tensor V = at::empty({P, g.T, g.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* in = x.data_ptr<float>();
+  float* v = V.data_ptr<float>();
+  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) {
+    if (tile == 4) transform_in<4>(in, g, t0, t1, v + t0 * g.C, g.T);
+    else transform_in<2>(in, g, t0, t1, v + t0 * g.C, g.T);
+  });
+  return V;
+}
+
+// The gradient of M from the output gradient dy (N, K, H, W), channels_last: dM (P, T, K).
+at::Tensor winograd_grad_output_transform(const at::Tensor& dy, int64_t tile) {
+  check_map(dy, "dy");
+  const Geometry g = geometry(dy, tile);
+  const int64_t P = (tile + 2) * (tile + 2);
+  at::Tensor dM = at::empty({P, g.T, g.K}, dy.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* in = dy.data_ptr<float>();
+  float* m = dM.data_ptr<float>();
+  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) {
+    if (tile == 4) transform_grad_out<4>(in, g, t0, t1, m);
+    else transform_grad_out<2>(in, g, t0, t1, m);
+  });
+  return dM;
+}
+
+// The weight gradient (K, C, 3, 3) from the gradient of the transformed weight dU (P, C, K):
+// dw[k][c][i][j] = sum_{r,s} G[r][i] dU[r*A+s][c][k] G[s][j], the adjoint of weight_tf; laid out like weight
+// (its strides: contiguous or channels_last), as autograd stores a parameter's gradient.
+at::Tensor winograd_weight_grad(const at::Tensor& dU, int64_t tile, const at::Tensor& weight) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight_grad: tile must be 2 or 4, got ", tile);
+  const int a = static_cast<int>(tile) + 2;
+  TORCH_CHECK(dU.device().is_cpu() && dU.scalar_type() == at::kFloat && dU.dim() == 3 && dU.size(0) == a * a,
+              "winograd_weight_grad: dU must be a float32 (", a * a, ", C, K) CPU tensor, got ", dU.sizes());
+  const at::Tensor u = dU.contiguous();
+  const int64_t C = u.size(1), K = u.size(2);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == K && weight.size(1) == C && weight.size(2) == 3 &&
+                  weight.size(3) == 3,
+              "winograd_weight_grad: weight must be (", K, ", ", C, ", 3, 3), got ", weight.sizes());
+  double g[6][3];
+  g_matrix(tile, g);
+  at::Tensor out = at::empty_strided(weight.sizes(), weight.strides(), u.options());
+  const int64_t oK = out.stride(0), oC = out.stride(1), oT[9] = {0, out.stride(3), 2 * out.stride(3),
+      out.stride(2), out.stride(2) + out.stride(3), out.stride(2) + 2 * out.stride(3), 2 * out.stride(2),
+      2 * out.stride(2) + out.stride(3), 2 * out.stride(2) + 2 * out.stride(3)};
+  const float* src = u.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, C, 4, [&](int64_t c0, int64_t c1) {
+    const int64_t K8 = (K + 7) / 8 * 8;
+    // row c of every plane, read plane by plane (the planes are a power of two apart for the usual channel
+    // counts: reading them a few floats at a time would make the cache thrash)
+    std::unique_ptr<float[]> rowbuf(new float[36 * K8]);
+    float* v = rowbuf.get();
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      for (int p = 0; p < a * a; ++p) {
+        std::memcpy(v + p * K8, src + (p * C + ch) * K, sizeof(float) * K);
+        for (int64_t k = K; k < K8; ++k) v[p * K8 + k] = 0.f;
+      }
+      for (int64_t k0 = 0; k0 < K; k0 += L) {
+        const int64_t kb = std::min<int64_t>(L, K - k0);
+        alignas(32) float y[9 * L];
+        if (tile == 4) weight_tf_adjoint<4>(g, v + k0, K8, y, L);
+        else weight_tf_adjoint<2>(g, v + k0, K8, y, L);
+        for (int c = 0; c < kb; ++c) {
+          float* d = dst + (k0 + c) * oK + ch * oC;
+          for (int k = 0; k < 9; ++k) d[oT[k]] = y[k * L + c];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_conv", &winograd_conv,
         "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
+  m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
+  m.def("winograd_input_transform", &winograd_input_transform, "V (P, T, C) of every input tile");
+  m.def("winograd_grad_output_transform", &winograd_grad_output_transform, "dM (P, T, K) from the output gradient");
+  m.def("winograd_weight_grad", &winograd_weight_grad, "weight gradient (K, C, 3, 3) from dU (P, C, K)");
 }

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
 
+from .. import winograd
+
 
 class NamedNorms(nn.Module):
     """Calls the norm layers that ``mmcv.cnn.build_norm_layer(cfg, c, postfix=k)`` registered as ``bn{k}``
@@ -77,6 +79,9 @@ class _ResidualBlock(NamedNorms):
     def __init__(self, with_cp: bool = False) -> None:
         super().__init__()
         self.with_cp = with_cp
+        # 3x3 stride-1 convolutions of a CPU float32 training step by Winograd (hrnet_mm.winograd.train_conv);
+        # HRNet(winograd=False) turns it off
+        self.winograd = True
         self.relu = nn.ReLU(inplace=True)
 
     def _add_norm(self, index: int, norm_cfg: dict, channels: int) -> None:
@@ -138,6 +143,9 @@ class BasicBlock(_ResidualBlock):
         self.downsample = downsample
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.winograd and self.training:
+            out = self.relu(self._norm1(winograd.train_conv(self.conv1, x)))
+            return self._norm2(winograd.train_conv(self.conv2, out))
         out = self.relu(self._norm1(self.conv1(x)))
         return self._norm2(self.conv2(out))
 
@@ -173,7 +181,10 @@ class Bottleneck(_ResidualBlock):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self._norm1(self.conv1(x)))
-        out = self.relu(self._norm2(self.conv2(out)))
+        if not torch.jit.is_scripting() and self.winograd and self.training:
+            out = self.relu(self._norm2(winograd.train_conv(self.conv2, out)))
+        else:
+            out = self.relu(self._norm2(self.conv2(out)))
         return self._norm3(self.conv3(out))
 
 
