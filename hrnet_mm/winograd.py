@@ -332,6 +332,7 @@ def choices() -> Dict[Tuple[int, ...], int]:
 
 _TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int]] = {}
 TRAIN_MIN_CHANNELS = 32
+TRAIN_TILES = TILES  # F(2x2) alone gives 1.11x instead of 1.23x per W32 channels_last step (same run of each)
 
 
 def _weight_grad(ext, x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:
@@ -445,7 +446,7 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
         grad = torch.randn(n, weight.shape[0], h, w).contiguous(memory_format=fmt)
         wt = torch.randn(tuple(weight.shape)).contiguous(memory_format=_memory_format(weight))
         evict = torch.empty(2 * _cache_bytes() // 4)
-        tiles = [t for t in TILES if min(h, w) >= t]
+        tiles = [t for t in TRAIN_TILES if min(h, w) >= t]
 
         def onednn_conv() -> None:
             torch.conv2d(data, wt, None, 1, 1)

@@ -33,7 +33,8 @@ def _grads(model, x):
 
 
 def test_compiled_forward_and_gradients_equal_the_plain_module():
-    plain, compiled = _pair(EAGER)
+    # winograd=False: compiled code runs the plain convolutions, so the plain module must as well to be bit-equal
+    plain, compiled = _pair(EAGER, winograd=False)
     x = torch.randn(2, 3, 64, 96)
     for mode in ('train', 'eval'):
         getattr(plain, mode)()

@@ -292,8 +292,13 @@ def check_on_device(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
     return errs
 
 
-def _grads(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-    model = copy.deepcopy(model).train()
+def _grads(model: nn.Module, x: torch.Tensor, frozen_norms: bool = False) -> Dict[str, torch.Tensor]:
+    model = copy.deepcopy(model)
+    model.train()  # not chained: mmdet's HRNet.train() returns None
+    if frozen_norms:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     sum(o.square().mean() for o in _outputs(model, x)).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
@@ -314,6 +319,33 @@ def check_gradients(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
         errs[name] = max(((grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item() for k, g in ref.items())
         if errs[name] > tol:
             raise SystemExit(f'{name} gradients disagree with hrnet_mm: relative error {errs[name]:.2e} > {tol}')
+    return errs
+
+
+def check_float32_gradients(impls: Dict[str, nn.Module], x: torch.Tensor) -> Dict[str, float]:
+    """Float32 training gradients of every row against the float64 gradients of the same weights (the exact
+    function, up to 1e-15): ``||g32 - g64|| / ||g64||`` over all parameters together. hrnet_mm's rows run their
+    CPU Winograd convolutions here, forced to F(4x4, 3x3) (the least exact tile) wherever they are eligible, so
+    this bounds the gradients that the timed steps compute: within 1e-3 (measured 1e-4 to 3e-4; the peers' own
+    float32 error is about 5e-7; a wrong gradient would be O(1)). The norm layers use their running statistics
+    here: with the batch statistics of the small low-resolution maps, the random networks amplify any float32
+    rounding to 0.5-2% (the peers' own float32 gradients included), which would hide a wrong gradient; the
+    convolutions' gradients are the same code either way."""
+    from hrnet_mm import winograd
+    truth = _grads(copy.deepcopy(impls['hrnet_mm']).double(), x.double(), frozen_norms=True)
+    errs: Dict[str, float] = {}
+    for name, model in impls.items():
+        if 'deploy' in name or 'bilinear' in name or name == 'hrnet_mm-cl-compiled' or name in CUDA_ONLY:
+            continue
+        with winograd.force_algorithm(4) if name.startswith('hrnet_mm') else contextlib.nullcontext():
+            grads = _grads(model, x, frozen_norms=True)
+        keys = [k for k in truth if k in grads]  # the peers name the backbone's parameters alike
+        if not keys:
+            raise SystemExit(f'{name}: no parameter names in common with hrnet_mm')
+        diff = sum(((grads[k].double() - truth[k]) ** 2).sum() for k in keys)
+        errs[name] = (diff / sum((truth[k] ** 2).sum() for k in keys)).sqrt().item()
+        if name.startswith('hrnet_mm') and errs[name] > 1e-3:
+            raise SystemExit(f'{name} float32 gradients differ from float64 by {errs[name]:.2e} > 1e-3')
     return errs
 
 
@@ -381,6 +413,7 @@ class Row:
     ratio_to_fastest_peer: float = 0.0
     rel_err: Optional[float] = None
     prep_s: Optional[float] = None
+    grad_err_fp32: Optional[float] = None
 
 
 def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
@@ -397,8 +430,10 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     check_x = x[:1] if case.batch > 1 else x
     errs = check_agreement(impls, check_x, prep=prep)
     impls.pop('hrnet_mm-bilinear', None)
+    grad_errs: Dict[str, float] = {}
     if mode == 'train':
         errs.update(check_gradients(impls, check_x[..., :128, :128]))
+        grad_errs = check_float32_gradients(impls, check_x[..., :128, :128])
     if args.channels_last:
         impls = {k: v.to(memory_format=torch.channels_last) for k, v in impls.items()}
         x = x.contiguous(memory_format=torch.channels_last)
@@ -432,7 +467,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     for k in steps:
         med = statistics.median(times[k])
         rows.append(Row(case.name, mode, k, med * 1e3, case.batch / med, peak[k], rel_err=errs.get(k),
-                        prep_s=prep.get(k)))
+                        prep_s=prep.get(k), grad_err_fp32=grad_errs.get(k)))
     fastest_peer = min((r.median_ms for r in rows if r.impl in PEERS), default=None)
     for r in rows:
         r.ratio_to_fastest_peer = fastest_peer / r.median_ms if fastest_peer else float('nan')
@@ -657,6 +692,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.json:  # written after every case, so a long run that stops keeps what it measured
                 _write_json(args.json, env, args, rows, [])
     print(format_table(rows))
+    for case_name in dict.fromkeys(r.case for r in rows if r.grad_err_fp32 is not None):
+        print(f'{case_name} train: float32 gradients vs float64, relative L2 (hrnet_mm rows: Winograd F(4x4)): '
+              + ', '.join(f'{r.impl} {r.grad_err_fp32:.1e}' for r in rows
+                          if r.case == case_name and r.grad_err_fp32 is not None))
     for line in failed:
         print(f'failed: {line}')
     memory_rows: List[Row] = []

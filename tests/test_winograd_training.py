@@ -1,0 +1,239 @@
+"""Winograd 3x3 convolutions in CPU training steps (hrnet_mm.winograd.train_conv, HRNet(winograd=True)).
+
+References: torch's own convolution and its autograd in float64. Tolerances as in test_winograd.py: F(2x2, 3x3)
+about as exact as a direct float32 convolution, F(4x4, 3x3) up to about 1e-5 of the largest value, per pass.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TINY_EXTRA, randomize_, rel_err
+
+from hrnet_mm import winograd
+from hrnet_mm.models import HRNet
+
+TOL = {0: 2e-6, 2: 2e-6, 4: 3e-5}
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    if not winograd.available():
+        if shutil.which('c++') or shutil.which('g++'):
+            pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')
+        pytest.skip(f'no C++ compiler: {winograd.build_error()}')
+    return winograd.extension()
+
+
+@pytest.fixture
+def any_width(monkeypatch):
+    """Winograd for the narrow test networks too (by default only convolutions with >= 32 channels use it)."""
+    monkeypatch.setattr(winograd, 'TRAIN_MIN_CHANNELS', 1)
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _unpacked_transform(w: torch.Tensor, tile: int) -> torch.Tensor:
+    """(P, C, K) transformed weight in float64 with torch ops (autograd-friendly)."""
+    _, g, _ = winograd._matrices(tile)
+    a = tile + 2
+    return torch.einsum('pi,kcij,qj->pqck', g, w.double(), g).reshape(a * a, w.shape[1], w.shape[0])
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('flip', [False, True])
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('kc', [(40, 24), (5, 8), (18, 33)])
+def test_training_weight_transform_equals_prepare_weight(kernel, tile, flip, channels_last, kc):
+    """One pass from either memory format of the weight: the packed layout of pack_weight, the transform of
+    transform_weight; flip gives that of the input-gradient convolution (transposed, turned by 180 degrees)."""
+    k, c = kc
+    w = torch.randn(k, c, 3, 3, generator=torch.Generator().manual_seed(k + c))
+    ref = winograd.prepare_weight(w.flip((2, 3)).transpose(0, 1) if flip else w, tile)
+    got = kernel.winograd_weight(_cl(w) if channels_last else w, tile, flip)
+    assert got.shape == ref.shape and got.is_contiguous()
+    assert rel_err(got, ref) < 1e-6
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_weight_gradient_is_the_adjoint_of_the_weight_transform(kernel, tile, channels_last):
+    """winograd_weight_grad(dU) is d<dU, U(w)>/dw, laid out like the weight it is the gradient of."""
+    g = torch.Generator().manual_seed(1)
+    k, c = 20, 13
+    w = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    du = torch.randn((tile + 2) ** 2, c, k, generator=g)
+    (ref,) = torch.autograd.grad((_unpacked_transform(w, tile) * du.double()).sum(), w)
+    template = _cl(w.detach().float()) if channels_last else w.detach().float()
+    got = kernel.winograd_weight_grad(du, tile, template)
+    assert got.stride() == template.stride()
+    assert rel_err(got, ref) < 1e-6
+
+
+def _torch_step(x, w, dy):
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    y = F.conv2d(x64, w64, padding=1)
+    y.backward(dy.double())
+    return y.detach(), x64.grad, w64.grad
+
+
+@pytest.mark.parametrize('tile,weight_tile', [(2, 2), (4, 4), (2, 0), (0, 4), (4, 2), (0, 2)])
+@pytest.mark.parametrize('x_cl,w_cl', [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize('shape', [(2, 5, 9, 11, 7), (1, 24, 13, 6, 40), (1, 16, 4, 5, 16)])
+def test_training_convolution_equals_torch(kernel, tile, weight_tile, x_cl, w_cl, shape):
+    """Output, input gradient and weight gradient against float64 torch; the output and the input gradient keep
+    the input's memory format, the weight gradient the weight's."""
+    n, c, h, w_, k = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(n, c, h, w_, generator=g)
+    w = torch.randn(k, c, 3, 3, generator=g) / (9 * c) ** 0.5
+    dy = torch.randn(n, k, h, w_, generator=g)
+    ref = _torch_step(x, w, dy)
+    x = (_cl(x) if x_cl else x).requires_grad_()
+    w = (_cl(w) if w_cl else w).requires_grad_()
+    y = winograd._TrainConv3x3.apply(x, w, tile, weight_tile)
+    y.backward(dy)
+    assert y.is_contiguous(memory_format=torch.channels_last) == x_cl and (x_cl or y.is_contiguous())
+    assert x.grad.stride() == x.stride() and w.grad.stride() == w.stride()
+    assert rel_err(y, ref[0]) < TOL[tile]
+    assert rel_err(x.grad, ref[1]) < TOL[tile]
+    assert rel_err(w.grad, ref[2]) < TOL[weight_tile]
+
+
+def _conv(cin=32, cout=32, **kw):
+    torch.manual_seed(0)
+    return nn.Conv2d(cin, cout, 3, padding=kw.pop('padding', 1), bias=kw.pop('bias', False), **kw)
+
+
+@pytest.mark.parametrize('case', ['no grad', 'float64', 'stride 2', 'bias', 'narrow', 'autocast', 'dilation',
+                                  'subclass'])
+def test_train_conv_runs_the_plain_convolution_outside_its_scope(kernel, case):
+    conv, x = _conv(), torch.randn(1, 32, 12, 10, requires_grad=True)
+    ctx = torch.no_grad() if case == 'no grad' else torch.autocast('cpu', torch.bfloat16, enabled=case == 'autocast')
+    if case == 'float64':
+        conv, x = conv.double(), x.detach().double().requires_grad_()
+    elif case == 'stride 2':
+        conv = _conv(stride=2)
+    elif case == 'bias':
+        conv = _conv(bias=True)
+    elif case == 'narrow':
+        conv, x = _conv(16, 32), torch.randn(1, 16, 12, 10, requires_grad=True)
+    elif case == 'dilation':
+        conv = _conv(dilation=2, padding=2)
+    elif case == 'subclass':
+        conv.__class__ = type('MyConv', (nn.Conv2d,), {})
+    with ctx, winograd.force_algorithm(4):
+        assert not winograd.trainable(conv, x)
+        assert torch.equal(winograd.train_conv(conv, x), conv(x))
+
+
+def test_train_conv_uses_the_chosen_algorithm(kernel, monkeypatch):
+    conv, x = _conv(), torch.randn(1, 32, 12, 10, requires_grad=True)
+    calls = []
+    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', lambda *a: calls.append(a[2:]) or conv(a[0]))
+    with winograd.force_algorithm(2):
+        winograd.train_conv(conv, x)
+    with winograd.force_algorithm(winograd.ONEDNN):
+        winograd.train_conv(conv, x)  # oneDNN for both passes: the plain convolution, no Function
+    assert calls == [(2, 2)]
+
+
+def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monkeypatch):
+    monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
+    timed = []
+    real = winograd._median_time
+    monkeypatch.setattr(winograd, '_median_time', lambda fn, *a, **k: timed.append(1) or real(fn, *a, **k))
+    w = torch.randn(32, 32, 3, 3)
+    x = torch.randn(1, 32, 16, 12)
+    first = winograd.choose_training_algorithm(x, w)
+    n = len(timed)
+    assert n >= 3 and all(a in (winograd.ONEDNN, *winograd.TILES) for a in first)
+    assert winograd.choose_training_algorithm(x, w) == first and len(timed) == n
+    winograd.choose_training_algorithm(_cl(x), w)  # another memory format: timed again
+    assert len(timed) > n
+    assert set(k[-1] for k in winograd.training_choices()) == {0, 1}
+
+
+def _grads(model, x, frozen_norms=False):
+    model.train()
+    if frozen_norms:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+    model.zero_grad(set_to_none=True)
+    sum(o.square().mean() for o in model(x)).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _l2(grads, truth):
+    """||g - g_truth|| / ||g_truth|| over all parameters together."""
+    diff = sum(((grads[k].double() - truth[k].double()) ** 2).sum() for k in truth)
+    return (diff / sum((truth[k].double() ** 2).sum() for k in truth)).sqrt().item()
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channels_last):
+    """A whole training step of a narrow HRNet against its float64 gradients (frozen norms, which do not amplify
+    rounding: tools/benchmark.py check_float32_gradients): Winograd ran (the gradients differ from oneDNN's) and is
+    within 1e-3 (F(2x2) within 1e-5); with batch statistics, within 10x oneDNN's own float32 error or 1e-3."""
+    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=False))
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
+    model = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=channels_last)
+    model.load_state_dict(ref.state_dict())
+    for frozen in (True, False):
+        truth = _grads(copy.deepcopy(ref).double(), x.double(), frozen)
+        onednn = _grads(ref, x, frozen)
+        with winograd.force_algorithm(tile):
+            ours = _grads(model, x, frozen)
+        assert ours.keys() == truth.keys()
+        assert any(not torch.equal(ours[k], onednn[k]) for k in truth)
+        bound = ({2: 1e-5, 4: 1e-3}[tile] if frozen else max(10 * _l2(onednn, truth), 1e-3))
+        assert _l2(ours, truth) < bound, (frozen, _l2(ours, truth), _l2(onednn, truth))
+
+
+def test_hrnet_winograd_false_never_runs_the_kernel(kernel, any_width, monkeypatch):
+    def fail(*args):
+        raise AssertionError('Winograd ran')
+    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', fail)
+    model = HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=False)
+    assert all(m.winograd is False for m in model.modules() if hasattr(m, 'winograd'))
+    with winograd.force_algorithm(4):
+        _grads(model, torch.randn(1, 3, 64, 64))
+
+
+def test_hrnet_winograd_with_checkpointing(kernel, any_width):
+    """with_cp recomputes the blocks in the backward pass: the same gradients, Winograd included."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    plain = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
+    cp = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    with winograd.force_algorithm(4):
+        a, b = _grads(plain, x.clone().requires_grad_()), _grads(cp, x.clone().requires_grad_())
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6 * a[k].abs().max().item()) for k in a)
+
+
+def test_hrnet_winograd_argument_is_checked():
+    with pytest.raises(TypeError, match='winograd must be a bool'):
+        HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd='yes')
+
+
+def test_inference_and_scripting_do_not_use_the_training_path(kernel, any_width, monkeypatch):
+    def fail(*args):
+        raise AssertionError('Winograd ran')
+    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', fail)
+    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
+    x = torch.randn(1, 3, 64, 64)
+    with winograd.force_algorithm(4):
+        model.eval()
+        ref = model(x)
+        with torch.no_grad():
+            copy.deepcopy(model).train()(x)  # training mode, no gradients recorded
+        scripted = torch.jit.script(model.eval())
+        assert all(torch.equal(a, b) for a, b in zip(scripted(x), ref))
