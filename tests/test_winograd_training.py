@@ -185,7 +185,7 @@ def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channel
     within 1e-3 (F(2x2) within 1e-5); with batch statistics, within 10x oneDNN's own float32 error or 1e-3."""
     ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=False))
     x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
-    model = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=channels_last)
+    model = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=channels_last, winograd=True)
     model.load_state_dict(ref.state_dict())
     for frozen in (True, False):
         truth = _grads(copy.deepcopy(ref).double(), x.double(), frozen)
@@ -211,24 +211,29 @@ def test_hrnet_winograd_false_never_runs_the_kernel(kernel, any_width, monkeypat
 def test_hrnet_winograd_with_checkpointing(kernel, any_width):
     """with_cp recomputes the blocks in the backward pass: the same gradients, Winograd included."""
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    plain = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
-    cp = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=True)
+    plain = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=True))
+    cp = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=True, winograd=True)
     cp.load_state_dict(plain.state_dict())
     with winograd.force_algorithm(4):
         a, b = _grads(plain, x.clone().requires_grad_()), _grads(cp, x.clone().requires_grad_())
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6 * a[k].abs().max().item()) for k in a)
 
 
-def test_hrnet_winograd_argument_is_checked():
-    with pytest.raises(TypeError, match='winograd must be a bool'):
+def test_hrnet_winograd_argument_is_checked_and_follows_channels_last():
+    with pytest.raises(TypeError, match='winograd must be None or a bool'):
         HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd='yes')
+    for kwargs, on in [({}, False), (dict(channels_last=True), True), (dict(winograd=True), True),
+                       (dict(channels_last=True, winograd=False), False)]:
+        model = HRNet(extra=copy.deepcopy(TINY_EXTRA), **kwargs)
+        flags = {m.winograd for m in model.modules() if hasattr(m, 'winograd')}
+        assert flags == {on}, kwargs
 
 
 def test_inference_and_scripting_do_not_use_the_training_path(kernel, any_width, monkeypatch):
     def fail(*args):
         raise AssertionError('Winograd ran')
     monkeypatch.setattr(winograd._TrainConv3x3, 'apply', fail)
-    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
+    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=True))
     x = torch.randn(1, 3, 64, 64)
     with winograd.force_algorithm(4):
         model.eval()

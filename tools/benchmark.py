@@ -19,8 +19,10 @@ Implementations:
                       batch-1 latency, checked against hrnet_mm on the device)
   hrnet_mm-deploy-cudagraphs CUDA only, with ``--cuda-graphs``: ``to_deploy(model, compile=True)`` with inductor's
                       CUDA graphs (``triton.cudagraphs``): one graph launch per forward instead of ~300 kernels
-  hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward
-                      (train only; its gradients are checked against hrnet_mm's)
+  hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward, and
+                      with it the CPU Winograd training convolutions (``winograd=None`` turns them on with
+                      channels_last) (train only; its gradients are checked against hrnet_mm's in float64, and in
+                      float32 against float64 with Winograd forced: the line under the table)
   hrnet_mm-cl-compiled   ``HRNet(channels_last=True, compile=True)``: the forward through torch.compile
                       (train only, with ``--compile``; ``prep s`` is its first step, which compiles; its
                       gradients are checked in float64 like hrnet_mm-cl's, which compiles once more)
@@ -335,7 +337,8 @@ def check_float32_gradients(impls: Dict[str, nn.Module], x: torch.Tensor) -> Dic
     truth = _grads(copy.deepcopy(impls['hrnet_mm']).double(), x.double(), frozen_norms=True)
     errs: Dict[str, float] = {}
     for name, model in impls.items():
-        if 'deploy' in name or 'bilinear' in name or name == 'hrnet_mm-cl-compiled' or name in CUDA_ONLY:
+        if ('deploy' in name or 'bilinear' in name or name == 'hrnet_mm-cl-compiled' or name in CUDA_ONLY
+                or name == 'mmseg'):  # mmseg fuses with bilinear upsampling: another function
             continue
         with winograd.force_algorithm(4) if name.startswith('hrnet_mm') else contextlib.nullcontext():
             grads = _grads(model, x, frozen_norms=True)

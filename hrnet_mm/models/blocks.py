@@ -80,8 +80,8 @@ class _ResidualBlock(NamedNorms):
         super().__init__()
         self.with_cp = with_cp
         # 3x3 stride-1 convolutions of a CPU float32 training step by Winograd (hrnet_mm.winograd.train_conv);
-        # HRNet(winograd=False) turns it off
-        self.winograd = True
+        # set by HRNet(winograd=...), on by default with channels_last=True
+        self.winograd = False
         self.relu = nn.ReLU(inplace=True)
 
     def _add_norm(self, index: int, norm_cfg: dict, channels: int) -> None:

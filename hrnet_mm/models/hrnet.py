@@ -199,13 +199,16 @@ class HRNet(BaseModule, NamedNorms):
             at W32 256x192 batch 1 (docs/benchmarks.md). The compiled function is not part of the module's state:
             a copy, an unpickled module, :func:`hrnet_mm.deploy.to_deploy`, ONNX export and ``torch.jit.script``
             use the plain forward.
-        winograd: In a CPU float32 training step, compute the residual blocks' 3x3 stride-1 convolutions
-            (forward, input gradient, weight gradient) with hrnet_mm's Winograd kernel where it is faster than
-            oneDNN for the shape and memory format (:func:`hrnet_mm.winograd.train_conv`, timed once per shape).
-            The gradients are those of the same function, equal to oneDNN's up to float32 rounding (about
-            1e-6 relative per layer; F(4x4) up to 1e-5), not bit-identical. Inference, CUDA, other dtypes,
-            autocast, ``torch.compile``, tracing and ``torch.jit.script`` always use the plain convolutions.
-            Without a C++ compiler (or with ``HRNET_MM_WINOGRAD=0``) nothing changes. ``False`` turns it off.
+        winograd: In a CPU float32 training step, compute the residual blocks' 3x3 stride-1 convolutions with at
+            least 32 channels (forward, input gradient, weight gradient) with hrnet_mm's Winograd kernel where it
+            is faster than oneDNN for the shape and memory format (:func:`hrnet_mm.winograd.train_conv`, timed
+            once per shape). ``None`` (default): on with ``channels_last=True``, where it was measured 1.10-1.23x
+            per W32 256x192 step against 0.95-1.08x without it on an AVX2 CPU (docs/benchmarks.md); off for the
+            NCHW module, whose copies to channels_last and back ate the gain. The gradients are those of the same
+            function up to float32 rounding, not bit-identical to oneDNN's: relative L2 error against float64
+            about 4e-5 (oneDNN: 4e-6) at W32. Inference, CUDA, other dtypes, autocast, ``torch.compile``,
+            tracing and ``torch.jit.script`` always run the plain convolutions. Without a C++ compiler (or with
+            ``HRNET_MM_WINOGRAD=0``) nothing changes.
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
             default (Kaiming normal, fan_out, for convs; ones and zeros for norms).
@@ -235,7 +238,7 @@ class HRNet(BaseModule, NamedNorms):
                  zero_init_residual: bool = False,
                  channels_last: bool = False,
                  compile: Union[bool, Mapping[str, Any]] = False,
-                 winograd: bool = True,
+                 winograd: Optional[bool] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Union[dict, List[dict], None] = None) -> None:
         if pretrained is not None:
@@ -307,8 +310,9 @@ class HRNet(BaseModule, NamedNorms):
         self.out_channels: Tuple[int, ...] = tuple(channels[i] for i in self.out_indices)
         self.out_strides: Tuple[int, ...] = tuple(4 * 2 ** i for i in self.out_indices)
 
-        if not isinstance(winograd, bool):
-            raise TypeError(f'HRNet winograd must be a bool, got {winograd!r}')
+        if winograd is not None and not isinstance(winograd, bool):
+            raise TypeError(f'HRNet winograd must be None or a bool, got {winograd!r}')
+        winograd = self.channels_last if winograd is None else winograd
         self.winograd = winograd
         for m in self.modules():
             if hasattr(m, 'winograd') and m is not self:
