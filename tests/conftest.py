@@ -54,5 +54,19 @@ def tiny_extra():
     return copy.deepcopy(TINY_EXTRA)
 
 
+@pytest.fixture(scope='module')
+def kernel():
+    """hrnet_mm's compiled Winograd kernel (built on first use): the tests that need it skip without a C++
+    compiler, and fail if a compiler is here but the build failed."""
+    import shutil
+
+    from hrnet_mm import winograd
+    if not winograd.available():
+        if shutil.which('c++') or shutil.which('g++'):
+            pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')
+        pytest.skip(f'no C++ compiler: {winograd.build_error()}')
+    return winograd.extension()
+
+
 def pytest_configure(config):
     sys.path.insert(0, ROOT)

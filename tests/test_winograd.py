@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 
 import pytest
 import torch
@@ -21,15 +20,6 @@ from hrnet_mm.deploy import OneDNNConv2d, to_deploy
 from hrnet_mm.models import HRNet
 
 TOL = {2: 2e-6, 4: 3e-5}
-
-
-@pytest.fixture(scope='module')
-def kernel():
-    if not winograd.available():
-        if shutil.which('c++') or shutil.which('g++'):
-            pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')
-        pytest.skip(f'no C++ compiler: {winograd.build_error()}')
-    return winograd.extension()
 
 
 def _cl(t):

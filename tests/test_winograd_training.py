@@ -6,7 +6,6 @@ about as exact as a direct float32 convolution, F(4x4, 3x3) up to about 1e-5 of 
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -18,15 +17,6 @@ from hrnet_mm import winograd
 from hrnet_mm.models import HRNet
 
 TOL = {0: 2e-6, 2: 2e-6, 4: 3e-5}
-
-
-@pytest.fixture(scope='module')
-def kernel():
-    if not winograd.available():
-        if shutil.which('c++') or shutil.which('g++'):
-            pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')
-        pytest.skip(f'no C++ compiler: {winograd.build_error()}')
-    return winograd.extension()
 
 
 @pytest.fixture

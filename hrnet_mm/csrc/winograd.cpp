@@ -554,34 +554,32 @@ at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
   return U;
 }
 
+// (P, T, channels) from a channels_last map, fn(in, geometry, t0, t1, out) filling tiles [t0, t1) of it.
+template <class Fn>
+at::Tensor per_tile(const at::Tensor& x, int64_t tile, const char* name, Fn fn) {
+  check_map(x, name);
+  const Geometry g = geometry(x, tile);
+  at::Tensor out = at::empty({(tile + 2) * (tile + 2), g.T, g.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* in = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) { fn(in, g, t0, t1, o); });
+  return out;
+}
+
 // The input transform of every tile: V (P, T, C), T = N * ceil(H / tile) * ceil(W / tile).
 at::Tensor winograd_input_transform(const at::Tensor& x, int64_t tile) {
-  check_map(x, "x");
-  const Geometry g = geometry(x, tile);
-  const int64_t P = (tile + 2) * (tile + 2);
-  at::Tensor V = at::empty({P, g.T, g.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  const float* in = x.data_ptr<float>();
-  float* v = V.data_ptr<float>();
-  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) {
+  return per_tile(x, tile, "x", [tile](const float* in, const Geometry& g, int64_t t0, int64_t t1, float* v) {
     if (tile == 4) transform_in<4>(in, g, t0, t1, v + t0 * g.C, g.T);
     else transform_in<2>(in, g, t0, t1, v + t0 * g.C, g.T);
   });
-  return V;
 }
 
 // The gradient of M from the output gradient dy (N, K, H, W), channels_last: dM (P, T, K).
 at::Tensor winograd_grad_output_transform(const at::Tensor& dy, int64_t tile) {
-  check_map(dy, "dy");
-  const Geometry g = geometry(dy, tile);
-  const int64_t P = (tile + 2) * (tile + 2);
-  at::Tensor dM = at::empty({P, g.T, g.K}, dy.options().memory_format(at::MemoryFormat::Contiguous));
-  const float* in = dy.data_ptr<float>();
-  float* m = dM.data_ptr<float>();
-  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) {
+  return per_tile(dy, tile, "dy", [tile](const float* in, const Geometry& g, int64_t t0, int64_t t1, float* m) {
     if (tile == 4) transform_grad_out<4>(in, g, t0, t1, m);
     else transform_grad_out<2>(in, g, t0, t1, m);
   });
-  return dM;
 }
 
 // The weight gradient (K, C, 3, 3) from the gradient of the transformed weight dU (P, C, K):
