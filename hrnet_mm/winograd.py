@@ -355,7 +355,8 @@ def _forward_conv(ext, x: torch.Tensor, weight: torch.Tensor, tile: int, flip: b
 
 
 class _TrainConv3x3(torch.autograd.Function):
-    """``conv2d(x, weight, padding=1)`` with Winograd forward and backward passes; float32 CPU, channels_last out."""
+    """``conv2d(x, weight, padding=1)`` with Winograd forward and backward passes; float32 CPU. The output and the
+    input gradient keep the input's memory format, the weight gradient the weight's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
@@ -389,8 +390,7 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
-        else torch.contiguous_format
+    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
 
 
 def trainable(conv: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -412,7 +412,7 @@ def trainable(conv: torch.nn.Module, x: torch.Tensor) -> bool:
 def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a training step: by Winograd in the forward and backward passes where :func:`trainable`
     and where :func:`choose_training_algorithm` finds it faster than oneDNN, else ``conv(x)`` itself. The result
-    is channels_last when Winograd computed it."""
+    has the input's memory format either way."""
     if not trainable(conv, x):
         return conv(x)
     tile, weight_tile = choose_training_algorithm(x, conv.weight)

@@ -315,7 +315,7 @@ class HRNet(BaseModule, NamedNorms):
         winograd = self.channels_last if winograd is None else winograd
         self.winograd = winograd
         for m in self.modules():
-            if hasattr(m, 'winograd') and m is not self:
+            if isinstance(m, _ResidualBlock):
                 m.winograd = winograd
 
         self._default_init()
