@@ -35,7 +35,9 @@ ONEDNN = 0  # algorithm ids: 0 = oneDNN direct convolution, 2 / 4 = Winograd F(2
 TILES = (2, 4)
 
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
-_SOURCE = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc', 'winograd.cpp')
+_CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
+# one extension: the Winograd convolutions and the fused batch norm of hrnet_mm.fused_norm (norm.cpp)
+_SOURCES = (os.path.join(_CSRC, 'winograd.cpp'), os.path.join(_CSRC, 'norm.cpp'))
 _BUILD_ERROR: Optional[str] = None
 
 
@@ -127,8 +129,12 @@ def _build_flags() -> Tuple[str, list]:
         isa = 'avx2'
     else:
         isa = 'generic'
-    with open(_SOURCE, 'rb') as f:
-        digest = hashlib.sha1(f.read() + ' '.join(flags).encode()).hexdigest()[:10]
+    digest = hashlib.sha1()
+    for path in _SOURCES:
+        with open(path, 'rb') as f:
+            digest.update(f.read())
+    digest.update(' '.join(flags).encode())
+    digest = digest.hexdigest()[:10]
     return f'hrnet_mm_winograd_{isa}_{digest}', flags
 
 
@@ -166,13 +172,13 @@ def _build(cpp_extension):
         if extra_path:
             os.environ['PATH'] = extra_path + os.pathsep + old_path
         directory = build_directory()
-        source = _stable_source(directory)
+        sources = _stable_sources(directory)
         if not os.path.exists(os.path.join(directory, f'{name}.so')):
             print(f'hrnet_mm: building the Winograd kernel {name} for this machine (once; about a minute)',
                   file=sys.stderr, flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return cpp_extension.load(name, [source], extra_cflags=flags, extra_ldflags=['-fopenmp'],
+            return cpp_extension.load(name, sources, extra_cflags=flags, extra_ldflags=['-fopenmp'],
                                       build_directory=directory, verbose=False)
     except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: run without Winograd
         lines = str(e).strip().splitlines()
@@ -196,24 +202,27 @@ def build_directory() -> str:
     return directory
 
 
-def _stable_source(directory: str) -> str:
-    """A copy of the kernel's source inside its build directory. The build's name carries a hash of the source,
-    and ninja rebuilds when the source's path changes, so every checkout and install of the same kernel (an
+def _stable_sources(directory: str) -> list:
+    """Copies of the kernel's sources inside its build directory. The build's name carries a hash of the sources,
+    and ninja rebuilds when a source's path changes, so every checkout and install of the same kernel (an
     editable install, a CI clone, site-packages) shares one build instead of rebuilding in turn."""
-    path = os.path.join(directory, 'winograd.cpp')
-    with open(_SOURCE, 'rb') as f:
-        text = f.read()
-    try:
-        with open(path, 'rb') as f:
-            if f.read() == text:
-                return path
-    except OSError:
-        pass
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(text)
-    os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
-    return path
+    paths = []
+    for source in _SOURCES:
+        path = os.path.join(directory, os.path.basename(source))
+        with open(source, 'rb') as f:
+            text = f.read()
+        try:
+            with open(path, 'rb') as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        if not same:
+            tmp = f'{path}.{os.getpid()}.tmp'
+            with open(tmp, 'wb') as f:
+                f.write(text)
+            os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
+        paths.append(path)
+    return paths
 
 
 def available() -> bool:

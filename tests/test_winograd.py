@@ -229,14 +229,17 @@ def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, m
     directory = winograd.build_directory()
     assert directory.startswith(str(tmp_path)) and directory.endswith(name)
     assert torch.__version__.split('+')[0] in directory
-    copy_path = winograd._stable_source(directory)
-    assert open(copy_path).read() == open(winograd._SOURCE).read()
+    copies = winograd._stable_sources(directory)
+    assert [os.path.basename(c) for c in copies] == ['winograd.cpp', 'norm.cpp']
+    for copy_path, source in zip(copies, winograd._SOURCES):
+        assert open(copy_path).read() == open(source).read()
+    copy_path = copies[1]
     mtime = os.stat(copy_path).st_mtime_ns
-    assert winograd._stable_source(directory) == copy_path  # unchanged source: the copy is not rewritten
+    assert winograd._stable_sources(directory) == copies  # unchanged sources: the copies are not rewritten
     assert os.stat(copy_path).st_mtime_ns == mtime
-    other = tmp_path / 'changed.cpp'
+    other = tmp_path / 'norm.cpp'
     other.write_text('// another kernel\n')
-    monkeypatch.setattr(winograd, '_SOURCE', str(other))
+    monkeypatch.setattr(winograd, '_SOURCES', (winograd._SOURCES[0], str(other)))
     assert winograd.build_name() != name  # a changed source never loads the old build
-    winograd._stable_source(directory)
+    winograd._stable_sources(directory)
     assert open(copy_path).read() == '// another kernel\n'

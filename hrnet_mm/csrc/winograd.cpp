@@ -629,7 +629,12 @@ at::Tensor winograd_weight_grad(const at::Tensor& dU, int64_t tile, const at::Te
   return out;
 }
 
+namespace hrnet_mm_norm {
+void register_norm(pybind11::module& m);  // norm.cpp
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  hrnet_mm_norm::register_norm(m);
   m.def("winograd_conv", &winograd_conv,
         "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");

@@ -9,6 +9,11 @@ Parameter names follow the official code and every OpenMMLab peer (``conv1``, ``
 The blocks run under ``torch.jit.script``: TorchScript cannot look a module up by a computed name, so the
 norm layers are reached through :class:`NamedNorms`, whose ``hasattr`` tests TorchScript resolves while
 compiling, and gradient checkpointing is skipped in scripted code (it is a training-time memory saving).
+
+Two flags, set by ``HRNet(winograd=..., fused_norm=...)``, choose the CPU training kernels of an eager training
+step: ``winograd`` the 3x3 convolutions of :func:`hrnet_mm.winograd.train_conv`, ``fused_norm`` the batch norm +
+residual sum + ReLU of :func:`hrnet_mm.fused_norm.norm_act`. Both compute the same function as the plain layers
+and fall back to them wherever they do not apply; scripted code always runs the plain layers.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
 
 from .. import winograd
+from ..fused_norm import norm_act
 
 
 class NamedNorms(nn.Module):
@@ -79,9 +85,9 @@ class _ResidualBlock(NamedNorms):
     def __init__(self, with_cp: bool = False) -> None:
         super().__init__()
         self.with_cp = with_cp
-        # 3x3 stride-1 convolutions of a CPU float32 training step by Winograd (hrnet_mm.winograd.train_conv);
-        # set by HRNet(winograd=...), on by default with channels_last=True
+        # CPU training kernels (module docstring), set by HRNet(winograd=..., fused_norm=...)
         self.winograd = False
+        self.fused_norm = False
         self.relu = nn.ReLU(inplace=True)
 
     def _add_norm(self, index: int, norm_cfg: dict, channels: int) -> None:
@@ -106,8 +112,18 @@ class _ResidualBlock(NamedNorms):
         identity = x if self.downsample is None else self.downsample(x)
         return self._residual(x) + identity
 
+    def _conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return winograd.train_conv(conv, x) if self.winograd and self.training else conv(x)
+
+    def _fused_inner(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, C_in, H, W)`` to ``(N, planes * expansion, H', W')``."""
+        if not torch.jit.is_scripting() and self.fused_norm and self.training:
+            if self.with_cp and x.requires_grad:
+                return cp.checkpoint(self._fused_inner, x, use_reentrant=False)
+            return self._fused_inner(x)
         if not torch.jit.is_scripting() and self.with_cp and self.training and x.requires_grad:
             out = cp.checkpoint(self._inner, x, use_reentrant=False)
         else:
@@ -149,6 +165,13 @@ class BasicBlock(_ResidualBlock):
         out = self.relu(self._norm1(self.conv1(x)))
         return self._norm2(self.conv2(out))
 
+    @torch.jit.unused
+    def _fused_inner(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(residual(x) + identity(x))`` with the fused norms."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = norm_act(self.norm(1), self._conv(self.conv1, x), relu=True)
+        return norm_act(self.norm(2), self._conv(self.conv2, out), residual=identity, relu=True)
+
 
 class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand (x4), with a residual connection (stride on the 3x3 conv).
@@ -187,8 +210,51 @@ class Bottleneck(_ResidualBlock):
             out = self.relu(self._norm2(self.conv2(out)))
         return self._norm3(self.conv3(out))
 
+    @torch.jit.unused
+    def _fused_inner(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(residual(x) + identity(x))`` with the fused norms."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = norm_act(self.norm(1), self.conv1(x), relu=True)
+        out = norm_act(self.norm(2), self._conv(self.conv2, out), relu=True)
+        return norm_act(self.norm(3), self.conv3(out), residual=identity, relu=True)
+
 
 BLOCKS = {'BASIC': BasicBlock, 'BOTTLENECK': Bottleneck}
+
+
+class ConvNorm(nn.Sequential):
+    """Convolution, norm and optionally ReLU: an ``nn.Sequential`` (keys ``0``, ``1``, ``2`` as in the official
+    code) whose eager training step can use the CPU training kernels (module docstring)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.winograd = False
+        self.fused_norm = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu?(norm(conv(x)))``."""
+        if not torch.jit.is_scripting() and self.fused_norm and self.training:
+            return self._fused_forward(x)
+        for layer in self:
+            x = layer(x)
+        return x
+
+    @torch.jit.unused
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[0]
+        y = winograd.train_conv(conv, x) if self.winograd else conv(x)
+        return norm_act(self[1], y, relu=len(self) > 2)
+
+
+def conv_norm(conv_cfg: Optional[dict], norm_cfg: Optional[dict], cin: int, cout: int, kernel: int, stride: int,
+              relu: bool) -> ConvNorm:
+    """A ``kernel`` x ``kernel`` convolution (no bias, same padding) of stride ``stride``, its norm and, with
+    ``relu``, a ReLU."""
+    layers = [build_conv_layer(conv_cfg, cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+              build_norm_layer(norm_cfg or dict(type='BN'), cout)[1]]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return ConvNorm(*layers)
 
 
 def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride: int = 1,
@@ -203,9 +269,7 @@ def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, str
     downsample = None
     out = planes * block.expansion
     if stride != 1 or inplanes != out:
-        downsample = nn.Sequential(
-            build_conv_layer(conv_cfg, inplanes, out, 1, stride=stride, bias=False),
-            build_norm_layer(norm_cfg, out)[1])
+        downsample = conv_norm(conv_cfg, norm_cfg, inplanes, out, 1, stride, relu=False)
     layers = [block(inplanes, planes, stride, downsample, with_cp, conv_cfg, norm_cfg)]
     layers += [block(out, planes, 1, None, with_cp, conv_cfg, norm_cfg) for _ in range(1, num_blocks)]
     return nn.Sequential(*layers)

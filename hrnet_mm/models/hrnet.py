@@ -40,20 +40,13 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..fused_norm import norm_act
 from ..registry import MODELS
 from .arch import ArchSpec, StageSpec, resolve
-from .blocks import BLOCKS, NamedNorms, _ResidualBlock, make_res_layer
+from .blocks import BLOCKS, ConvNorm, NamedNorms, _ResidualBlock, conv_norm, make_res_layer
 
 UPSAMPLE_MODES = ('nearest', 'bilinear', 'bicubic')
 MAX_SCRIPTED_STAGES = 6  # stages written out in HRNet._scripted_stages
-
-
-def _conv_norm(conv_cfg, norm_cfg, cin, cout, kernel, stride, relu):
-    layers = [build_conv_layer(conv_cfg, cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
-              build_norm_layer(norm_cfg, cout)[1]]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class HRModule(nn.Module):
@@ -97,13 +90,13 @@ class HRModule(nn.Module):
         """The path from branch ``j`` into branch ``i`` (``nn.Identity`` for ``i == j``)."""
         c = self.out_channels
         if j > i:  # 1x1 conv + norm; the upsampling happens in forward (exact target size)
-            return _conv_norm(conv_cfg, norm_cfg, c[j], c[i], 1, 1, relu=False)
+            return conv_norm(conv_cfg, norm_cfg, c[j], c[i], 1, 1, relu=False)
         if j == i:
             return nn.Identity()
         steps = []
         for k in range(i - j):  # (i - j) strided 3x3 convs, ReLU on all but the last
             last = k == i - j - 1
-            steps.append(_conv_norm(conv_cfg, norm_cfg, c[j], c[i] if last else c[j], 3, 2, relu=not last))
+            steps.append(conv_norm(conv_cfg, norm_cfg, c[j], c[i] if last else c[j], 3, 2, relu=not last))
         return nn.Sequential(*steps)
 
     def _fuse(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -209,6 +202,16 @@ class HRNet(BaseModule, NamedNorms):
             about 4e-5 (oneDNN: 4e-6) at W32. Inference, CUDA, other dtypes, autocast, ``torch.compile``,
             tracing and ``torch.jit.script`` always run the plain convolutions. Without a C++ compiler (or with
             ``HRNET_MM_WINOGRAD=0``) nothing changes.
+        fused_norm: In a CPU float32 training step on channels_last maps, compute every BN layer together with
+            the residual sum and ReLU after it in one kernel each way (:func:`hrnet_mm.fused_norm.norm_act`):
+            torch's NHWC batch norm is several times slower than its NCHW one at channel counts that are not a
+            multiple of 8 (W18's 18, 36, 72). ``None`` (default): on with ``channels_last=True`` (measured 1.35x
+            the fastest peer per W18 256x256 batch-2 step with it, 1.18x without; docs/benchmarks.md). It also
+            moves the transitions' 3x3 stride-1 convolutions to Winograd when ``winograd`` is on. Same function:
+            batch or running statistics as each BN layer's mode says, running statistics and
+            ``num_batches_tracked`` updated as torch updates them; the results agree with torch's to float32
+            rounding. Other norm layers, NCHW maps, CUDA, autocast, inference, tracing, ``torch.compile`` and
+            ``torch.jit.script`` use torch's layers.
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
             default (Kaiming normal, fan_out, for convs; ones and zeros for norms).
@@ -239,6 +242,7 @@ class HRNet(BaseModule, NamedNorms):
                  channels_last: bool = False,
                  compile: Union[bool, Mapping[str, Any]] = False,
                  winograd: Optional[bool] = None,
+                 fused_norm: Optional[bool] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Union[dict, List[dict], None] = None) -> None:
         if pretrained is not None:
@@ -312,11 +316,16 @@ class HRNet(BaseModule, NamedNorms):
 
         if winograd is not None and not isinstance(winograd, bool):
             raise TypeError(f'HRNet winograd must be None or a bool, got {winograd!r}')
+        if fused_norm is not None and not isinstance(fused_norm, bool):
+            raise TypeError(f'HRNet fused_norm must be None or a bool, got {fused_norm!r}')
         winograd = self.channels_last if winograd is None else winograd
+        fused_norm = self.channels_last if fused_norm is None else fused_norm
         self.winograd = winograd
+        self.fused_norm = fused_norm
         for m in self.modules():
-            if isinstance(m, _ResidualBlock):
+            if isinstance(m, (_ResidualBlock, ConvNorm)):
                 m.winograd = winograd
+                m.fused_norm = fused_norm
 
         self._default_init()
         self._freeze_stages()
@@ -392,12 +401,12 @@ class HRNet(BaseModule, NamedNorms):
         for i, c in enumerate(cur):
             if i < len(pre):
                 layers.append(nn.Identity() if c == pre[i] else
-                              _conv_norm(self.conv_cfg, self.norm_cfg, pre[i], c, 3, 1, relu=True))
+                              conv_norm(self.conv_cfg, self.norm_cfg, pre[i], c, 3, 1, relu=True))
             else:  # new branch: strided 3x3 convs from the lowest-resolution existing branch
                 steps = []
                 for j in range(i + 1 - len(pre)):
                     out = c if j == i - len(pre) else pre[-1]
-                    steps.append(_conv_norm(self.conv_cfg, self.norm_cfg, pre[-1], out, 3, 2, relu=True))
+                    steps.append(conv_norm(self.conv_cfg, self.norm_cfg, pre[-1], out, 3, 2, relu=True))
                 layers.append(nn.Sequential(*steps))
         return Transition(layers)
 
@@ -501,8 +510,12 @@ class HRNet(BaseModule, NamedNorms):
     def _forward(self, x: torch.Tensor):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.relu(self._norm1(self.conv1(x)))
-        x = self.relu(self._norm2(self.conv2(x)))
+        if not torch.jit.is_scripting() and self.fused_norm and self.training:
+            x = norm_act(self.norm1, self.conv1(x), relu=True)
+            x = norm_act(self.norm2, self.conv2(x), relu=True)
+        else:
+            x = self.relu(self._norm1(self.conv1(x)))
+            x = self.relu(self._norm2(self.conv2(x)))
         xs = [self.layer1(x)]
         if torch.jit.is_scripting():
             xs = self._scripted_stages(xs)

@@ -1,0 +1,94 @@
+"""Batch norm fused with the residual sum and ReLU after it, for the CPU channels_last training step.
+
+``relu(bn(x) [+ residual])`` is what every HRNet block, stem layer, transition and fusion path computes after a
+convolution. In a channels_last float32 training step on the CPU, torch runs it as two or three kernels each
+way (batch norm, add, ReLU; then ReLU's mask, batch norm's backward), and its NHWC batch-norm kernels are
+several times slower than its NCHW ones when the channel count is not a multiple of 8 (HRNet-W18's 18, 36
+and 72). :func:`norm_act` does it in one kernel each way (``hrnet_mm/csrc/norm.cpp``, in the extension of
+:mod:`hrnet_mm.winograd`): two reading passes and one writing pass forward, one and one backward.
+
+It computes what the modules compute: the batch statistics in training (the running statistics, and
+``num_batches_tracked``, updated as ``torch.nn.BatchNorm2d`` updates them, momentum ``None`` included), the
+running statistics for a layer in eval mode (``norm_eval``, frozen stages), and the gradients of the input,
+weight, bias and residual. The sums run in double, so the results agree with torch's to float32 rounding
+(tests/test_fused_norm.py), not bit for bit.
+
+Anything else goes through the modules unchanged: other norm layers (SyncBN, GN, ...), NCHW or non-float32
+inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ``torch.compile`` / ONNX export, or a machine where
+the extension cannot be built.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import winograd
+
+
+class _BatchNormAct(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu):
+        ext = winograd._load()
+        y, mean, invstd = ext.batch_norm_act_forward(x, weight, bias, running_mean, running_var, batch_stats,
+                                                     momentum, eps, residual, relu)
+        ctx.batch_stats, ctx.relu, ctx.has_residual = batch_stats, relu, residual is not None
+        ctx.save_for_backward(x, y if relu else None, weight, mean, invstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, y, weight, mean, invstd = ctx.saved_tensors
+        need_dx, need_dw, need_db, need_dr = ctx.needs_input_grad[:4]
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx, dw, db, dz = winograd._load().batch_norm_act_backward(
+            dy, x, y, weight, mean, invstd, ctx.batch_stats, ctx.relu, need_dx, need_dw or need_db,
+            need_dr and ctx.has_residual)
+        if need_dr and ctx.has_residual and not ctx.relu:
+            dz = dy
+        return (dx, dw if need_dw else None, db if need_db else None, dz if ctx.has_residual else None,
+                None, None, None, None, None, None)
+
+
+def fusable(norm: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`norm_act` runs the fused kernel for this layer and input: a ``torch.nn.BatchNorm2d``
+    (exactly; subclasses may change its forward) on a 4-d float32 channels_last CPU map, outside scripting,
+    tracing, ``torch.compile`` and ONNX export, with the extension available."""
+    return (type(norm) is nn.BatchNorm2d and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == 'cpu'
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+            and winograd.available())
+
+
+def _run(norm: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+    # torch.nn.modules.batchnorm._BatchNorm.forward, step by step
+    momentum = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+    track = not norm.training or norm.track_running_stats
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    return _BatchNormAct.apply(x, norm.weight, norm.bias, residual, norm.running_mean if track else None,
+                               norm.running_var if track else None, batch_stats, momentum, norm.eps, relu)
+
+
+def norm_act(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+             relu: bool = False) -> torch.Tensor:
+    """``relu?(norm(x) [+ residual])``: by the fused kernel when :func:`fusable`, otherwise by the module (then
+    ``+`` and an in-place ReLU)."""
+    if fusable(norm, x) and (not norm.training or x.numel() > x.shape[1]) and (
+            residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                 and residual.device == x.device)):
+        return _run(norm, x, residual, relu)
+    y = norm(x)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y, inplace=True) if relu else y
