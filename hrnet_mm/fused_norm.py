@@ -24,35 +24,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from . import winograd
-
-
-class _BatchNormAct(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu):
-        ext = winograd._load()
-        y, mean, invstd = ext.batch_norm_act_forward(x, weight, bias, running_mean, running_var, batch_stats,
-                                                     momentum, eps, residual, relu)
-        ctx.batch_stats, ctx.relu, ctx.has_residual = batch_stats, relu, residual is not None
-        ctx.save_for_backward(x, y if relu else None, weight, mean, invstd)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, y, weight, mean, invstd = ctx.saved_tensors
-        need_dx, need_dw, need_db, need_dr = ctx.needs_input_grad[:4]
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        dx, dw, db, dz = winograd._load().batch_norm_act_backward(
-            dy, x, y, weight, mean, invstd, ctx.batch_stats, ctx.relu, need_dx, need_dw or need_db,
-            need_dr and ctx.has_residual)
-        if need_dr and ctx.has_residual and not ctx.relu:
-            dz = dy
-        return (dx, dw if need_dw else None, db if need_db else None, dz if ctx.has_residual else None,
-                None, None, None, None, None, None)
 
 
 def fusable(norm: nn.Module, x: torch.Tensor) -> bool:
@@ -76,8 +49,13 @@ def _run(norm: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[torch.Tensor]
     track = not norm.training or norm.track_running_stats
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
-    return _BatchNormAct.apply(x, norm.weight, norm.bias, residual, norm.running_mean if track else None,
-                               norm.running_var if track else None, batch_stats, momentum, norm.eps, relu)
+    return _apply(x, norm.weight, norm.bias, residual, norm.running_mean if track else None,
+                  norm.running_var if track else None, batch_stats, momentum, norm.eps, relu)
+
+
+def _apply(*args):
+    """The kernel's differentiable function (its autograd node is C++: no Python call per layer backward)."""
+    return winograd._load().batch_norm_act(*args)
 
 
 def norm_act(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None,

@@ -79,6 +79,8 @@ inline v8 lanes(int64_t n) {  // 1 in the first n lanes, 0 after
   return v;
 }
 
+constexpr int64_t kSerial = 32768;
+
 // Per-channel sums of Q quantities over every element: fn(j, col, n, t) sets t[0 .. Q-1] to the terms of the 8
 // elements from flat index j (column col = j % P), of which the first n exist. Returns the Q * C sums, quantity-major.
 // Each column of 8 floats is summed down a block of periods in float, 4 periods at a time (independent additions),
@@ -87,7 +89,8 @@ template <int Q, class Fn>
 std::vector<double> reduce(const Layout& l, const Fn& fn) {
   const int64_t P = l.P;
   const int64_t block = std::max<int64_t>(16, 4096 / P);  // periods per float partial sum
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), l.nper / 16));
+  // one thread per kSerial floats at most: below that, waking the thread pool costs more than the pass
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), l.nper * P / kSerial));
   std::vector<double> part(chunks * Q * P, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -134,7 +137,7 @@ std::vector<double> reduce(const Layout& l, const Fn& fn) {
 // fn(j, col, n) for the 8 elements from flat index j (column col = j % P), of which the first n exist, over every element
 template <class Fn>
 void elementwise(const Layout& l, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / l.P);
+  const int64_t grain = std::max<int64_t>(1, kSerial / l.P);
   at::parallel_for(0, l.nper, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       for (int64_t col = 0; col < l.P; col += 8) fn(p * l.P + col, col, Full());
@@ -161,7 +164,8 @@ std::vector<double> channel_vector(const c10::optional<at::Tensor>& t, int64_t C
 
 at::Tensor float_vector(const std::vector<double>& v) {
   at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::kFloat);
-  for (size_t c = 0; c < v.size(); ++c) t.data_ptr<float>()[c] = static_cast<float>(v[c]);
+  float* p = t.data_ptr<float>();
+  for (size_t c = 0; c < v.size(); ++c) p[c] = static_cast<float>(v[c]);
   return t;
 }
 
@@ -320,7 +324,65 @@ std::vector<at::Tensor> batch_norm_act_backward(const at::Tensor& dy, const at::
   return {dx, dw, db, dz};
 }
 
+namespace {
+
+c10::optional<at::Tensor> opt(const at::Tensor& t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; }
+
+// The autograd node, in C++ so that a training step pays no Python call per layer in either direction.
+struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
+  // optional tensors: an undefined at::Tensor cannot be an input of a C++ autograd function
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+                            const c10::optional<at::Tensor>& running_var, bool batch_stats, double momentum,
+                            double eps, bool relu) {
+    std::vector<at::Tensor> out = batch_norm_act_forward(x, weight, bias, running_mean, running_var, batch_stats,
+                                                         momentum, eps, residual, relu);
+    ctx->save_for_backward({x, relu ? out[0] : at::Tensor(), weight.value_or(at::Tensor()), out[1], out[2]});
+    ctx->saved_data["batch_stats"] = batch_stats;
+    ctx->saved_data["relu"] = relu;
+    // needs_input_grad counts the tensor inputs that exist: x, then weight, bias, residual where given
+    const auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+    ctx->saved_data["weight"] = given(weight);
+    ctx->saved_data["bias"] = given(bias);
+    ctx->saved_data["residual"] = given(residual);
+    return out[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool relu = ctx->saved_data["relu"].toBool(), has_residual = ctx->saved_data["residual"].toBool();
+    const bool has_weight = ctx->saved_data["weight"].toBool(), has_bias = ctx->saved_data["bias"].toBool();
+    size_t edge = 1;
+    const bool need_dx = ctx->needs_input_grad(0);
+    const bool need_dw = has_weight && ctx->needs_input_grad(edge++);
+    const bool need_db = has_bias && ctx->needs_input_grad(edge++);
+    const bool need_dr = has_residual && ctx->needs_input_grad(edge++);
+    const at::Tensor dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
+    std::vector<at::Tensor> g = batch_norm_act_backward(dy, saved[0], opt(saved[1]), opt(saved[2]), saved[3],
+                                                        saved[4], ctx->saved_data["batch_stats"].toBool(), relu,
+                                                        need_dx, need_dw || need_db, need_dr);
+    at::Tensor dr;
+    if (need_dr) dr = relu ? g[3] : dy;
+    return {g[0], need_dw ? g[1] : at::Tensor(), need_db ? g[2] : at::Tensor(), dr, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor batch_norm_act(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                          const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+                          bool batch_stats, double momentum, double eps, bool relu) {
+  return BatchNormAct::apply(x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu);
+}
+
+}  // namespace
+
 void register_norm(pybind11::module& m) {
+  m.def("batch_norm_act", &batch_norm_act,
+        "relu?(batch_norm(x) [+ residual]) of a channels_last float32 map, differentiable (x, weight, bias, "
+        "residual)");
   m.def("batch_norm_act_forward", &batch_norm_act_forward,
         "relu?(batch_norm(x) [+ residual]) of a channels_last float32 map: (y, mean, invstd)");
   m.def("batch_norm_act_backward", &batch_norm_act_backward, "(dx, dweight, dbias, dz) of batch_norm_act_forward");
