@@ -20,9 +20,10 @@ Implementations:
   hrnet_mm-deploy-cudagraphs CUDA only, with ``--cuda-graphs``: ``to_deploy(model, compile=True)`` with inductor's
                       CUDA graphs (``triton.cudagraphs``): one graph launch per forward instead of ~300 kernels
   hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward, and
-                      with it the CPU Winograd training convolutions (``winograd=None`` turns them on with
-                      channels_last) (train only; its gradients are checked against hrnet_mm's in float64, and in
-                      float32 against float64 with Winograd forced: the line under the table)
+                      with it the CPU training kernels: Winograd convolutions and the fused batch norm + residual +
+                      ReLU (``winograd=None`` and ``fused_norm=None`` turn them on with channels_last) (train only;
+                      its gradients are checked against hrnet_mm's in float64, and in float32 against float64 with
+                      Winograd forced: the line under the table)
   hrnet_mm-cl-compiled   ``HRNet(channels_last=True, compile=True)``: the forward through torch.compile
                       (train only, with ``--compile``; ``prep s`` is its first step, which compiles; its
                       gradients are checked in float64 like hrnet_mm-cl's, which compiles once more)
