@@ -180,10 +180,12 @@ class HRNet(BaseModule, NamedNorms):
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
         channels_last: Keep the weights in ``torch.channels_last`` memory format and convert the input to it, so
             the convolutions and norms use the NHWC kernels. Whether that is faster depends on the processor
-            (docs/benchmarks.md): per CPU training step 1.11-1.20x on an AVX-512 Xeon, but 1.08x (W32 256x192)
-            and 0.86x (W18 512x1024, slower) on an AVX2 EPYC, whose NHWC convolution and batch-norm backward
-            kernels are the slower ones there. The outputs are then channels_last tensors with the same values
-            up to float32 rounding, not bit-identical to the peers', hence off by default.
+            (docs/benchmarks.md): per CPU training step with torch's kernels 1.11-1.20x on an AVX-512 Xeon, but
+            1.08x (W32 256x192) and 0.86x (W18 512x1024, slower) on an AVX2 EPYC, whose NHWC convolution and
+            batch-norm backward kernels are the slower ones there; with hrnet_mm's CPU training kernels, which
+            it turns on (``winograd``, ``fused_norm``), 1.15-1.19x and 1.21x there. The outputs are then
+            channels_last tensors with the same values up to float32 rounding, not bit-identical to the peers',
+            hence off by default.
         compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='max-autotune')``), in training and inference alike. Inductor fuses the norms, ReLUs and
             sums around the convolutions. The first training step compiles the forward and backward graphs
