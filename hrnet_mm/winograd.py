@@ -183,7 +183,8 @@ def _build(cpp_extension):
     except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: run without Winograd
         lines = str(e).strip().splitlines()
         _BUILD_ERROR = f'{type(e).__name__}: {lines[-1] if lines else ""}'
-        warnings.warn(f'hrnet_mm: Winograd convolutions unavailable, deploy mode uses oneDNN only ({_BUILD_ERROR}). '
+        warnings.warn(f'hrnet_mm: Winograd convolutions and fused norms unavailable, the deploy mode uses oneDNN '
+                      f'only and training torch\'s layers ({_BUILD_ERROR}). '
                       'They need a C++ compiler and ninja (pip install ninja).')
         return None
     finally:

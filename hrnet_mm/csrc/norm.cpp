@@ -21,6 +21,8 @@
 #include <type_traits>
 #include <vector>
 
+void check_map(const at::Tensor& x, const char* name);  // winograd.cpp: a float32 channels_last 4-D CPU map
+
 namespace hrnet_mm_norm {
 namespace {
 
@@ -143,12 +145,6 @@ void elementwise(const Layout& l, const Fn& fn) {
       for (int64_t col = 0; col < l.P; col += 8) fn(p * l.P + col, col, Full());
   });
   for (int64_t col = 0; col < l.tail; col += 8) fn(l.nper * l.P + col, col, std::min<int64_t>(8, l.tail - col));
-}
-
-void check_map(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
-  TORCH_CHECK(t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast),
-              name, " must be a 4-d channels_last tensor, got sizes ", t.sizes(), " strides ", t.strides());
 }
 
 std::vector<double> channel_vector(const c10::optional<at::Tensor>& t, int64_t C, double fill, const char* name) {
@@ -383,9 +379,6 @@ void register_norm(pybind11::module& m) {
   m.def("batch_norm_act", &batch_norm_act,
         "relu?(batch_norm(x) [+ residual]) of a channels_last float32 map, differentiable (x, weight, bias, "
         "residual)");
-  m.def("batch_norm_act_forward", &batch_norm_act_forward,
-        "relu?(batch_norm(x) [+ residual]) of a channels_last float32 map: (y, mean, invstd)");
-  m.def("batch_norm_act_backward", &batch_norm_act_backward, "(dx, dweight, dbias, dz) of batch_norm_act_forward");
 }
 
 }  // namespace hrnet_mm_norm

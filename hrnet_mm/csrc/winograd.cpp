@@ -400,12 +400,15 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, co
   return out;
 }
 
-namespace {
+// Shared with norm.cpp (hence outside the anonymous namespace).
 void check_map(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "winograd: ", name, " must be a float32 channels_last 4-D CPU tensor");
+              "hrnet_mm kernel: ", name, " must be a float32 channels_last 4-D CPU tensor, got sizes ", x.sizes(),
+              " strides ", x.strides(), " ", x.scalar_type(), " on ", x.device());
 }
+
+namespace {
 
 Geometry geometry(const at::Tensor& x, int64_t tile) {
   TORCH_CHECK(tile == 2 || tile == 4, "winograd: tile must be 2 or 4, got ", tile);
