@@ -42,6 +42,12 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def grads_l2(grads: dict, truth: dict) -> float:
+    """||g - g_truth|| / ||g_truth|| over all parameters together (dicts of gradients by parameter name)."""
+    diff = sum(((grads[k].double() - truth[k].double()) ** 2).sum() for k in truth)
+    return (diff / sum((truth[k].double() ** 2).sum() for k in truth)).sqrt().item()
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|: the error relative to the output's scale."""
     assert a.shape == b.shape, f'shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}'

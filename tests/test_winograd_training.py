@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY_EXTRA, randomize_, rel_err
+from conftest import TINY_EXTRA, grads_l2, randomize_, rel_err
 
 from hrnet_mm import winograd
 from hrnet_mm.models import HRNet
@@ -161,12 +161,6 @@ def _grads(model, x, frozen_norms=False):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _l2(grads, truth):
-    """||g - g_truth|| / ||g_truth|| over all parameters together."""
-    diff = sum(((grads[k].double() - truth[k].double()) ** 2).sum() for k in truth)
-    return (diff / sum((truth[k].double() ** 2).sum() for k in truth)).sqrt().item()
-
-
 @pytest.mark.parametrize('tile', winograd.TILES)
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channels_last):
@@ -189,8 +183,8 @@ def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channel
             ours = _grads(model, x, frozen)
         assert ours.keys() == truth.keys()
         assert any(not torch.equal(ours[k], onednn[k]) for k in truth)
-        bound = ({2: 1e-5, 4: 1e-3}[tile] if frozen else max(10 * _l2(onednn, truth), 1e-3))
-        assert _l2(ours, truth) < bound, (frozen, _l2(ours, truth), _l2(onednn, truth))
+        bound = ({2: 1e-5, 4: 1e-3}[tile] if frozen else max(10 * grads_l2(onednn, truth), 1e-3))
+        assert grads_l2(ours, truth) < bound, (frozen, grads_l2(ours, truth), grads_l2(onednn, truth))
 
 
 def test_hrnet_winograd_false_never_runs_the_kernel(kernel, any_width, monkeypatch):
