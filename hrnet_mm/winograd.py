@@ -336,9 +336,13 @@ def choices() -> Dict[Tuple[int, ...], int]:
 # In training the weight changes every step, so it is transformed on every call (``winograd_weight``, a few
 # microseconds to a millisecond), and the backward pass runs Winograd too: the input gradient is the 3x3
 # convolution of the output gradient with the weight transposed and turned by 180 degrees, and the weight gradient
-# is the gradient of the transformed weight, ``dU[p] = V[p]^T dM[p]`` (a batched matrix product over the tiles),
-# mapped back through the weight transform. Which tile, or oneDNN, serves the forward and input gradient, and which
-# the weight gradient, is timed once per shape (:func:`choose_training_algorithm`).
+# is the gradient of the transformed weight, ``dU[p] = V[p]^T dM[p]`` (a matrix product over the tiles per plane p),
+# mapped back through the weight transform: one kernel (``winograd_conv_weight_grad``) transforms the input and the
+# output gradient, multiplies block by block in the cache and maps each block straight back, so that dU is never
+# written out (it is 1.8x (F(2x2)) or 4x (F(4x4)) the size of the weight); the sum over the tiles is a sum of
+# partial sums of 64 tiles, which keeps a large map's weight gradient as exact as a small one's. Which tile, or
+# oneDNN, serves the forward and input gradient, and which the weight gradient, is timed once per shape
+# (:func:`choose_training_algorithm`).
 
 _TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int]] = {}
 TRAIN_MIN_CHANNELS = 32
@@ -350,9 +354,7 @@ def _weight_grad(ext, x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, t
     if tile == ONEDNN:
         return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                    [False, True, False])[1]
-    v = ext.winograd_input_transform(x, tile)
-    dm = ext.winograd_grad_output_transform(dy, tile)
-    return ext.winograd_weight_grad(torch.bmm(v.transpose(1, 2), dm), tile, weight)
+    return ext.winograd_conv_weight_grad(x, dy, tile, weight)
 
 
 def _forward_conv(ext, x: torch.Tensor, weight: torch.Tensor, tile: int, flip: bool = False) -> torch.Tensor:

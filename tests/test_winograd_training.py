@@ -29,13 +29,6 @@ def _cl(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def _unpacked_transform(w: torch.Tensor, tile: int) -> torch.Tensor:
-    """(P, C, K) transformed weight in float64 with torch ops (autograd-friendly)."""
-    _, g, _ = winograd._matrices(tile)
-    a = tile + 2
-    return torch.einsum('pi,kcij,qj->pqck', g, w.double(), g).reshape(a * a, w.shape[1], w.shape[0])
-
-
 @pytest.mark.parametrize('tile', winograd.TILES)
 @pytest.mark.parametrize('flip', [False, True])
 @pytest.mark.parametrize('channels_last', [False, True])
@@ -51,19 +44,49 @@ def test_training_weight_transform_equals_prepare_weight(kernel, tile, flip, cha
     assert rel_err(got, ref) < 1e-6
 
 
+def _weight_grad64(x, dy):
+    """The weight gradient of conv2d(x, w, padding=1) in float64 (it does not depend on w)."""
+    w = torch.zeros(dy.shape[1], x.shape[1], 3, 3, dtype=torch.float64)
+    return torch.ops.aten.convolution_backward(dy.double(), x.double(), w, None, [1, 1], [1, 1], [1, 1], False,
+                                               [0, 0], 1, [False, True, False])[1]
+
+
 @pytest.mark.parametrize('tile', winograd.TILES)
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_weight_gradient_is_the_adjoint_of_the_weight_transform(kernel, tile, channels_last):
-    """winograd_weight_grad(dU) is d<dU, U(w)>/dw, laid out like the weight it is the gradient of."""
-    g = torch.Generator().manual_seed(1)
-    k, c = 20, 13
-    w = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    du = torch.randn((tile + 2) ** 2, c, k, generator=g)
-    (ref,) = torch.autograd.grad((_unpacked_transform(w, tile) * du.double()).sum(), w)
-    template = _cl(w.detach().float()) if channels_last else w.detach().float()
-    got = kernel.winograd_weight_grad(du, tile, template)
-    assert got.stride() == template.stride()
-    assert rel_err(got, ref) < 1e-6
+@pytest.mark.parametrize('shape', [(2, 13, 7, 9, 20), (1, 7, 5, 4, 3), (1, 40, 6, 10, 9), (3, 8, 3, 2, 16)])
+def test_fused_weight_gradient_equals_torch(kernel, tile, channels_last, shape):
+    """winograd_conv_weight_grad against float64 torch, laid out like the weight it is the gradient of: channel
+    counts that fill a 6-row, 16-column product block partly or not at all, maps smaller than a tile."""
+    n, c, h, w, k = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x, dy = (_cl(torch.randn(n, ch, h, w, generator=g)) for ch in (c, k))
+    template = torch.empty(k, c, 3, 3)
+    template = _cl(template) if channels_last else template
+    got = kernel.winograd_conv_weight_grad(x, dy, tile, template)
+    assert got.shape == template.shape and got.stride() == template.stride()
+    assert rel_err(got, _weight_grad64(x, dy)) < TOL[tile]
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+def test_fused_weight_gradient_of_a_large_map_stays_accurate(kernel, tile):
+    """A sum over thousands of tiles (a 160x160 map: 6400 of F(2x2)) is added up from partial sums: its error
+    stays within the single-pass tolerance instead of growing with the map."""
+    g = torch.Generator().manual_seed(3)
+    x, dy = (_cl(torch.randn(1, 8, 160, 160, generator=g)) for _ in range(2))
+    got = kernel.winograd_conv_weight_grad(x, dy, tile, torch.empty(8, 8, 3, 3))
+    assert rel_err(got, _weight_grad64(x, dy)) < TOL[tile] / 2
+
+
+def test_fused_weight_gradient_rejects_mismatched_inputs(kernel):
+    x = _cl(torch.randn(1, 8, 6, 6))
+    with pytest.raises(RuntimeError, match='dy must be'):
+        kernel.winograd_conv_weight_grad(x, _cl(torch.randn(1, 8, 6, 5)), 2, torch.empty(8, 8, 3, 3))
+    with pytest.raises(RuntimeError, match='weight must be'):
+        kernel.winograd_conv_weight_grad(x, _cl(torch.randn(1, 4, 6, 6)), 2, torch.empty(8, 8, 3, 3))
+    with pytest.raises(RuntimeError, match='channels_last'):
+        kernel.winograd_conv_weight_grad(x.contiguous(), x, 2, torch.empty(8, 8, 3, 3))
+    with pytest.raises(RuntimeError, match='tile must be'):
+        kernel.winograd_conv_weight_grad(x, x, 3, torch.empty(8, 8, 3, 3))
 
 
 def _torch_step(x, w, dy):

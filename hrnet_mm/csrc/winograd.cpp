@@ -78,10 +78,10 @@ struct Geometry {
   int64_t N, H, W, C, K, K8, th, tw, T;
 };
 
-// Input transform of tiles [t0, t1) into V[p][t - t0][c] (row stride C, plane stride ldt * C).
+// Input transform of tiles [t0, t1) into V[p][t - t0][c] (row stride C, plane stride ps floats).
 template <int MT>
 void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, int64_t t1, float* __restrict__ V,
-                  int64_t ldt) {
+                  int64_t ps) {
   constexpr int A = Tf<MT>::A;
   const int64_t H = g.H, W = g.W, C = g.C;
   alignas(32) float d[A * A * L];
@@ -97,7 +97,7 @@ void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, i
       if (interior && cb == L) {  // straight from the input into V, no staging copies
         const float* src = in + ((n * H + y0) * W + x0) * C + c0;
         for (int j = 0; j < A; ++j) Tf<MT>::bt(src + j * C, W * C, u + j * L, A * L);  // columns
-        for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, dst_t + p * A * ldt * C + c0, ldt * C);  // rows
+        for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, dst_t + p * A * ps + c0, ps);  // rows
         continue;
       }
       // Border tiles and a last, partial group of channels: staged through a zero-padded copy.
@@ -115,7 +115,7 @@ void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, i
       for (int j = 0; j < A; ++j) Tf<MT>::bt(d + j * L, A * L, u + j * L, A * L);  // columns
       for (int p = 0; p < A; ++p) Tf<MT>::bt(u + p * A * L, L, v + p * A * L, L);  // rows
       for (int k = 0; k < A * A; ++k) {
-        float* dst = dst_t + k * ldt * C + c0;
+        float* dst = dst_t + k * ps + c0;
         if (cb == L) {
           LOOP dst[c] = v[k * L + c];
         } else {
@@ -126,8 +126,9 @@ void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, i
   }
 }
 
-// m[i][0 .. 8*NV) = sum_c v[i][c] * u[c][0 .. 8*NV) for i < R (row strides ldv, ldu, ldm).
-template <int R, int NV>
+// m[i][0 .. 8*NV) = sum_c v[i][c] * u[c][0 .. 8*NV) for i < R (row strides ldv, ldu, ldm); with TN, v is read
+// transposed: v[i][c] at v[c * ldv + i] (the weight gradient's V[p]^T dM[p]); with ACC, m += the products.
+template <int R, int NV, bool TN = false, bool ACC = false>
 inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restrict__ u, int64_t ldu,
                   float* __restrict__ m, int64_t ldm, int64_t C) {
 #ifdef HRNET_MM_AVX2
@@ -137,11 +138,12 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #define HRNET_MM_ROW(i, a0, a1)                                  \
   if (R > i) {                                                   \
-    const __m256 a = _mm256_broadcast_ss(v + i * ldv + c);       \
+    const __m256 a = _mm256_broadcast_ss(TN ? vc + i : vc + i * ldv);\
     a0 = _mm256_fmadd_ps(a, b0, a0);                             \
     if (NV > 1) a1 = _mm256_fmadd_ps(a, b1, a1);                 \
   }
   for (int64_t c = 0; c < C; ++c) {
+    const float* vc = TN ? v + c * ldv : v + c;
     const __m256 b0 = _mm256_loadu_ps(u + c * ldu);
     const __m256 b1 = NV > 1 ? _mm256_loadu_ps(u + c * ldu + 8) : b0;
     HRNET_MM_ROW(0, c00, c01)
@@ -152,10 +154,12 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
     HRNET_MM_ROW(5, c50, c51)
   }
 #undef HRNET_MM_ROW
-#define HRNET_MM_STORE(i, a0, a1)                                \
-  if (R > i) {                                                   \
-    _mm256_storeu_ps(m + i * ldm, a0);                           \
-    if (NV > 1) _mm256_storeu_ps(m + i * ldm + 8, a1);           \
+  // ACC: the products are summed from zero and then added to m (a sum of partial sums, not one long sum)
+#define HRNET_MM_STORE(i, a0, a1)                                                         \
+  if (R > i) {                                                                            \
+    _mm256_storeu_ps(m + i * ldm, ACC ? _mm256_add_ps(_mm256_loadu_ps(m + i * ldm), a0) : a0); \
+    if (NV > 1)                                                                           \
+      _mm256_storeu_ps(m + i * ldm + 8, ACC ? _mm256_add_ps(_mm256_loadu_ps(m + i * ldm + 8), a1) : a1); \
   }
   HRNET_MM_STORE(0, c00, c01)
   HRNET_MM_STORE(1, c10, c11)
@@ -168,11 +172,11 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
   float acc[R][8 * NV] = {};
   for (int64_t c = 0; c < C; ++c)
     for (int i = 0; i < R; ++i) {
-      const float a = v[i * ldv + c];
+      const float a = TN ? v[c * ldv + i] : v[i * ldv + c];
       for (int j = 0; j < 8 * NV; ++j) acc[i][j] += a * u[c * ldu + j];
     }
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < 8 * NV; ++j) m[i * ldm + j] = acc[i][j];
+    for (int j = 0; j < 8 * NV; ++j) m[i * ldm + j] = ACC ? m[i * ldm + j] + acc[i][j] : acc[i][j];
 #endif
 }
 
@@ -285,7 +289,7 @@ void run(const float* in, const float* U, const float* bias, const float* res, b
       const int64_t tb = job / nk, kj = job % nk;
       const int64_t t0 = tb * TB, t1 = std::min(g.T, t0 + TB), tn = t1 - t0;
       if (tb != done) {
-        transform_in<MT>(in, g, t0, t1, Vb.get(), TB);
+        transform_in<MT>(in, g, t0, t1, Vb.get(), TB * g.C);
         done = tb;
       }
       const int64_t k0 = kj * kstep, kc8 = std::min(g.K8, k0 + kstep) - k0, kc = std::min(g.K, k0 + kc8) - k0;
@@ -326,12 +330,13 @@ template <> struct Ta<2> {
 };
 
 // dM[p][t][k] of tiles [t0, t1) from the channels_last output gradient dy (outputs past the map's edge count as
-// zero): the gradient of the output transform, so that dU[p] = V[p]^T dM[p] is the gradient of U.
+// zero): the gradient of the output transform, so that dU[p] = V[p]^T dM[p] is the gradient of U. Rows of ldk >= K
+// floats (the columns past K zero), planes ps floats apart.
 template <int MT>
 void transform_grad_out(const float* __restrict__ dy, const Geometry& g, int64_t t0, int64_t t1,
-                        float* __restrict__ dM) {
+                        float* __restrict__ dM, int64_t ldk, int64_t ps) {
   constexpr int A = Tf<MT>::A;
-  const int64_t H = g.H, W = g.W, K = g.K, T = g.T;
+  const int64_t H = g.H, W = g.W, K = g.K;
   alignas(32) float d[MT * MT * L];
   alignas(32) float u[A * MT * L];
   alignas(32) float v[A * A * L];
@@ -352,9 +357,10 @@ void transform_grad_out(const float* __restrict__ dy, const Geometry& g, int64_t
         }
       for (int j = 0; j < MT; ++j) Ta<MT>::a(d + j * L, MT * L, u + j * L, MT * L);  // columns: u[r][j]
       for (int r = 0; r < A; ++r) Ta<MT>::a(u + r * MT * L, L, v + r * A * L, L);   // rows: v[r][s]
+      const int64_t wb = std::min<int64_t>(L, ldk - k0);  // the lanes past K are zero in v
       for (int p = 0; p < A * A; ++p) {
-        float* dst = dM + (p * T + t) * K + k0;
-        for (int c = 0; c < kb; ++c) dst[c] = v[p * L + c];
+        float* dst = dM + p * ps + t * ldk + k0;
+        for (int c = 0; c < wb; ++c) dst[c] = v[p * L + c];
       }
     }
   }
@@ -409,13 +415,6 @@ void check_map(const at::Tensor& x, const char* name) {
 }
 
 namespace {
-
-Geometry geometry(const at::Tensor& x, int64_t tile) {
-  TORCH_CHECK(tile == 2 || tile == 4, "winograd: tile must be 2 or 4, got ", tile);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
-  return Geometry{N, H, W, C, C, (C + 7) / 8 * 8, th, tw, N * th * tw};
-}
 
 // The 1-D weight transform G (A x 3) of F(tile x tile, 3x3), as in hrnet_mm/winograd.py.
 void g_matrix(int64_t tile, double g[6][3]) {
@@ -557,78 +556,124 @@ at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
   return U;
 }
 
-// (P, T, channels) from a channels_last map, fn(in, geometry, t0, t1, out) filling tiles [t0, t1) of it.
-template <class Fn>
-at::Tensor per_tile(const at::Tensor& x, int64_t tile, const char* name, Fn fn) {
-  check_map(x, name);
-  const Geometry g = geometry(x, tile);
-  at::Tensor out = at::empty({(tile + 2) * (tile + 2), g.T, g.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  const float* in = x.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, g.T, 16, [&](int64_t t0, int64_t t1) { fn(in, g, t0, t1, o); });
-  return out;
+namespace {
+// u[i][0 .. 16 or 8) (+)= sum_t v[t * ldv + i] * m[t * ldm + 0 .. 16 or 8) for i < rows (row stride ldu).
+template <bool ACC>
+void products(const float* v, int64_t ldv, const float* m, int64_t ldm, float* u, int64_t ldu, int64_t tn,
+              int64_t rows, bool wide) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) {
+    if (wide) micro<6, 2, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);
+    else micro<6, 1, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);
+  }
+#define HRNET_MM_TAIL(R)                                                         \
+  case R:                                                                        \
+    if (wide) micro<R, 2, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);  \
+    else micro<R, 1, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);       \
+    break;
+  switch (rows - r) {
+    HRNET_MM_TAIL(5)
+    HRNET_MM_TAIL(4)
+    HRNET_MM_TAIL(3)
+    HRNET_MM_TAIL(2)
+    HRNET_MM_TAIL(1)
+    default: break;
+  }
+#undef HRNET_MM_TAIL
 }
 
-// The input transform of every tile: V (P, T, C), T = N * ceil(H / tile) * ceil(W / tile).
-at::Tensor winograd_input_transform(const at::Tensor& x, int64_t tile) {
-  return per_tile(x, tile, "x", [tile](const float* in, const Geometry& g, int64_t t0, int64_t t1, float* v) {
-    if (tile == 4) transform_in<4>(in, g, t0, t1, v + t0 * g.C, g.T);
-    else transform_in<2>(in, g, t0, t1, v + t0 * g.C, g.T);
+// Tiles summed in float per partial sum of the weight gradient: partial sums of a few hundred products are then
+// added up, which keeps the rounding error of a high-resolution map's sum over thousands of tiles near that of a
+// blocked matrix product.
+constexpr int64_t kSumTiles = 64;
+
+// The weight gradient of x's 3x3 convolution, by F(MT x MT, 3x3) in two parallel passes:
+//   1. every tile's input transform V[p][t][c] and output-gradient transform dM[p][t][k] (rows K8 wide, zero past
+//      K), each plane 16 floats past a multiple of its size: plane sizes are multiples of 4 KB for the usual
+//      channel counts, and planes exactly that far apart would share the same few cache sets;
+//   2. per block of rows c (input channels) and columns k (output channels): dU[p] = V[p]^T dM[p] for every
+//      plane into a buffer that stays in L2 (kSumTiles tiles at a time), then the adjoint of the weight transform
+//      straight into dw.
+// No (P, C, K) dU is written to memory and read back, and the products need no copy of V transposed.
+template <int MT>
+void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const double (&gm)[6][3], float* dw,
+                       const int64_t (&os)[11]) {
+  constexpr int A = MT + 2, P = A * A;
+  const int64_t C = g.C, K = g.K, K8 = g.K8, T = g.T;
+  const int64_t sV = T * C + 16, sM = T * K8 + 16;
+  at::Tensor Vt = at::empty({P * sV}, at::kFloat), dMt = at::empty({P * sM}, at::kFloat);
+  float* Vp = Vt.data_ptr<float>();
+  float* dMp = dMt.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+    transform_in<MT>(x, g, t0, t1, Vp + t0 * C, sV);
+    transform_grad_out<MT>(dy, g, t0, t1, dMp, K8, sM);
   });
-}
-
-// The gradient of M from the output gradient dy (N, K, H, W), channels_last: dM (P, T, K).
-at::Tensor winograd_grad_output_transform(const at::Tensor& dy, int64_t tile) {
-  return per_tile(dy, tile, "dy", [tile](const float* in, const Geometry& g, int64_t t0, int64_t t1, float* m) {
-    if (tile == 4) transform_grad_out<4>(in, g, t0, t1, m);
-    else transform_grad_out<2>(in, g, t0, t1, m);
-  });
-}
-
-// The weight gradient (K, C, 3, 3) from the gradient of the transformed weight dU (P, C, K):
-// dw[k][c][i][j] = sum_{r,s} G[r][i] dU[r*A+s][c][k] G[s][j], the adjoint of weight_tf; laid out like weight
-// (its strides: contiguous or channels_last), as autograd stores a parameter's gradient.
-at::Tensor winograd_weight_grad(const at::Tensor& dU, int64_t tile, const at::Tensor& weight) {
-  TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight_grad: tile must be 2 or 4, got ", tile);
-  const int a = static_cast<int>(tile) + 2;
-  TORCH_CHECK(dU.device().is_cpu() && dU.scalar_type() == at::kFloat && dU.dim() == 3 && dU.size(0) == a * a,
-              "winograd_weight_grad: dU must be a float32 (", a * a, ", C, K) CPU tensor, got ", dU.sizes());
-  const at::Tensor u = dU.contiguous();
-  const int64_t C = u.size(1), K = u.size(2);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == K && weight.size(1) == C && weight.size(2) == 3 &&
-                  weight.size(3) == 3,
-              "winograd_weight_grad: weight must be (", K, ", ", C, ", 3, 3), got ", weight.sizes());
-  double g[6][3];
-  g_matrix(tile, g);
-  at::Tensor out = at::empty_strided(weight.sizes(), weight.strides(), u.options());
-  const int64_t oK = out.stride(0), oC = out.stride(1), oT[9] = {0, out.stride(3), 2 * out.stride(3),
-      out.stride(2), out.stride(2) + out.stride(3), out.stride(2) + 2 * out.stride(3), 2 * out.stride(2),
-      2 * out.stride(2) + out.stride(3), 2 * out.stride(2) + 2 * out.stride(3)};
-  const float* src = u.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, C, 4, [&](int64_t c0, int64_t c1) {
-    const int64_t K8 = (K + 7) / 8 * 8;
-    // row c of every plane, read plane by plane (the planes are a power of two apart for the usual channel
-    // counts: reading them a few floats at a time would make the cache thrash)
-    std::unique_ptr<float[]> rowbuf(new float[36 * K8]);
-    float* v = rowbuf.get();
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      for (int p = 0; p < a * a; ++p) {
-        std::memcpy(v + p * K8, src + (p * C + ch) * K, sizeof(float) * K);
-        for (int64_t k = K; k < K8; ++k) v[p * K8 + k] = 0.f;
-      }
-      for (int64_t k0 = 0; k0 < K; k0 += L) {
-        const int64_t kb = std::min<int64_t>(L, K - k0);
-        alignas(32) float y[9 * L];
-        if (tile == 4) weight_tf_adjoint<4>(g, v + k0, K8, y, L);
-        else weight_tf_adjoint<2>(g, v + k0, K8, y, L);
-        for (int c = 0; c < kb; ++c) {
-          float* d = dst + (k0 + c) * oK + ch * oC;
-          for (int k = 0; k < 9; ++k) d[oT[k]] = y[k * L + c];
+  const int64_t threads = std::max(1, at::get_num_threads());
+  auto rows_for = [&](int64_t cols) { return kBlockFloats / (P * cols) / 6 * 6; };
+  int64_t kstep = (K8 + 15) / 16 * 16;
+  while (kstep > 16 && rows_for(kstep) < 6) kstep = (kstep / 2 + 15) / 16 * 16;
+  int64_t RB = std::max<int64_t>(6, std::min(rows_for(kstep), (C + 6 * threads - 1) / (6 * threads) * 6));
+  const int64_t nrb = (C + RB - 1) / RB;
+  if (nrb < threads && kstep > 16) {  // too few row blocks to go round: split the columns too
+    const int64_t parts = (threads + nrb - 1) / nrb;
+    kstep = std::max<int64_t>(16, ((K8 + parts - 1) / parts + 15) / 16 * 16);
+  }
+  const int64_t nkb = (K8 + kstep - 1) / kstep;
+  at::parallel_for(0, nrb * nkb, 1, [&](int64_t j0, int64_t j1) {
+    std::unique_ptr<float[]> buf(new float[P * RB * kstep]);
+    float* dU = buf.get();
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t c0 = (job / nkb) * RB, cn = std::min(RB, C - c0);
+      const int64_t k0 = (job % nkb) * kstep, kn8 = std::min(kstep, K8 - k0), kn = std::min(K, k0 + kn8) - k0;
+      for (int64_t tc0 = 0; tc0 < T; tc0 += kSumTiles)
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t tn = std::min(kSumTiles, T - tc0);
+          const float* v = Vp + p * sV + tc0 * C + c0;
+          const float* m = dMp + p * sM + tc0 * K8 + k0;
+          float* u = dU + p * RB * kstep;
+          for (int64_t k = 0; k < kn8; k += 16)
+            if (tc0 == 0) products<false>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
+            else products<true>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
         }
-      }
+      for (int64_t r = 0; r < cn; ++r)
+        for (int64_t kk = 0; kk < kn; kk += L) {
+          alignas(32) float y[9 * L];
+          weight_tf_adjoint<MT>(gm, dU + r * kstep + kk, RB * kstep, y, L);
+          const int64_t kb = std::min<int64_t>(L, kn - kk);
+          for (int c = 0; c < kb; ++c) {
+            float* d = dw + (k0 + kk + c) * os[0] + (c0 + r) * os[1];
+            for (int t = 0; t < 9; ++t) d[os[2 + t]] = y[t * L + c];
+          }
+        }
     }
   });
+}
+}  // namespace
+
+// The weight gradient (K, C, 3, 3) of the 3x3 stride-1 zero-padding-1 convolution of x (N, C, H, W) given the
+// output gradient dy (N, K, H, W), both float32 channels_last, by F(tile x tile, 3x3) (weight_grad_fused); laid
+// out like weight (contiguous or channels_last), as autograd stores a parameter's gradient.
+at::Tensor winograd_conv_weight_grad(const at::Tensor& x, const at::Tensor& dy, int64_t tile,
+                                     const at::Tensor& weight) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv_weight_grad: tile must be 2 or 4, got ", tile);
+  check_map(x, "x");
+  check_map(dy, "dy");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
+  TORCH_CHECK(dy.size(0) == N && dy.size(2) == H && dy.size(3) == W,
+              "winograd_conv_weight_grad: dy must be (", N, ", K, ", H, ", ", W, "), got ", dy.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == K && weight.size(1) == C && weight.size(2) == 3 &&
+                  weight.size(3) == 3,
+              "winograd_conv_weight_grad: weight must be (", K, ", ", C, ", 3, 3), got ", weight.sizes());
+  at::Tensor out = at::empty_strided(weight.sizes(), weight.strides(), x.options());
+  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
+  const Geometry g{N, H, W, C, K, (K + 7) / 8 * 8, th, tw, N * th * tw};
+  double gm[6][3];
+  g_matrix(tile, gm);
+  const int64_t s2 = out.stride(2), s3 = out.stride(3);
+  const int64_t os[11] = {out.stride(0), out.stride(1), 0, s3, 2 * s3, s2, s2 + s3, s2 + 2 * s3, 2 * s2,
+                          2 * s2 + s3, 2 * s2 + 2 * s3};
+  if (tile == 4) weight_grad_fused<4>(x.data_ptr<float>(), dy.data_ptr<float>(), g, gm, out.data_ptr<float>(), os);
+  else weight_grad_fused<2>(x.data_ptr<float>(), dy.data_ptr<float>(), g, gm, out.data_ptr<float>(), os);
   return out;
 }
 
@@ -641,7 +686,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_conv", &winograd_conv,
         "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
-  m.def("winograd_input_transform", &winograd_input_transform, "V (P, T, C) of every input tile");
-  m.def("winograd_grad_output_transform", &winograd_grad_output_transform, "dM (P, T, K) from the output gradient");
-  m.def("winograd_weight_grad", &winograd_weight_grad, "weight gradient (K, C, 3, 3) from dU (P, C, K)");
+  m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
+        "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
 }
