@@ -497,6 +497,78 @@ inline void weight_tf_adjoint(const double (&g)[6][3], const float* __restrict__
 #endif
 }
 
+#ifdef HRNET_MM_AVX2
+// Rows r[0..8) of an 8x8 block become its columns.
+inline void transpose8(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+// x[(r * 9 + k) * 16 + q] = w'[j0 + q][r0 + r][tap k] for q < qn <= 16, r < rn <= 8, zero elsewhere: w' = w
+// (K, C, 3, 3, element strides st), or with flip, w transposed and turned by 180 degrees. A channels_last weight
+// (the training layout: C innermost) is read a vector at a time: with flip straight into x's rows, without it in
+// 8 x 8 blocks turned around in registers.
+inline void gather_block(const float* w, const int64_t (&st)[4], bool flip, int64_t j0, int64_t r0, int64_t qn,
+                         int64_t rn, float* __restrict__ x) {
+  const int64_t sq = flip ? st[1] : st[0], sr = flip ? st[0] : st[1];
+  int64_t off[9];
+  for (int k = 0; k < 9; ++k) {
+    const int tap = flip ? 8 - k : k;
+    off[k] = (tap / 3) * st[2] + (tap % 3) * st[3];
+  }
+  const float* base = w + j0 * sq + r0 * sr;
+  if (qn < 16 || rn < 8) std::fill(x, x + 8 * 9 * 16, 0.f);
+#ifdef HRNET_MM_AVX2
+  if (sq == 1 && qn == 16) {
+    for (int64_t r = 0; r < rn; ++r)
+      for (int k = 0; k < 9; ++k) {
+        const float* f = base + r * sr + off[k];
+        _mm256_store_ps(x + (r * 9 + k) * 16, _mm256_loadu_ps(f));
+        _mm256_store_ps(x + (r * 9 + k) * 16 + 8, _mm256_loadu_ps(f + 8));
+      }
+    return;
+  }
+#endif
+  if (sq == 1) {
+    for (int64_t r = 0; r < rn; ++r)
+      for (int k = 0; k < 9; ++k) std::memcpy(x + (r * 9 + k) * 16, base + r * sr + off[k], sizeof(float) * qn);
+    return;
+  }
+#ifdef HRNET_MM_AVX2
+  if (sr == 1 && rn == 8) {
+    for (int64_t qb = 0; qb + 8 <= qn; qb += 8)
+      for (int k = 0; k < 9; ++k) {
+        __m256 b[8];
+        for (int i = 0; i < 8; ++i) b[i] = _mm256_loadu_ps(base + (qb + i) * sq + off[k]);
+        transpose8(b);
+        for (int r = 0; r < 8; ++r) _mm256_storeu_ps(x + (r * 9 + k) * 16 + qb, b[r]);
+      }
+    for (int64_t q = qn / 8 * 8; q < qn; ++q)
+      for (int64_t r = 0; r < rn; ++r)
+        for (int k = 0; k < 9; ++k) x[(r * 9 + k) * 16 + q] = base[q * sq + r + off[k]];
+    return;
+  }
+#endif
+  for (int64_t q = 0; q < qn; ++q)
+    for (int64_t r = 0; r < rn; ++r)
+      for (int k = 0; k < 9; ++k) x[(r * 9 + k) * 16 + q] = base[q * sq + r * sr + off[k]];
+}
+
 // The packed transformed weight (P, rows, cols8) of the convolution with w' (cols, rows, 3, 3): w' = w
 // (K, C, 3, 3, element strides st), or with flip, w transposed to (C, K) and turned by 180 degrees. Panel by panel and 8
 // rows at a time: a block of w is gathered into x (r, tap, q), and every plane gets 8 x 16 contiguous floats per
@@ -516,16 +588,7 @@ void pack_transformed(const float* w, int64_t K0, int64_t C0, const int64_t (&st
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = (b / nrb) * 16, r0 = (b % nrb) * RB, rn = std::min<int64_t>(RB, rows - r0);
       const int64_t width = std::min<int64_t>(16, cols8 - j0), qn = std::min<int64_t>(width, cols - j0);
-      std::fill(x, x + RB * 9 * 16, 0.f);
-      for (int64_t q = 0; q < qn; ++q)
-        for (int64_t r = 0; r < rn; ++r) {
-          // w'[q][r] = w[q][r] or w[r][q] turned by 180 degrees
-          const float* f = flip ? w + (r0 + r) * st[0] + (j0 + q) * st[1] : w + (j0 + q) * st[0] + (r0 + r) * st[1];
-          for (int k = 0; k < 9; ++k) {
-            const int tap = flip ? 8 - k : k;
-            x[(r * 9 + k) * 16 + q] = f[(tap / 3) * st[2] + (tap % 3) * st[3]];
-          }
-        }
+      gather_block(w, st, flip, j0, r0, qn, rn, x);
       for (int64_t r = 0; r < rn; ++r)
         for (int64_t q0 = 0; q0 < width; q0 += L) {
           weight_tf<MT>(g, x + r * 9 * 16 + q0, 16, y, L);
