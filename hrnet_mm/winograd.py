@@ -285,19 +285,25 @@ def _cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
-def _median_time(fn, data: torch.Tensor, evict: torch.Tensor, repeats: int = 5) -> float:
-    """Median time of ``fn()`` as it runs inside a network: its weights evicted from the caches by writing
-    ``evict`` (the whole network's weights do not fit either) and its input ``data`` just written (by the layer
-    before)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        evict.fill_(0.0)
-        data.mul_(1.0)
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _fastest(candidates: Dict[int, Callable[[], object]], data: torch.Tensor, evict: torch.Tensor,
+             rounds: int = 5) -> int:
+    """The key of the fastest of ``candidates`` as they run inside a network: each is timed with its weights
+    evicted from the caches by writing ``evict`` (the whole network's weights do not fit either) and its input
+    ``data`` just written (by the layer before). The candidates take turns, round by round, and each keeps its
+    best time: on a shared machine, noise only ever adds time, and a burst of it then hits one round of every
+    candidate instead of all the rounds of one (timing them one after the other picked a different winner for the
+    same shape from one process to the next)."""
+    best = {key: float('inf') for key in candidates}
+    for fn in candidates.values():
+        fn()  # first calls allocate and fault in memory
+    for _ in range(rounds):
+        for key, fn in candidates.items():
+            evict.fill_(0.0)
+            data.mul_(1.0)
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return min(best, key=best.get)
 
 
 def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[torch.Tensor], torch.Tensor]) -> int:
@@ -316,13 +322,13 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
         return _CHOICES[key]
     data = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
     evict = torch.empty(2 * _cache_bytes() // 4)  # twice the largest cache; freed when the choice is made
-    times = {ONEDNN: _median_time(lambda: onednn(data), data, evict)}
+    candidates = {ONEDNN: lambda: onednn(data)}
     for tile in TILES:
         if min(h, w) < tile:  # a map smaller than one tile would be mostly padding
             continue
         u = prepare_weight(torch.randn_like(weight, dtype=torch.float32), tile)
-        times[tile] = _median_time(lambda: conv(data, u, weight.shape[0], None, tile), data, evict)
-    best = min(times, key=times.get)
+        candidates[tile] = functools.partial(conv, data, u, weight.shape[0], None, tile)
+    best = _fastest(candidates, data, evict)
     _CHOICES[key] = best
     return best
 
@@ -471,15 +477,12 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
             if nchw:
                 y.contiguous(), dx.contiguous()
 
-        conv_times = {ONEDNN: _median_time(onednn_conv, data, evict, repeats=3)}
-        conv_times.update({t: _median_time(lambda: winograd_conv(t), data, evict, repeats=3) for t in tiles})
-        tile = min(conv_times, key=conv_times.get)
+        tile = _fastest({ONEDNN: onednn_conv, **{t: functools.partial(winograd_conv, t) for t in tiles}}, data, evict)
         weight_tile = ONEDNN
         if tile != ONEDNN or not nchw:  # with oneDNN for both passes on NCHW, the weight gradient stays oneDNN too
             xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (data, grad))
-            grad_times = {a: _median_time(lambda: _weight_grad(ext, xl, gl, wt, a), data, evict, repeats=3)
-                          for a in [ONEDNN, *tiles]}
-            weight_tile = min(grad_times, key=grad_times.get)
+            weight_tile = _fastest({a: functools.partial(_weight_grad, ext, xl, gl, wt, a) for a in [ONEDNN, *tiles]},
+                                   data, evict)
     _TRAIN_CHOICES[key] = tile, weight_tile
     return tile, weight_tile
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 
 import pytest
 import torch
@@ -154,6 +155,21 @@ def test_only_3x3_stride_1_convolutions_are_eligible():
                              (dict(kernel_size=1), False), (dict(kernel_size=3, padding=2, dilation=2), False),
                              (dict(kernel_size=3, padding=1, groups=2), False)):
         assert OneDNNConv2d(nn.Conv2d(8, 8, **kwargs), winograd=True).winograd is eligible
+
+
+def test_fastest_takes_turns_and_keeps_each_candidates_best_time():
+    order = []
+
+    def candidate(key, seconds):
+        def fn():
+            order.append(key)
+            time.sleep(seconds)
+        return fn
+
+    data, evict = torch.ones(4), torch.empty(4)
+    assert winograd._fastest({0: candidate(0, 0.004), 2: candidate(2, 0.0), 4: candidate(4, 0.002)}, data, evict,
+                             rounds=3) == 2
+    assert order == [0, 2, 4] * 4  # a first call each, then 3 rounds in turn
 
 
 def test_choose_algorithm_times_once_per_shape(kernel, monkeypatch):
