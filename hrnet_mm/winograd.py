@@ -372,35 +372,13 @@ def _forward_conv(ext, x: torch.Tensor, weight: torch.Tensor, tile: int, flip: b
                              False)
 
 
-class _TrainConv3x3(torch.autograd.Function):
-    """``conv2d(x, weight, padding=1)`` with Winograd forward and backward passes; float32 CPU. The output and the
-    input gradient keep the input's memory format, the weight gradient the weight's."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
-        ext = _load()
-        nchw = not _is_channels_last(x)
-        x = x.contiguous(memory_format=torch.channels_last)
-        ctx.save_for_backward(x, weight)
-        ctx.tiles = (tile, weight_tile, nchw)
-        y = _forward_conv(ext, x, weight, tile)
-        return y.contiguous() if nchw else y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: torch.Tensor):
-        ext = _load()
-        x, weight = ctx.saved_tensors
-        tile, weight_tile, nchw = ctx.tiles
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = _forward_conv(ext, dy, weight, tile, flip=True)
-            dx = dx.contiguous() if nchw else dx
-        dw = None
-        if ctx.needs_input_grad[1]:
-            dw = _weight_grad(ext, x, dy, weight, weight_tile)
-        return dx, dw, None, None
+def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
+    """``conv2d(x, weight, padding=1)``, differentiable, float32 CPU: the forward pass and the input gradient by
+    ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each). The output and the input gradient
+    keep the input's memory format, the weight gradient the weight's. The autograd node is C++
+    (``winograd_train_conv``): a Python Function's calls cost about 50 us per layer, forward and backward, which is
+    2-4% of a W32 training step; its backward is not differentiable (``create_graph=True`` raises)."""
+    return _load().winograd_train_conv(x, weight, tile, weight_tile)
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:
@@ -436,7 +414,7 @@ def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     tile, weight_tile = choose_training_algorithm(x, conv.weight)
     if tile == ONEDNN and weight_tile == ONEDNN:
         return conv(x)
-    return _TrainConv3x3.apply(x, conv.weight, tile, weight_tile)
+    return _train_conv3x3(x, conv.weight, tile, weight_tile)
 
 
 def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int]:

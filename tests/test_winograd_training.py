@@ -110,13 +110,34 @@ def test_training_convolution_equals_torch(kernel, tile, weight_tile, x_cl, w_cl
     ref = _torch_step(x, w, dy)
     x = (_cl(x) if x_cl else x).requires_grad_()
     w = (_cl(w) if w_cl else w).requires_grad_()
-    y = winograd._TrainConv3x3.apply(x, w, tile, weight_tile)
+    y = winograd._train_conv3x3(x, w, tile, weight_tile)
     y.backward(dy)
     assert y.is_contiguous(memory_format=torch.channels_last) == x_cl and (x_cl or y.is_contiguous())
     assert x.grad.stride() == x.stride() and w.grad.stride() == w.stride()
     assert rel_err(y, ref[0]) < TOL[tile]
     assert rel_err(x.grad, ref[1]) < TOL[tile]
     assert rel_err(w.grad, ref[2]) < TOL[weight_tile]
+
+
+@pytest.mark.parametrize('needs', ['x', 'weight'])
+def test_training_convolution_computes_only_the_gradients_asked_for(kernel, needs):
+    g = torch.Generator().manual_seed(5)
+    x, w = _cl(torch.randn(1, 8, 6, 7, generator=g)), _cl(torch.randn(8, 8, 3, 3, generator=g))
+    (x if needs == 'x' else w).requires_grad_()
+    winograd._train_conv3x3(x, w, 2, 4).sum().backward()
+    assert (x.grad is not None, w.grad is not None) == (needs == 'x', needs == 'weight')
+    ref = _torch_step(x, w, torch.ones(1, 8, 6, 7))
+    assert rel_err(x.grad if needs == 'x' else w.grad, ref[1] if needs == 'x' else ref[2]) < TOL[4]
+
+
+def test_training_convolution_rejects_double_backward_and_unknown_algorithms(kernel):
+    x = _cl(torch.randn(1, 8, 6, 6)).requires_grad_()
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    y = winograd._train_conv3x3(x, w, 2, 2)
+    with pytest.raises(RuntimeError, match='not differentiable'):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='must be 0 .oneDNN., 2 or 4'):
+        winograd._train_conv3x3(x, w, 3, 2)
 
 
 def _conv(cin=32, cout=32, **kw):
@@ -149,7 +170,7 @@ def test_train_conv_runs_the_plain_convolution_outside_its_scope(kernel, case):
 def test_train_conv_uses_the_chosen_algorithm(kernel, monkeypatch):
     conv, x = _conv(), torch.randn(1, 32, 12, 10, requires_grad=True)
     calls = []
-    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', lambda *a: calls.append(a[2:]) or conv(a[0]))
+    monkeypatch.setattr(winograd, '_train_conv3x3', lambda *a: calls.append(a[2:]) or conv(a[0]))
     with winograd.force_algorithm(2):
         winograd.train_conv(conv, x)
     with winograd.force_algorithm(winograd.ONEDNN):
@@ -213,7 +234,7 @@ def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channel
 def test_hrnet_winograd_false_never_runs_the_kernel(kernel, any_width, monkeypatch):
     def fail(*args):
         raise AssertionError('Winograd ran')
-    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', fail)
+    monkeypatch.setattr(winograd, '_train_conv3x3', fail)
     model = HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=False)
     assert all(m.winograd is False for m in model.modules() if hasattr(m, 'winograd'))
     with winograd.force_algorithm(4):
@@ -244,7 +265,7 @@ def test_hrnet_winograd_argument_is_checked_and_follows_channels_last():
 def test_inference_and_scripting_do_not_use_the_training_path(kernel, any_width, monkeypatch):
     def fail(*args):
         raise AssertionError('Winograd ran')
-    monkeypatch.setattr(winograd._TrainConv3x3, 'apply', fail)
+    monkeypatch.setattr(winograd, '_train_conv3x3', fail)
     model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=True))
     x = torch.randn(1, 3, 64, 64)
     with winograd.force_algorithm(4):

@@ -740,6 +740,69 @@ at::Tensor winograd_conv_weight_grad(const at::Tensor& x, const at::Tensor& dy, 
   return out;
 }
 
+namespace {
+bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// conv2d(x, w', padding=1) of a channels_last x by oneDNN (tile 0) or Winograd F(tile x tile): w' = weight, or
+// with flip, weight transposed and turned by 180 degrees (the convolution giving the input gradient).
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, int64_t tile, bool flip) {
+  if (tile == 0) {
+    const at::Tensor w = flip ? weight.flip({2, 3}).transpose(0, 1) : weight;
+    return at::conv2d(x, w.contiguous(at::MemoryFormat::ChannelsLast), {}, 1, 1);
+  }
+  return winograd_conv(x, winograd_weight(weight, tile, flip), flip ? weight.size(1) : weight.size(0), c10::nullopt,
+                       c10::nullopt, false, tile, false);
+}
+
+// The training convolution's autograd node (hrnet_mm.winograd.train_conv), in C++ so that a training step pays no
+// Python call per layer in either direction: conv2d(x, weight, padding=1) with the forward pass and the input
+// gradient by `tile`, the weight gradient by `weight_tile` (0 = oneDNN, 2 or 4 = Winograd). The output and the
+// input gradient keep x's memory format, the weight gradient the weight's.
+struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            int64_t tile, int64_t weight_tile) {
+    TORCH_CHECK((tile == 0 || tile == 2 || tile == 4) && (weight_tile == 0 || weight_tile == 2 || weight_tile == 4),
+                "winograd_train_conv: algorithms must be 0 (oneDNN), 2 or 4, got ", tile, " and ", weight_tile);
+    const bool nchw = !is_channels_last(x);
+    const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
+    ctx->save_for_backward({xl, weight});
+    ctx->saved_data["tile"] = tile;
+    ctx->saved_data["weight_tile"] = weight_tile;
+    ctx->saved_data["nchw"] = nchw;
+    const at::Tensor y = conv3x3(xl, weight, tile, false);
+    return nchw ? y.contiguous() : y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "hrnet_mm Winograd training convolution: its backward is not differentiable (create_graph=True)");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dx = conv3x3(dy, weight, ctx->saved_data["tile"].toInt(), true);
+      if (ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
+    }
+    if (ctx->needs_input_grad(1)) {
+      const int64_t weight_tile = ctx->saved_data["weight_tile"].toInt();
+      dw = weight_tile == 0 ? std::get<1>(at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1},
+                                                                   {1, 1}, false, {0, 0}, 1, {false, true, false}))
+                            : winograd_conv_weight_grad(x, dy, weight_tile, weight);
+    }
+    return {dx, dw, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor winograd_train_conv(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile) {
+  return TrainConv3x3::apply(x, weight, tile, weight_tile);
+}
+}  // namespace
+
 namespace hrnet_mm_norm {
 void register_norm(pybind11::module& m);  // norm.cpp
 }
@@ -749,6 +812,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_conv", &winograd_conv,
         "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
+  m.def("winograd_train_conv", &winograd_train_conv,
+        "conv2d(x, weight, padding=1), differentiable, by oneDNN (0) or Winograd (2, 4): tile for the forward pass "
+        "and the input gradient, weight_tile for the weight gradient");
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
 }
