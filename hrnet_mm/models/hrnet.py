@@ -183,7 +183,8 @@ class HRNet(BaseModule, NamedNorms):
             (docs/benchmarks.md): per CPU training step with torch's kernels 1.11-1.20x on an AVX-512 Xeon, but
             1.08x (W32 256x192) and 0.86x (W18 512x1024, slower) on an AVX2 EPYC, whose NHWC convolution and
             batch-norm backward kernels are the slower ones there; with hrnet_mm's CPU training kernels, which
-            it turns on (``winograd``, ``fused_norm``), 1.15-1.19x and 1.21x there. The outputs are then
+            it turns on (``winograd``, ``fused_norm``), 1.15-1.19x and 1.21x there (and with the fused Winograd
+            weight gradient, on an AVX-512 EPYC: 1.14-1.26x at W32, 1.95x at W18 512x1024). The outputs are then
             channels_last tensors with the same values up to float32 rounding, not bit-identical to the peers',
             hence off by default.
         compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
