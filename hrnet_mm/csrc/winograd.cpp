@@ -136,11 +136,11 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
   // the unused ones and their branches disappear.
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-#define HRNET_MM_ROW(i, a0, a1)                                  \
-  if (R > i) {                                                   \
-    const __m256 a = _mm256_broadcast_ss(TN ? vc + i : vc + i * ldv);\
-    a0 = _mm256_fmadd_ps(a, b0, a0);                             \
-    if (NV > 1) a1 = _mm256_fmadd_ps(a, b1, a1);                 \
+#define HRNET_MM_ROW(i, a0, a1)                                         \
+  if (R > i) {                                                          \
+    const __m256 a = _mm256_broadcast_ss(TN ? vc + i : vc + i * ldv);   \
+    a0 = _mm256_fmadd_ps(a, b0, a0);                                    \
+    if (NV > 1) a1 = _mm256_fmadd_ps(a, b1, a1);                        \
   }
   for (int64_t c = 0; c < C; ++c) {
     const float* vc = TN ? v + c * ldv : v + c;
@@ -155,11 +155,11 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
   }
 #undef HRNET_MM_ROW
   // ACC: the products are summed from zero and then added to m (a sum of partial sums, not one long sum)
-#define HRNET_MM_STORE(i, a0, a1)                                                         \
-  if (R > i) {                                                                            \
-    _mm256_storeu_ps(m + i * ldm, ACC ? _mm256_add_ps(_mm256_loadu_ps(m + i * ldm), a0) : a0); \
-    if (NV > 1)                                                                           \
-      _mm256_storeu_ps(m + i * ldm + 8, ACC ? _mm256_add_ps(_mm256_loadu_ps(m + i * ldm + 8), a1) : a1); \
+#define HRNET_MM_STORE(i, a0, a1)                                                          \
+  if (R > i) {                                                                             \
+    float* mi = m + i * ldm;                                                               \
+    _mm256_storeu_ps(mi, ACC ? _mm256_add_ps(_mm256_loadu_ps(mi), a0) : a0);               \
+    if (NV > 1) _mm256_storeu_ps(mi + 8, ACC ? _mm256_add_ps(_mm256_loadu_ps(mi + 8), a1) : a1); \
   }
   HRNET_MM_STORE(0, c00, c01)
   HRNET_MM_STORE(1, c10, c11)
@@ -180,37 +180,41 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
 #endif
 }
 
+// out[i][0 .. 16 or 8) (+)= sum_c v[i][c] * b[c][0 .. 16 or 8) for i < rows (8 columns unless wide; row strides
+// ldb, ldo), six rows per micro kernel call; v[i][c] at v[i * ldv + c], or with TN at v[c * ldv + i].
+template <bool TN, bool ACC>
+void row_blocks(const float* v, int64_t ldv, const float* b, int64_t ldb, float* out, int64_t ldo, int64_t n,
+                int64_t rows, bool wide) {
+  const int64_t rs = TN ? 1 : ldv;  // from one row of v to the next
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) {
+    if (wide) micro<6, 2, TN, ACC>(v + r * rs, ldv, b, ldb, out + r * ldo, ldo, n);
+    else micro<6, 1, TN, ACC>(v + r * rs, ldv, b, ldb, out + r * ldo, ldo, n);
+  }
+#define HRNET_MM_TAIL(R)                                                            \
+  case R:                                                                           \
+    if (wide) micro<R, 2, TN, ACC>(v + r * rs, ldv, b, ldb, out + r * ldo, ldo, n); \
+    else micro<R, 1, TN, ACC>(v + r * rs, ldv, b, ldb, out + r * ldo, ldo, n);      \
+    break;
+  switch (rows - r) {
+    HRNET_MM_TAIL(5)
+    HRNET_MM_TAIL(4)
+    HRNET_MM_TAIL(3)
+    HRNET_MM_TAIL(2)
+    HRNET_MM_TAIL(1)
+    default: break;
+  }
+#undef HRNET_MM_TAIL
+}
+
 // M (tn x kc8, row stride kc8) = V (tn x C, row stride C) @ U[:, k0 : k0 + kc8], U being one plane of the packed
 // weight: 16-column panels (the last one 8 wide when K8 % 16 == 8), each C x width contiguous, so the panel of
 // columns k.. starts at U + C * k. Panel by panel, so that each is read from memory once and reused from L1 by
 // all rows.
 void gemm(const float* V, int64_t tn, int64_t C, const float* U, int64_t K8, int64_t k0, int64_t kc8, float* M) {
   for (int64_t k = k0; k < k0 + kc8; k += 16) {
-    const float* u = U + C * k;
-    float* m = M + (k - k0);
     const bool wide = k + 16 <= K8;
-    int64_t r = 0;
-    if (wide) {
-      for (; r + 6 <= tn; r += 6) micro<6, 2>(V + r * C, C, u, 16, m + r * kc8, kc8, C);
-    } else {
-      for (; r + 6 <= tn; r += 6) micro<6, 1>(V + r * C, C, u, 8, m + r * kc8, kc8, C);
-    }
-    const float* v = V + r * C;
-    float* mr = m + r * kc8;
-#define HRNET_MM_TAIL(R)                                                   \
-  case R:                                                                  \
-    if (wide) micro<R, 2>(v, C, u, 16, mr, kc8, C);                        \
-    else micro<R, 1>(v, C, u, 8, mr, kc8, C);                              \
-    break;
-    switch (tn - r) {
-      HRNET_MM_TAIL(5)
-      HRNET_MM_TAIL(4)
-      HRNET_MM_TAIL(3)
-      HRNET_MM_TAIL(2)
-      HRNET_MM_TAIL(1)
-      default: break;
-    }
-#undef HRNET_MM_TAIL
+    row_blocks<false, false>(V, C, U + C * k, wide ? 16 : 8, M + (k - k0), kc8, C, tn, wide);
   }
 }
 
@@ -620,31 +624,6 @@ at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
 }
 
 namespace {
-// u[i][0 .. 16 or 8) (+)= sum_t v[t * ldv + i] * m[t * ldm + 0 .. 16 or 8) for i < rows (row stride ldu).
-template <bool ACC>
-void products(const float* v, int64_t ldv, const float* m, int64_t ldm, float* u, int64_t ldu, int64_t tn,
-              int64_t rows, bool wide) {
-  int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) {
-    if (wide) micro<6, 2, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);
-    else micro<6, 1, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);
-  }
-#define HRNET_MM_TAIL(R)                                                         \
-  case R:                                                                        \
-    if (wide) micro<R, 2, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);  \
-    else micro<R, 1, true, ACC>(v + r, ldv, m, ldm, u + r * ldu, ldu, tn);       \
-    break;
-  switch (rows - r) {
-    HRNET_MM_TAIL(5)
-    HRNET_MM_TAIL(4)
-    HRNET_MM_TAIL(3)
-    HRNET_MM_TAIL(2)
-    HRNET_MM_TAIL(1)
-    default: break;
-  }
-#undef HRNET_MM_TAIL
-}
-
 // Tiles summed in float per partial sum of the weight gradient: partial sums of a few hundred products are then
 // added up, which keeps the rounding error of a high-resolution map's sum over thousands of tiles near that of a
 // blocked matrix product.
@@ -695,8 +674,8 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
           const float* m = dMp + p * sM + tc0 * K8 + k0;
           float* u = dU + p * RB * kstep;
           for (int64_t k = 0; k < kn8; k += 16)
-            if (tc0 == 0) products<false>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
-            else products<true>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
+            if (tc0 == 0) row_blocks<true, false>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
+            else row_blocks<true, true>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
         }
       for (int64_t r = 0; r < cn; ++r)
         for (int64_t kk = 0; kk < kn; kk += L) {
