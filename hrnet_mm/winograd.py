@@ -355,23 +355,6 @@ TRAIN_MIN_CHANNELS = 32
 TRAIN_TILES = TILES  # F(2x2) alone gives 1.11x instead of 1.23x per W32 channels_last step (same run of each)
 
 
-def _weight_grad(ext, x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:
-    """Gradient of the 3x3 stride-1 padding-1 convolution's weight (x, dy channels_last float32)."""
-    if tile == ONEDNN:
-        return torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                                   [False, True, False])[1]
-    return ext.winograd_conv_weight_grad(x, dy, tile, weight)
-
-
-def _forward_conv(ext, x: torch.Tensor, weight: torch.Tensor, tile: int, flip: bool = False) -> torch.Tensor:
-    if tile == ONEDNN:
-        w = weight.flip((2, 3)).transpose(0, 1) if flip else weight
-        return torch.conv2d(x, w.contiguous(memory_format=torch.channels_last), None, 1, 1)
-    out_channels = weight.shape[1] if flip else weight.shape[0]
-    return ext.winograd_conv(x, ext.winograd_weight(weight, tile, flip), out_channels, None, None, False, tile,
-                             False)
-
-
 def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
     """``conv2d(x, weight, padding=1)``, differentiable, float32 CPU: the forward pass and the input gradient by
     ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each). The output and the input gradient
@@ -449,9 +432,8 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
             cb(grad, data, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])
 
         def winograd_conv(tile: int) -> None:
-            xl = data.contiguous(memory_format=torch.channels_last)
-            y = _forward_conv(ext, xl, wt, tile)
-            dx = _forward_conv(ext, grad.contiguous(memory_format=torch.channels_last), wt, tile, True)
+            y = ext.winograd_train_pass(data.contiguous(memory_format=torch.channels_last), wt, tile, False)
+            dx = ext.winograd_train_pass(grad.contiguous(memory_format=torch.channels_last), wt, tile, True)
             if nchw:
                 y.contiguous(), dx.contiguous()
 
@@ -459,8 +441,8 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
         weight_tile = ONEDNN
         if tile != ONEDNN or not nchw:  # with oneDNN for both passes on NCHW, the weight gradient stays oneDNN too
             xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (data, grad))
-            weight_tile = _fastest({a: functools.partial(_weight_grad, ext, xl, gl, wt, a) for a in [ONEDNN, *tiles]},
-                                   data, evict)
+            weight_tile = _fastest({a: functools.partial(ext.winograd_train_weight_grad, xl, gl, wt, a)
+                                    for a in [ONEDNN, *tiles]}, data, evict)
     _TRAIN_CHOICES[key] = tile, weight_tile
     return tile, weight_tile
 

@@ -140,6 +140,23 @@ def test_training_convolution_rejects_double_backward_and_unknown_algorithms(ker
         winograd._train_conv3x3(x, w, 3, 2)
 
 
+@pytest.mark.parametrize('tile', [0, *winograd.TILES])
+def test_training_passes_equal_torch(kernel, tile):
+    """The passes that choose_training_algorithm times are those the autograd node runs: the forward and
+    input-gradient convolutions and the weight gradient, each by oneDNN (0) or a Winograd tile."""
+    g = torch.Generator().manual_seed(tile)
+    x, dy = _cl(torch.randn(1, 24, 9, 10, generator=g)), _cl(torch.randn(1, 40, 9, 10, generator=g))
+    w = torch.randn(40, 24, 3, 3, generator=g) / 15
+    ref = _torch_step(x, w, dy)
+    assert rel_err(kernel.winograd_train_pass(x, w, tile, False), ref[0]) < TOL[tile]
+    assert rel_err(kernel.winograd_train_pass(dy, w, tile, True), ref[1]) < TOL[tile]
+    assert rel_err(kernel.winograd_train_weight_grad(x, dy, w, tile), ref[2]) < TOL[tile]
+    with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
+        kernel.winograd_train_pass(x, w, 3, False)
+    with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
+        kernel.winograd_train_weight_grad(x, dy, w, 1)
+
+
 def _conv(cin=32, cout=32, **kw):
     torch.manual_seed(0)
     return nn.Conv2d(cin, cout, 3, padding=kw.pop('padding', 1), bias=kw.pop('bias', False), **kw)
