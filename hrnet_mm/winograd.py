@@ -21,6 +21,7 @@ import contextlib
 import functools
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -320,13 +321,14 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
     key = (n, c, h, w, weight.shape[0], torch.get_num_threads())
     if key in _CHOICES:
         return _CHOICES[key]
-    data = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)  # not the global generator: a run's random draws stay its own
+    data = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     evict = torch.empty(2 * _cache_bytes() // 4)  # twice the largest cache; freed when the choice is made
     candidates = {ONEDNN: lambda: onednn(data)}
     for tile in TILES:
         if min(h, w) < tile:  # a map smaller than one tile would be mostly padding
             continue
-        u = prepare_weight(torch.randn_like(weight, dtype=torch.float32), tile)
+        u = prepare_weight(torch.randn(tuple(weight.shape), generator=gen), tile)
         candidates[tile] = functools.partial(conv, data, u, weight.shape[0], None, tile)
     best = _fastest(candidates, data, evict)
     _CHOICES[key] = best
@@ -347,8 +349,8 @@ def choices() -> Dict[Tuple[int, ...], int]:
 # output gradient, multiplies block by block in the cache and maps each block straight back, so that dU is never
 # written out (it is 1.8x (F(2x2)) or 4x (F(4x4)) the size of the weight); the sum over the tiles is a sum of
 # partial sums of 64 tiles, which keeps a large map's weight gradient as exact as a small one's. Which tile, or
-# oneDNN, serves the forward and input gradient, and which the weight gradient, is timed once per shape
-# (:func:`choose_training_algorithm`).
+# oneDNN, serves the forward and input gradient, and which the weight gradient, is timed once per shape and machine
+# (:func:`choose_training_algorithm`) and kept in a file, so that later runs compute the same floats.
 
 _TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int]] = {}
 TRAIN_MIN_CHANNELS = 32
@@ -372,20 +374,25 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
 
 
+def cpu_training_step(x: torch.Tensor) -> bool:
+    """Whether ``x`` enters a step that hrnet_mm's CPU training kernels serve: a 4-d float32 CPU map with
+    gradients being recorded, not under autocast, tracing, ``torch.compile`` or ONNX export, and the kernel
+    available (TorchScript never gets here: the callers are unused when scripted)."""
+    return (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and available())
+
+
 def trainable(conv: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`train_conv` computes ``conv(x)`` with Winograd: a plain ``nn.Conv2d`` 3x3, stride 1, padding
-    1, no dilation or groups, zero padding, no bias; float32 CPU input and weight; gradients being recorded; not
-    under autocast, tracing, scripting, ``torch.compile`` or ONNX export; and the kernel available."""
+    1, no dilation or groups, zero padding, no bias, at least :data:`TRAIN_MIN_CHANNELS` channels in and out, a
+    float32 CPU weight, an input or weight that needs a gradient, and :func:`cpu_training_step`."""
     return (type(conv) is torch.nn.Conv2d and min(conv.in_channels, conv.out_channels) >= TRAIN_MIN_CHANNELS
             and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == 'zeros' and conv.bias is None
-            and x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
             and conv.weight.dtype == torch.float32 and conv.weight.device.type == 'cpu'
-            and torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
-            and available())
+            and (x.requires_grad or conv.weight.requires_grad) and cpu_training_step(x))
 
 
 def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -403,7 +410,8 @@ def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int]:
     """(algorithm of the forward pass and input gradient, algorithm of the weight gradient) for a training step of
     the 3x3 convolution of ``x``'s shape and memory format with ``weight``'s: each :data:`ONEDNN`, 2 or 4, timed
-    once per shape, format and thread count in this process, on random data. The times include what each choice
+    once per shape, format and thread count on this machine, on random data (from a generator of its own), and
+    kept for later processes in :func:`choices_file`. The times include what each choice
     costs around the convolution: the weight transforms and, for a contiguous (NCHW) input, the copies to
     channels_last and back (the kernel works on channels_last; the result keeps the input's format).
     ``force_algorithm`` applies to both."""
@@ -415,15 +423,22 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
     nchw = not _is_channels_last(x)
     key = (n, c, h, w, weight.shape[0], torch.get_num_threads(), int(nchw))
     choice = _TRAIN_CHOICES.get(key)
-    if choice is not None:
-        return choice
+    if choice is None:
+        choice = _TRAIN_CHOICES[key] = _read_training_choices().get(key) or _time_training_choice(x, weight, key)
+    return choice
+
+
+def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int, ...]) -> Tuple[int, int]:
+    n, c, h, w = x.shape
+    nchw = bool(key[-1])
     ext = _load()
     fmt = torch.contiguous_format if nchw else torch.channels_last
     cb = torch.ops.aten.convolution_backward
+    gen = torch.Generator().manual_seed(0)  # not the global generator: a run's random draws stay its own
     with torch.no_grad():
-        data = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
-        grad = torch.randn(n, weight.shape[0], h, w).contiguous(memory_format=fmt)
-        wt = torch.randn(tuple(weight.shape)).contiguous(memory_format=_memory_format(weight))
+        data = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=fmt)
+        grad = torch.randn(n, weight.shape[0], h, w, generator=gen).contiguous(memory_format=fmt)
+        wt = torch.randn(tuple(weight.shape), generator=gen).contiguous(memory_format=_memory_format(weight))
         evict = torch.empty(2 * _cache_bytes() // 4)
         tiles = [t for t in TRAIN_TILES if min(h, w) >= t]
 
@@ -432,8 +447,9 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
             cb(grad, data, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])
 
         def winograd_conv(tile: int) -> None:
-            y = ext.winograd_train_pass(data.contiguous(memory_format=torch.channels_last), wt, tile, False)
-            dx = ext.winograd_train_pass(grad.contiguous(memory_format=torch.channels_last), wt, tile, True)
+            xl = data.contiguous(memory_format=torch.channels_last)
+            y = ext.winograd_train_forward(xl, wt, tile)
+            dx = ext.winograd_train_input_grad(grad.contiguous(memory_format=torch.channels_last), xl, wt, tile)
             if nchw:
                 y.contiguous(), dx.contiguous()
 
@@ -443,8 +459,56 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
             xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (data, grad))
             weight_tile = _fastest({a: functools.partial(ext.winograd_train_weight_grad, xl, gl, wt, a)
                                     for a in [ONEDNN, *tiles]}, data, evict)
-    _TRAIN_CHOICES[key] = tile, weight_tile
+    _save_training_choice(key, (tile, weight_tile))
     return tile, weight_tile
+
+
+def choices_file() -> str:
+    """Where the training choices are kept for the next process: ``$HRNET_MM_CHOICES_FILE``, by default
+    ``training_choices.json`` in the kernel's :func:`build_directory` (one per machine kind and kernel version).
+    A choice decides the rounding of every later step, so a run on this machine, a repeated run, and an interrupted
+    run that resumes compute the same floats as the first (timings alone differ from process to process on a shared
+    machine). Delete the file to time again."""
+    return os.environ.get('HRNET_MM_CHOICES_FILE') or os.path.join(build_directory(), 'training_choices.json')
+
+
+def _read_training_choices() -> Dict[Tuple[int, ...], Tuple[int, int]]:
+    """The choices in :func:`choices_file` (entries that are not valid choices are left out; no file: none)."""
+    try:
+        with open(choices_file()) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    out: Dict[Tuple[int, ...], Tuple[int, int]] = {}
+    if not isinstance(data, dict):
+        return out
+    for k, v in data.items():
+        try:
+            key = tuple(int(i) for i in k.split(','))
+            choice = (int(v[0]), int(v[1]))
+        except (AttributeError, TypeError, ValueError, IndexError):
+            continue
+        if len(key) == 7 and len(v) == 2 and all(a in (ONEDNN, *TILES) for a in choice):
+            out[key] = choice
+    return out
+
+
+def _save_training_choice(key: Tuple[int, ...], choice: Tuple[int, int]) -> None:
+    """Adds one choice to :func:`choices_file` (written whole to a temporary file and renamed into place, so a
+    concurrent reader sees the old or the new file; a concurrent writer's new entry may be lost and is timed again
+    next time). A file that cannot be written only costs the next process the timing."""
+    path = choices_file()
+    data = {','.join(map(str, k)): list(v) for k, v in _read_training_choices().items()}
+    data[','.join(map(str, key))] = list(choice)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, 'w') as f:
+            json.dump(data, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def training_choices() -> Dict[Tuple[int, ...], Tuple[int, int]]:

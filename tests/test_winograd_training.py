@@ -6,6 +6,7 @@ about as exact as a direct float32 convolution, F(4x4, 3x3) up to about 1e-5 of 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -148,11 +149,13 @@ def test_training_passes_equal_torch(kernel, tile):
     x, dy = _cl(torch.randn(1, 24, 9, 10, generator=g)), _cl(torch.randn(1, 40, 9, 10, generator=g))
     w = torch.randn(40, 24, 3, 3, generator=g) / 15
     ref = _torch_step(x, w, dy)
-    assert rel_err(kernel.winograd_train_pass(x, w, tile, False), ref[0]) < TOL[tile]
-    assert rel_err(kernel.winograd_train_pass(dy, w, tile, True), ref[1]) < TOL[tile]
+    assert rel_err(kernel.winograd_train_forward(x, w, tile), ref[0]) < TOL[tile]
+    assert rel_err(kernel.winograd_train_input_grad(dy, x, w, tile), ref[1]) < TOL[tile]
     assert rel_err(kernel.winograd_train_weight_grad(x, dy, w, tile), ref[2]) < TOL[tile]
     with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
-        kernel.winograd_train_pass(x, w, 3, False)
+        kernel.winograd_train_forward(x, w, 3)
+    with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
+        kernel.winograd_train_input_grad(dy, x, w, -1)
     with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
         kernel.winograd_train_weight_grad(x, dy, w, 1)
 
@@ -195,8 +198,9 @@ def test_train_conv_uses_the_chosen_algorithm(kernel, monkeypatch):
     assert calls == [(2, 2)]
 
 
-def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monkeypatch):
+def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monkeypatch, tmp_path):
     monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
+    monkeypatch.setenv('HRNET_MM_CHOICES_FILE', str(tmp_path / 'choices.json'))
     timed = []
     real = winograd._fastest
     monkeypatch.setattr(winograd, '_fastest', lambda fns, *a, **k: timed.extend(fns) or real(fns, *a, **k))
@@ -209,6 +213,33 @@ def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monke
     winograd.choose_training_algorithm(_cl(x), w)  # another memory format: timed again
     assert len(timed) > n
     assert set(k[-1] for k in winograd.training_choices()) == {0, 1}
+
+
+def test_training_choices_are_kept_for_later_processes_and_leave_the_global_generator(kernel, monkeypatch, tmp_path):
+    """A choice is written to choices_file and a new process (here: an empty in-memory table) takes it from there
+    without timing, so a repeated or resumed run computes the same floats; timing draws its random data from a
+    generator of its own; an unreadable file or entry is timed again and rewritten."""
+    path = tmp_path / 'choices.json'
+    monkeypatch.setenv('HRNET_MM_CHOICES_FILE', str(path))
+    monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
+    x, w = _cl(torch.randn(1, 32, 16, 12)), torch.randn(48, 32, 3, 3)
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    first = winograd.choose_training_algorithm(x, w)
+    assert torch.equal(torch.get_rng_state(), state)
+    key = '1,32,16,12,48,{},0'.format(torch.get_num_threads())
+    assert json.loads(path.read_text()) == {key: list(first)}
+
+    def fail(*args, **kwargs):
+        raise AssertionError('timed again')
+    monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
+    monkeypatch.setattr(winograd, '_fastest', fail)
+    assert winograd.choose_training_algorithm(x, w) == first
+    for text in ('not json', json.dumps({key: [3, 3], 'a,b': [0, 0]})):
+        path.write_text(text)
+        monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
+        with pytest.raises(AssertionError, match='timed again'):
+            winograd.choose_training_algorithm(x, w)
 
 
 def _grads(model, x, frozen_norms=False):
@@ -269,10 +300,11 @@ def test_hrnet_winograd_with_checkpointing(kernel, any_width):
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6 * a[k].abs().max().item()) for k in a)
 
 
-def test_hrnet_winograd_argument_is_checked_and_follows_channels_last():
+def test_hrnet_winograd_argument_is_checked_and_on_unless_channels_last_is_false():
     with pytest.raises(TypeError, match='winograd must be None or a bool'):
         HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd='yes')
-    for kwargs, on in [({}, False), (dict(channels_last=True), True), (dict(winograd=True), True),
+    for kwargs, on in [({}, True), (dict(channels_last=False), False), (dict(channels_last=True), True),
+                       (dict(channels_last=False, winograd=True), True),
                        (dict(channels_last=True, winograd=False), False)]:
         model = HRNet(extra=copy.deepcopy(TINY_EXTRA), **kwargs)
         flags = {m.winograd for m in model.modules() if hasattr(m, 'winograd')}

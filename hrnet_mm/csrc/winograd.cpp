@@ -724,25 +724,35 @@ bool is_channels_last(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
 
-// conv2d(x, w', padding=1) of a channels_last x by oneDNN (tile 0) or Winograd F(tile x tile): w' = weight, or
-// with flip, weight transposed and turned by 180 degrees (the convolution giving the input gradient). One pass of
-// the training convolution, exported for hrnet_mm.winograd.choose_training_algorithm to time.
-at::Tensor train_pass(const at::Tensor& x, const at::Tensor& weight, int64_t tile, bool flip) {
-  TORCH_CHECK(tile == 0 || tile == 2 || tile == 4, "winograd_train_pass: tile must be 0 (oneDNN), 2 or 4, got ",
-              tile);
-  if (tile == 0) {
-    const at::Tensor w = flip ? weight.flip({2, 3}).transpose(0, 1) : weight;
-    return at::conv2d(x, w.contiguous(at::MemoryFormat::ChannelsLast), {}, 1, 1);
-  }
-  return winograd_conv(x, winograd_weight(weight, tile, flip), flip ? weight.size(1) : weight.size(0), c10::nullopt,
-                       c10::nullopt, false, tile, false);
+void check_train_tile(int64_t tile, const char* name) {
+  TORCH_CHECK(tile == 0 || tile == 2 || tile == 4, name, ": tile must be 0 (oneDNN), 2 or 4, got ", tile);
 }
 
-// The training convolution's weight gradient from channels_last x and dy, laid out like weight: by oneDNN (tile 0)
-// or Winograd (winograd_conv_weight_grad).
+// The passes of the training convolution conv2d(x, weight, padding=1) (x, dy channels_last), each by oneDNN
+// (tile 0: torch's own convolution and its backward) or Winograd F(tile x tile), exported for
+// hrnet_mm.winograd.choose_training_algorithm to time. The output:
+at::Tensor train_forward(const at::Tensor& x, const at::Tensor& weight, int64_t tile) {
+  check_train_tile(tile, "winograd_train_forward");
+  if (tile == 0) return at::conv2d(x, weight, {}, 1, 1);
+  return winograd_conv(x, winograd_weight(weight, tile, false), weight.size(0), c10::nullopt, c10::nullopt, false,
+                       tile, false);
+}
+
+// The input gradient: by Winograd, the convolution of dy with the weight transposed and turned by 180 degrees; by
+// oneDNN, torch's convolution backward (no turned copy of the weight: its flip alone took 0.7 ms per 256-channel
+// layer, as long as the product).
+at::Tensor train_input_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, int64_t tile) {
+  check_train_tile(tile, "winograd_train_input_grad");
+  if (tile == 0)
+    return std::get<0>(at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0},
+                                                1, {true, false, false}));
+  return winograd_conv(dy, winograd_weight(weight, tile, true), weight.size(1), c10::nullopt, c10::nullopt, false,
+                       tile, false);
+}
+
+// The weight gradient, laid out like weight (winograd_conv_weight_grad for the Winograd tiles).
 at::Tensor train_weight_grad(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& weight, int64_t tile) {
-  TORCH_CHECK(tile == 0 || tile == 2 || tile == 4,
-              "winograd_train_weight_grad: tile must be 0 (oneDNN), 2 or 4, got ", tile);
+  check_train_tile(tile, "winograd_train_weight_grad");
   if (tile == 0)
     return std::get<1>(at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0},
                                                 1, {false, true, false}));
@@ -764,7 +774,7 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     ctx->saved_data["tile"] = tile;
     ctx->saved_data["weight_tile"] = weight_tile;
     ctx->saved_data["nchw"] = nchw;
-    const at::Tensor y = train_pass(xl, weight, tile, false);
+    const at::Tensor y = train_forward(xl, weight, tile);
     return nchw ? y.contiguous() : y;
   }
 
@@ -778,7 +788,7 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     const at::Tensor dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
-      dx = train_pass(dy, weight, ctx->saved_data["tile"].toInt(), true);
+      dx = train_input_grad(dy, x, weight, ctx->saved_data["tile"].toInt());
       if (ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
     }
     if (ctx->needs_input_grad(1)) dw = train_weight_grad(x, dy, weight, ctx->saved_data["weight_tile"].toInt());
@@ -805,9 +815,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "and the input gradient, weight_tile for the weight gradient");
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
-  m.def("winograd_train_pass", &train_pass,
-        "one pass of winograd_train_conv: conv2d(x, weight, padding=1) (flip: the input-gradient convolution) by "
-        "oneDNN (0) or Winograd (2, 4)");
+  m.def("winograd_train_forward", &train_forward,
+        "winograd_train_conv's forward pass conv2d(x, weight, padding=1) by oneDNN (0) or Winograd (2, 4)");
+  m.def("winograd_train_input_grad", &train_input_grad,
+        "winograd_train_conv's input gradient from dy by oneDNN (0) or Winograd (2, 4)");
   m.def("winograd_train_weight_grad", &train_weight_grad,
         "winograd_train_conv's weight gradient by oneDNN (0) or Winograd (2, 4), laid out like weight");
 }
