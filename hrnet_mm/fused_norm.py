@@ -13,9 +13,9 @@ running statistics for a layer in eval mode (``norm_eval``, frozen stages), and 
 weight, bias and residual. The sums run in double, so the results agree with torch's to float32 rounding
 (tests/test_fused_norm.py), not bit for bit.
 
-Anything else goes through the modules unchanged: other norm layers (SyncBN, GN, ...), NCHW or non-float32
-inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ``torch.compile`` / ONNX export, or a machine where
-the extension cannot be built.
+Anything else goes through the modules unchanged: other norm layers (SyncBN itself, GN, ...), NCHW or
+non-float32 inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ``torch.compile`` / ONNX export, or a
+machine where the extension cannot be built.
 """
 from __future__ import annotations
 
@@ -27,12 +27,19 @@ import torch.nn.functional as F
 
 from . import winograd
 
+try:  # what mmengine's runner turns SyncBN into when training is not distributed (revert_sync_batchnorm)
+    from mmengine.model.utils import _BatchNormXd
+    FUSABLE_NORMS: tuple = (nn.BatchNorm2d, _BatchNormXd)
+except ImportError:  # pragma: no cover - an mmengine without it
+    FUSABLE_NORMS = (nn.BatchNorm2d,)
+
 
 def fusable(norm: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`norm_act` runs the fused kernel for this layer and input: a ``torch.nn.BatchNorm2d``
-    (exactly; subclasses may change its forward) on a 4-d float32 channels_last CPU map, outside scripting,
-    tracing, ``torch.compile`` and ONNX export, with the extension available."""
-    return (type(norm) is nn.BatchNorm2d and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == 'cpu'
+    """Whether :func:`norm_act` runs the fused kernel for this layer and input: a ``torch.nn.BatchNorm2d`` or
+    mmengine's ``_BatchNormXd`` (exactly: other subclasses may change the forward; :data:`FUSABLE_NORMS`) on a 4-d
+    float32 channels_last CPU map, outside scripting, tracing, ``torch.compile`` and ONNX export, with the
+    extension available."""
+    return (type(norm) in FUSABLE_NORMS and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == 'cpu'
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.jit.is_scripting() and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()

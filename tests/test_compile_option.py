@@ -33,8 +33,9 @@ def _grads(model, x):
 
 
 def test_compiled_forward_and_gradients_equal_the_plain_module():
-    # winograd=False: compiled code runs the plain convolutions, so the plain module must as well to be bit-equal
-    plain, compiled = _pair(EAGER, winograd=False)
+    # channels_last=False: compiled code runs the plain layers, so the plain module must as well to be bit-equal (the
+    # default would run its CPU training kernels in the eager training step)
+    plain, compiled = _pair(EAGER, channels_last=False)
     x = torch.randn(2, 3, 64, 96)
     for mode in ('train', 'eval'):
         getattr(plain, mode)()

@@ -212,11 +212,12 @@ def test_hrnet_default_step_against_float64(kernel):
 
 
 def test_hrnet_fused_norm_argument_and_scripting(kernel, monkeypatch):
-    """None follows channels_last; anything but None or a bool is refused; inference and torch.jit.script run
+    """None: on unless channels_last=False; anything but None or a bool is refused; inference and torch.jit.script run
     torch's layers."""
     with pytest.raises(TypeError, match='fused_norm must be None or a bool'):
         HRNet(extra=copy.deepcopy(TINY_EXTRA), fused_norm=1)
-    for kwargs, on in [({}, False), (dict(channels_last=True), True), (dict(fused_norm=True), True),
+    for kwargs, on in [({}, True), (dict(channels_last=False), False), (dict(channels_last=True), True),
+                       (dict(channels_last=False, fused_norm=True), True),
                        (dict(channels_last=True, fused_norm=False), False)]:
         model = HRNet(extra=copy.deepcopy(TINY_EXTRA), **kwargs)
         assert {m.fused_norm for m in model.modules() if hasattr(m, 'fused_norm')} == {on}, kwargs

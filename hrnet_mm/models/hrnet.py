@@ -40,8 +40,9 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..fused_norm import norm_act
+from ..fused_norm import FUSABLE_NORMS, norm_act
 from ..registry import MODELS
+from ..winograd import cpu_training_step
 from .arch import ArchSpec, StageSpec, resolve
 from .blocks import BLOCKS, ConvNorm, NamedNorms, _ResidualBlock, conv_norm, make_res_layer
 
@@ -178,15 +179,19 @@ class HRNet(BaseModule, NamedNorms):
         frozen_stages: Freeze the stem (0) and stages 1..k with their transitions (k); -1 freezes nothing.
         with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion.
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
-        channels_last: Keep the weights in ``torch.channels_last`` memory format and convert the input to it, so
-            the convolutions and norms use the NHWC kernels. Whether that is faster depends on the processor
-            (docs/benchmarks.md): per CPU training step with torch's kernels 1.11-1.20x on an AVX-512 Xeon, but
-            1.08x (W32 256x192) and 0.86x (W18 512x1024, slower) on an AVX2 EPYC, whose NHWC convolution and
-            batch-norm backward kernels are the slower ones there; with hrnet_mm's CPU training kernels, which
-            it turns on (``winograd``, ``fused_norm``), 1.15-1.19x and 1.21x there (and with the fused Winograd
-            weight gradient, on an AVX-512 EPYC: 1.14-1.26x at W32, 1.95x at W18 512x1024). The outputs are then
-            channels_last tensors with the same values up to float32 rounding, not bit-identical to the peers',
-            hence off by default.
+        channels_last: ``None`` (default): run each CPU float32 training step in ``torch.channels_last`` with
+            hrnet_mm's CPU training kernels (``winograd``, ``fused_norm``): the input is converted in forward and
+            the outputs back to the input's memory format, the weights stay as they are, and every other forward
+            (eval mode, no grad, CUDA, other dtypes, autocast, ``torch.compile``, tracing, scripting, ONNX export,
+            a norm layer other than BN, or no C++ compiler for the kernel) runs the plain NCHW layers, whose
+            outputs equal the peers' bit for bit. Measured per training step against the fastest peer on an
+            AVX-512 EPYC (docs/benchmarks.md): 1.1-1.25x at W32 256x192 batch 1, 1.5-1.6x at W18 256x256 batch 2,
+            1.95x at W18 512x1024; the outputs and gradients are those of the same function up to float32
+            rounding, not bit-identical to oneDNN's (relative L2 error against float64 about 4e-5, oneDNN's
+            4e-6). ``True``: keep the weights in channels_last and convert the input to it in every forward
+            (outputs channels_last). ``False``: never; with torch's kernels alone channels_last was 1.11-1.20x
+            per CPU training step on an AVX-512 Xeon but 0.86x at W18 512x1024 on an AVX2 EPYC, whose NHWC
+            convolution and batch-norm backward kernels are the slower ones there.
         compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='max-autotune')``), in training and inference alike. Inductor fuses the norms, ReLUs and
             sums around the convolutions. The first training step compiles the forward and backward graphs
@@ -198,9 +203,10 @@ class HRNet(BaseModule, NamedNorms):
         winograd: In a CPU float32 training step, compute the residual blocks' 3x3 stride-1 convolutions with at
             least 32 channels (forward, input gradient, weight gradient) with hrnet_mm's Winograd kernel where it
             is faster than oneDNN for the shape and memory format (:func:`hrnet_mm.winograd.train_conv`, timed
-            once per shape). ``None`` (default): on with ``channels_last=True``, where it was measured 1.10-1.23x
-            per W32 256x192 step against 0.95-1.08x without it on an AVX2 CPU (docs/benchmarks.md); off for the
-            NCHW module, whose copies to channels_last and back ate the gain. The gradients are those of the same
+            once per shape). ``None`` (default): on unless ``channels_last=False``; measured 1.10-1.23x per
+            W32 256x192 channels_last step against 0.95-1.08x without it on an AVX2 CPU (docs/benchmarks.md). On
+            NCHW maps the timing includes the copies to channels_last and back, which usually leave oneDNN the
+            faster. The gradients are those of the same
             function up to float32 rounding, not bit-identical to oneDNN's: relative L2 error against float64
             about 4e-5 (oneDNN: 4e-6) at W32. Inference, CUDA, other dtypes, autocast, ``torch.compile``,
             tracing and ``torch.jit.script`` always run the plain convolutions. Without a C++ compiler (or with
@@ -208,7 +214,7 @@ class HRNet(BaseModule, NamedNorms):
         fused_norm: In a CPU float32 training step on channels_last maps, compute every BN layer together with
             the residual sum and ReLU after it in one kernel each way (:func:`hrnet_mm.fused_norm.norm_act`):
             torch's NHWC batch norm is several times slower than its NCHW one at channel counts that are not a
-            multiple of 8 (W18's 18, 36, 72). ``None`` (default): on with ``channels_last=True`` (measured 1.35x
+            multiple of 8 (W18's 18, 36, 72). ``None`` (default): on unless ``channels_last=False`` (measured 1.35x
             the fastest peer per W18 256x256 batch-2 step with it, 1.18x without; docs/benchmarks.md). It also
             moves the transitions' 3x3 stride-1 convolutions to Winograd when ``winograd`` is on. Same function:
             batch or running statistics as each BN layer's mode says, running statistics and
@@ -242,7 +248,7 @@ class HRNet(BaseModule, NamedNorms):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  zero_init_residual: bool = False,
-                 channels_last: bool = False,
+                 channels_last: Optional[bool] = None,
                  compile: Union[bool, Mapping[str, Any]] = False,
                  winograd: Optional[bool] = None,
                  fused_norm: Optional[bool] = None,
@@ -261,7 +267,10 @@ class HRNet(BaseModule, NamedNorms):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.zero_init_residual = zero_init_residual
-        self.channels_last = bool(channels_last)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(f'HRNet channels_last must be None, True or False, got {channels_last!r}')
+        self.channels_last = channels_last is True  # always channels_last
+        self.auto_channels_last = channels_last is None  # channels_last in a CPU training step (_auto_step)
         if isinstance(compile, bool):
             self.compile_options: Optional[Dict[str, Any]] = {} if compile else None
         elif isinstance(compile, Mapping):
@@ -321,8 +330,8 @@ class HRNet(BaseModule, NamedNorms):
             raise TypeError(f'HRNet winograd must be None or a bool, got {winograd!r}')
         if fused_norm is not None and not isinstance(fused_norm, bool):
             raise TypeError(f'HRNet fused_norm must be None or a bool, got {fused_norm!r}')
-        winograd = self.channels_last if winograd is None else winograd
-        fused_norm = self.channels_last if fused_norm is None else fused_norm
+        winograd = channels_last is not False if winograd is None else winograd
+        fused_norm = channels_last is not False if fused_norm is None else fused_norm
         self.winograd = winograd
         self.fused_norm = fused_norm
         for m in self.modules():
@@ -508,10 +517,29 @@ class HRNet(BaseModule, NamedNorms):
     def __getstate__(self) -> Dict[str, Any]:  # copies and pickles compile again (the function holds ``self``)
         state = dict(self.__dict__)
         state.pop('_compiled', None)
+        state.pop('_norms_fusable', None)  # a copy may get other norm layers (revert_sync_batchnorm)
         return state
 
+    @torch.jit.unused
+    def _auto_step(self, x):  # unannotated: TorchScript resolves the signature of unused methods too
+        """Whether ``channels_last=None`` runs this forward in channels_last: a training step that hrnet_mm's CPU
+        kernels serve (:func:`hrnet_mm.winograd.cpu_training_step`) with every norm layer one the fused kernel
+        takes. Channels_last with torch's own NHWC norms can be slower than NCHW (GN, SyncBN)."""
+        if not (getattr(self, 'auto_channels_last', False) and self.training and cpu_training_step(x)):
+            return False
+        fusable = self.__dict__.get('_norms_fusable')
+        if fusable is None:  # once per train() call: a runner swaps norm layers (SyncBN -> BN) before it
+            fusable = self.__dict__['_norms_fusable'] = all(
+                type(m) in FUSABLE_NORMS for m in self.modules()
+                if isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)))
+        return fusable
+
     def _forward(self, x: torch.Tensor):
+        restore = False  # convert the outputs back to NCHW
         if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif not torch.jit.is_scripting() and self._auto_step(x):
+            restore = not x.is_contiguous(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if not torch.jit.is_scripting() and self.fused_norm and self.training:
             x = norm_act(self.norm1, self.conv1(x), relu=True)
@@ -530,6 +558,8 @@ class HRNet(BaseModule, NamedNorms):
             for k in range(1, self.num_stages):
                 # kept branches pass through (or change width); new ones start from the lowest resolution
                 xs = getattr(self, f'stage{k + 1}')(getattr(self, f'transition{k}')(xs))
+            if restore:
+                return tuple(xs[i].contiguous() for i in self.out_indices)
             return tuple(xs[i] for i in self.out_indices)
 
     # ----------------------------------------------------------------------------------------- train
@@ -552,6 +582,7 @@ class HRNet(BaseModule, NamedNorms):
     def train(self, mode: bool = True) -> 'HRNet':
         """Sets the mode, keeping frozen stages in eval mode and, with ``norm_eval``, every BN layer."""
         super().train(mode)
+        self.__dict__.pop('_norms_fusable', None)
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():
