@@ -120,14 +120,18 @@ class _ResidualBlock(NamedNorms):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, C_in, H, W)`` to ``(N, planes * expansion, H', W')``."""
-        if not torch.jit.is_scripting() and self.fused_norm and self.training:
-            if self.with_cp and x.requires_grad:
-                return cp.checkpoint(self._fused_inner, x, use_reentrant=False)
+        if not torch.jit.is_scripting() and self.training and (self.fused_norm or self.with_cp):
+            return self._training_forward(x)
+        return self.relu(self._inner(x))
+
+    @torch.jit.unused
+    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        checkpoint = self.with_cp and x.requires_grad
+        # checkpointed blocks run torch's norms: with the fused norms inside, a checkpointed W32 512x512 step took
+        # 1.21x the memory of an unchecked one instead of 0.33x (the saved tensors were not released)
+        if self.fused_norm and not checkpoint:
             return self._fused_inner(x)
-        if not torch.jit.is_scripting() and self.with_cp and self.training and x.requires_grad:
-            out = cp.checkpoint(self._inner, x, use_reentrant=False)
-        else:
-            out = self._inner(x)
+        out = cp.checkpoint(self._inner, x, use_reentrant=False) if checkpoint else self._inner(x)
         return self.relu(out)
 
 
