@@ -15,8 +15,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
+#include <tuple>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HRNET_MM_AVX2 1
@@ -728,35 +730,40 @@ void check_train_tile(int64_t tile, const char* name) {
   TORCH_CHECK(tile == 0 || tile == 2 || tile == 4, name, ": tile must be 0 (oneDNN), 2 or 4, got ", tile);
 }
 
+// conv2d(x, w', padding=1) by Winograd F(tile x tile): w' = weight, or with flip, weight transposed and turned by
+// 180 degrees (the convolution that gives the input gradient).
+at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, int64_t tile, bool flip) {
+  return winograd_conv(x, winograd_weight(weight, tile, flip), flip ? weight.size(1) : weight.size(0), c10::nullopt,
+                       c10::nullopt, false, tile, false);
+}
+
+// torch's backward of conv2d(x, weight, padding=1): the gradients (input, weight, bias) that mask asks for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> onednn_backward(const at::Tensor& dy, const at::Tensor& x,
+                                                               const at::Tensor& weight, std::array<bool, 3> mask) {
+  return at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1, mask);
+}
+
 // The passes of the training convolution conv2d(x, weight, padding=1) (x, dy channels_last), each by oneDNN
 // (tile 0: torch's own convolution and its backward) or Winograd F(tile x tile), exported for
 // hrnet_mm.winograd.choose_training_algorithm to time. The output:
 at::Tensor train_forward(const at::Tensor& x, const at::Tensor& weight, int64_t tile) {
   check_train_tile(tile, "winograd_train_forward");
-  if (tile == 0) return at::conv2d(x, weight, {}, 1, 1);
-  return winograd_conv(x, winograd_weight(weight, tile, false), weight.size(0), c10::nullopt, c10::nullopt, false,
-                       tile, false);
+  return tile == 0 ? at::conv2d(x, weight, {}, 1, 1) : winograd_conv3x3(x, weight, tile, false);
 }
 
-// The input gradient: by Winograd, the convolution of dy with the weight transposed and turned by 180 degrees; by
-// oneDNN, torch's convolution backward (no turned copy of the weight: its flip alone took 0.7 ms per 256-channel
-// layer, as long as the product).
+// The input gradient. By oneDNN, torch's convolution backward, not a convolution with a turned copy of the weight:
+// the flip alone took 0.7 ms per 256-channel layer, as long as the product.
 at::Tensor train_input_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, int64_t tile) {
   check_train_tile(tile, "winograd_train_input_grad");
-  if (tile == 0)
-    return std::get<0>(at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0},
-                                                1, {true, false, false}));
-  return winograd_conv(dy, winograd_weight(weight, tile, true), weight.size(1), c10::nullopt, c10::nullopt, false,
-                       tile, false);
+  return tile == 0 ? std::get<0>(onednn_backward(dy, x, weight, {true, false, false}))
+                   : winograd_conv3x3(dy, weight, tile, true);
 }
 
 // The weight gradient, laid out like weight (winograd_conv_weight_grad for the Winograd tiles).
 at::Tensor train_weight_grad(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& weight, int64_t tile) {
   check_train_tile(tile, "winograd_train_weight_grad");
-  if (tile == 0)
-    return std::get<1>(at::convolution_backward(dy, x, weight, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0},
-                                                1, {false, true, false}));
-  return winograd_conv_weight_grad(x, dy, tile, weight);
+  return tile == 0 ? std::get<1>(onednn_backward(dy, x, weight, {false, true, false}))
+                   : winograd_conv_weight_grad(x, dy, tile, weight);
 }
 
 // The training convolution's autograd node (hrnet_mm.winograd.train_conv), in C++ so that a training step pays no
