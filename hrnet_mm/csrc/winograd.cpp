@@ -264,164 +264,6 @@ void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const 
   }
 }
 
-constexpr int64_t kBlockFloats = 64 * 1024;  // V and M of one block: 256 KB, half of a Zen 3 core's L2
-
-template <int MT>
-void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
-         const Geometry& g) {
-  constexpr int64_t P = (MT + 2) * (MT + 2);
-  const int64_t threads = std::max(1, at::get_num_threads());
-  auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };  // slices start on a 16-column panel
-  int64_t TB, kstep;
-  if (P * g.T * g.C <= kBlockFloats / 2) {
-    // Few tiles (low-resolution maps): one block holds all of V; slice the output channels so that each slice of
-    // M fits beside it and every thread gets one. Each U[p] is then read once in all.
-    TB = g.T;
-    kstep = std::max<int64_t>(16, (kBlockFloats - P * g.T * g.C) / (P * g.T) / 16 * 16);
-    kstep = std::min(kstep, round16((g.K8 + threads - 1) / threads));
-  } else {
-    // Many tiles: blocks of tiles sized for the cache, all output channels (or slices of them) per block.
-    kstep = std::max<int64_t>(16, round16(kBlockFloats / (P * 12) - g.C));
-    TB = std::max<int64_t>(6, kBlockFloats / (P * (g.C + kstep)) / 6 * 6);
-    TB = std::min(TB, g.T);
-  }
-  kstep = std::min(kstep, g.K8);
-  const int64_t nb = (g.T + TB - 1) / TB, nk = (g.K8 + kstep - 1) / kstep;
-  at::parallel_for(0, nb * nk, 1, [&](int64_t j0, int64_t j1) {
-    std::unique_ptr<float[]> Vb(new float[P * TB * g.C]);
-    std::unique_ptr<float[]> Mb(new float[P * TB * kstep]);
-    int64_t done = -1;
-    for (int64_t job = j0; job < j1; ++job) {
-      const int64_t tb = job / nk, kj = job % nk;
-      const int64_t t0 = tb * TB, t1 = std::min(g.T, t0 + TB), tn = t1 - t0;
-      if (tb != done) {
-        transform_in<MT>(in, g, t0, t1, Vb.get(), TB * g.C);
-        done = tb;
-      }
-      const int64_t k0 = kj * kstep, kc8 = std::min(g.K8, k0 + kstep) - k0, kc = std::min(g.K, k0 + kc8) - k0;
-      for (int64_t p = 0; p < P; ++p)
-        gemm(Vb.get() + p * TB * g.C, tn, g.C, U + p * g.C * g.K8, g.K8, k0, kc8, Mb.get() + p * TB * kc8);
-      transform_out<MT>(Mb.get(), TB, kc8, g, t0, t1, k0, kc, bias, res, relu, out);
-    }
-  });
-}
-
-// Adjoint of the output transform on L lanes: the gradient of M from the gradient of one tile's outputs,
-// z[r*zs] = sum_i A^T[i][r] y[i*ys] (y: MT values, z: A values).
-template <int MT> struct Ta;
-template <> struct Ta<4> {
-  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
-    LOOP {
-      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c], y2 = y[2 * ys + c], y3 = y[3 * ys + c];
-      const float e = y0 + y2, o = y1 + y3, e4 = y0 + 4.f * y2, o8 = 2.f * y1 + 8.f * y3;
-      z[0 * zs + c] = y0;
-      z[1 * zs + c] = e + o;
-      z[2 * zs + c] = e - o;
-      z[3 * zs + c] = e4 + o8;
-      z[4 * zs + c] = e4 - o8;
-      z[5 * zs + c] = y3;
-    }
-  }
-};
-template <> struct Ta<2> {
-  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
-    LOOP {
-      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c];
-      z[0 * zs + c] = y0;
-      z[1 * zs + c] = y0 + y1;
-      z[2 * zs + c] = y0 - y1;
-      z[3 * zs + c] = -y1;
-    }
-  }
-};
-
-// dM[p][t][k] of tiles [t0, t1) from the channels_last output gradient dy (outputs past the map's edge count as
-// zero): the gradient of the output transform, so that dU[p] = V[p]^T dM[p] is the gradient of U. Rows of ldk >= K
-// floats (the columns past K zero), planes ps floats apart.
-template <int MT>
-void transform_grad_out(const float* __restrict__ dy, const Geometry& g, int64_t t0, int64_t t1,
-                        float* __restrict__ dM, int64_t ldk, int64_t ps) {
-  constexpr int A = Tf<MT>::A;
-  const int64_t H = g.H, W = g.W, K = g.K;
-  alignas(32) float d[MT * MT * L];
-  alignas(32) float u[A * MT * L];
-  alignas(32) float v[A * A * L];
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
-    for (int64_t k0 = 0; k0 < K; k0 += L) {
-      const int64_t kb = std::min<int64_t>(L, K - k0);
-      for (int i = 0; i < MT; ++i)
-        for (int j = 0; j < MT; ++j) {
-          const int64_t y = ty * MT + i, x = tx * MT + j;
-          float* dst = d + (i * MT + j) * L;
-          if (y < H && x < W) {
-            const float* src = dy + ((n * H + y) * W + x) * K + k0;
-            LOOP dst[c] = c < kb ? src[c] : 0.f;
-          } else {
-            LOOP dst[c] = 0.f;
-          }
-        }
-      for (int j = 0; j < MT; ++j) Ta<MT>::a(d + j * L, MT * L, u + j * L, MT * L);  // columns: u[r][j]
-      for (int r = 0; r < A; ++r) Ta<MT>::a(u + r * MT * L, L, v + r * A * L, L);   // rows: v[r][s]
-      const int64_t wb = std::min<int64_t>(L, ldk - k0);  // the lanes past K are zero in v
-      for (int p = 0; p < A * A; ++p) {
-        float* dst = dM + p * ps + t * ldk + k0;
-        for (int c = 0; c < wb; ++c) dst[c] = v[p * L + c];
-      }
-    }
-  }
-}
-}  // namespace
-
-// x: (N, C, H, W) float32 channels_last; U: (P, C, K8) float32 contiguous, P = (tile + 2)^2, K8 = K rounded up
-// to a multiple of 8; bias: (K,) or None; residual: (N, K, H, W) channels_last or None. With inplace, the result
-// is written into residual.
-at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, const c10::optional<at::Tensor>& bias,
-                         const c10::optional<at::Tensor>& residual, bool relu, int64_t tile, bool inplace) {
-  TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv: tile must be 2 or 4, got ", tile);
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
-                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "winograd_conv: x must be a float32 channels_last 4-D CPU tensor");
-  const int64_t P = (tile + 2) * (tile + 2), N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t K8 = (K + 7) / 8 * 8;
-  TORCH_CHECK(K > 0 && U.device().is_cpu() && U.scalar_type() == at::kFloat && U.dim() == 3 && U.size(0) == P &&
-                  U.size(1) == C && U.size(2) == K8 && U.is_contiguous(),
-              "winograd_conv: the transformed weight must be a contiguous float32 (", P, ", ", C, ", ", K8,
-              ") tensor, got ", U.sizes());
-  const float* b = nullptr;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == K && bias->is_contiguous(),
-                "winograd_conv: bias must be a contiguous float32 tensor of ", K, " values");
-    b = bias->data_ptr<float>();
-  }
-  const float* res = nullptr;
-  if (residual.has_value()) {
-    const auto& r = *residual;
-    TORCH_CHECK(r.sizes() == at::IntArrayRef({N, K, H, W}) && r.scalar_type() == at::kFloat &&
-                    r.is_contiguous(at::MemoryFormat::ChannelsLast),
-                "winograd_conv: residual must be a float32 channels_last tensor of the output's shape");
-    res = r.data_ptr<float>();
-  }
-  TORCH_CHECK(!inplace || res, "winograd_conv: inplace needs a residual");
-  at::Tensor out = inplace ? *residual
-                           : at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
-  const Geometry g{N, H, W, C, K, K8, th, tw, N * th * tw};
-  if (tile == 4) run<4>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
-  else run<2>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
-  return out;
-}
-
-// Shared with norm.cpp (hence outside the anonymous namespace).
-void check_map(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
-                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "hrnet_mm kernel: ", name, " must be a float32 channels_last 4-D CPU tensor, got sizes ", x.sizes(),
-              " strides ", x.strides(), " ", x.scalar_type(), " on ", x.device());
-}
-
-namespace {
-
 // The 1-D weight transform G (A x 3) of F(tile x tile, 3x3), as in hrnet_mm/winograd.py.
 void g_matrix(int64_t tile, double g[6][3]) {
   static const double g2[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
@@ -575,16 +417,39 @@ inline void gather_block(const float* w, const int64_t (&st)[4], bool flip, int6
       for (int k = 0; k < 9; ++k) x[(r * 9 + k) * 16 + q] = base[q * sq + r * sr + off[k]];
 }
 
-// The packed transformed weight (P, rows, cols8) of the convolution with w' (cols, rows, 3, 3): w' = w
-// (K, C, 3, 3, element strides st), or with flip, w transposed to (C, K) and turned by 180 degrees. Panel by panel and 8
-// rows at a time: a block of w is gathered into x (r, tap, q), and every plane gets 8 x 16 contiguous floats per
-// step (the planes are a power of two apart for the usual channel counts: writing them a few floats at a time
-// would make the cache thrash).
+// A 3x3 weight to be transformed: w (K0, C0, 3, 3, element strides st), for the convolution with w' = w, or with
+// flip, w transposed to (C0, K0) and turned by 180 degrees (the input gradient's): rows input channels of w',
+// cols its output channels, cols8 rounded up to a multiple of 8.
+struct RawWeight {
+  const float* w;
+  int64_t st[4];
+  bool flip;
+  int64_t rows, cols, cols8;
+};
+
+// Rows [r0, r0 + rn) (rn <= 8) of the 16-column panel j0 (8 columns for the last when cols8 % 16 == 8) of the
+// packed transformed weight: dst[p * ps + r * width + q] for r < rn, q < width (columns past cols zero). A block
+// of w is gathered into x (r, tap, q), then transformed 8 columns at a time into y.
 template <int MT>
-void pack_transformed(const float* w, int64_t K0, int64_t C0, const int64_t (&st)[4], bool flip, float* U) {
+void transform_rows(const double (&g)[6][3], const RawWeight& rw, int64_t j0, int64_t r0, int64_t rn,
+                    float* __restrict__ x, float* __restrict__ y, float* __restrict__ dst, int64_t ps) {
+  constexpr int A = MT + 2, P = A * A;
+  const int64_t width = std::min<int64_t>(16, rw.cols8 - j0), qn = std::min<int64_t>(width, rw.cols - j0);
+  gather_block(rw.w, rw.st, rw.flip, j0, r0, qn, rn, x);
+  for (int64_t r = 0; r < rn; ++r)
+    for (int64_t q0 = 0; q0 < width; q0 += L) {
+      weight_tf<MT>(g, x + r * 9 * 16 + q0, 16, y, L);
+      for (int p = 0; p < P; ++p) LOOP dst[p * ps + r * width + q0 + c] = y[p * L + c];
+    }
+}
+
+// The packed transformed weight (P, rows, cols8) of rw. Panel by panel and 8 rows at a time, each block staged so
+// that every plane gets 8 x 16 contiguous floats per step (the planes are a power of two apart for the usual
+// channel counts: writing them a few floats at a time would make the cache thrash).
+template <int MT>
+void pack_transformed(const RawWeight& rw, float* U) {
   constexpr int A = MT + 2, P = A * A, RB = 8;
-  const int64_t rows = flip ? K0 : C0, cols = flip ? C0 : K0;
-  const int64_t cols8 = (cols + 7) / 8 * 8, npanels = (cols8 + 15) / 16, nrb = (rows + RB - 1) / RB;
+  const int64_t rows = rw.rows, cols8 = rw.cols8, npanels = (cols8 + 15) / 16, nrb = (rows + RB - 1) / RB;
   double g[6][3];
   g_matrix(MT, g);
   at::parallel_for(0, npanels * nrb, 1, [&](int64_t b0, int64_t b1) {
@@ -593,35 +458,245 @@ void pack_transformed(const float* w, int64_t K0, int64_t C0, const int64_t (&st
     std::unique_ptr<float[]> buf(new float[P * RB * 16]);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = (b / nrb) * 16, r0 = (b % nrb) * RB, rn = std::min<int64_t>(RB, rows - r0);
-      const int64_t width = std::min<int64_t>(16, cols8 - j0), qn = std::min<int64_t>(width, cols - j0);
-      gather_block(w, st, flip, j0, r0, qn, rn, x);
-      for (int64_t r = 0; r < rn; ++r)
-        for (int64_t q0 = 0; q0 < width; q0 += L) {
-          weight_tf<MT>(g, x + r * 9 * 16 + q0, 16, y, L);
-          for (int p = 0; p < P; ++p) LOOP buf[(p * RB + r) * width + q0 + c] = y[p * L + c];
-        }
+      const int64_t width = std::min<int64_t>(16, cols8 - j0);
+      transform_rows<MT>(g, rw, j0, r0, rn, x, y, buf.get(), RB * width);
       for (int p = 0; p < P; ++p)
         std::memcpy(U + p * rows * cols8 + rows * j0 + r0 * width, buf.get() + p * RB * width,
                     sizeof(float) * rn * width);
     }
   });
 }
+
+constexpr int64_t kBlockFloats = 64 * 1024;  // V and M of one block: 256 KB, half of a Zen 3 core's L2
+
+// How a convolution is shared out: blocks of TB tiles times slices of kstep output channels (nb x nk jobs).
+struct Blocking {
+  int64_t TB, kstep, nb, nk;
+};
+
+Blocking blocking(int64_t P, const Geometry& g) {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };  // slices start on a 16-column panel
+  int64_t TB, kstep;
+  if (P * g.T * g.C <= kBlockFloats / 2) {
+    // Few tiles (low-resolution maps): one block holds all of V; slice the output channels so that each slice of
+    // M fits beside it and every thread gets one. Each U[p] is then read once in all.
+    TB = g.T;
+    kstep = std::max<int64_t>(16, (kBlockFloats - P * g.T * g.C) / (P * g.T) / 16 * 16);
+    kstep = std::min(kstep, round16((g.K8 + threads - 1) / threads));
+  } else {
+    // Many tiles: blocks of tiles sized for the cache, all output channels (or slices of them) per block.
+    kstep = std::max<int64_t>(16, round16(kBlockFloats / (P * 12) - g.C));
+    TB = std::max<int64_t>(6, kBlockFloats / (P * (g.C + kstep)) / 6 * 6);
+    TB = std::min(TB, g.T);
+  }
+  kstep = std::min(kstep, g.K8);
+  return {TB, kstep, (g.T + TB - 1) / TB, (g.K8 + kstep - 1) / kstep};
+}
+
+template <int MT>
+void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
+         const Geometry& g) {
+  constexpr int64_t P = (MT + 2) * (MT + 2);
+  const Blocking bl = blocking(P, g);
+  const int64_t TB = bl.TB, kstep = bl.kstep, nb = bl.nb, nk = bl.nk;
+  at::parallel_for(0, nb * nk, 1, [&](int64_t j0, int64_t j1) {
+    std::unique_ptr<float[]> Vb(new float[P * TB * g.C]);
+    std::unique_ptr<float[]> Mb(new float[P * TB * kstep]);
+    int64_t done = -1;
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t tb = job / nk, kj = job % nk;
+      const int64_t t0 = tb * TB, t1 = std::min(g.T, t0 + TB), tn = t1 - t0;
+      if (tb != done) {
+        transform_in<MT>(in, g, t0, t1, Vb.get(), TB * g.C);
+        done = tb;
+      }
+      const int64_t k0 = kj * kstep, kc8 = std::min(g.K8, k0 + kstep) - k0, kc = std::min(g.K, k0 + kc8) - k0;
+      for (int64_t p = 0; p < P; ++p)
+        gemm(Vb.get() + p * TB * g.C, tn, g.C, U + p * g.C * g.K8, g.K8, k0, kc8, Mb.get() + p * TB * kc8);
+      transform_out<MT>(Mb.get(), TB, kc8, g, t0, t1, k0, kc, bias, res, relu, out);
+    }
+  });
+}
+
+// Whether run_raw suits the convolution: a low-resolution map, whose transformed input for all tiles stays in L2
+// (512 KB) and has fewer tiles than output channels (so its transformed weight is the larger operand).
+bool raw_fits(int64_t P, const Geometry& g) { return P * g.T * g.C <= 2 * kBlockFloats && g.T <= g.K8; }
+
+// The convolution of the weight rw, transformed a 16-column panel at a time inside the products, for a training
+// step (its weight changes every step). Every thread transforms the input for all tiles once (V stays in L2), then
+// takes a share of the panels: each panel is transformed once, used at once by its P products (all tiles) from
+// L2, and its outputs transformed. At low resolution, writing the whole transformed weight out and reading it back
+// (run, with winograd_weight) took longer than the products: for a 256-channel 8x6 map, 0.7 ms of 1.0.
+template <int MT>
+void run_raw(const float* in, const RawWeight& rw, float* out, const Geometry& g) {
+  constexpr int64_t P = (MT + 2) * (MT + 2);
+  const int64_t npanels = (g.K8 + 15) / 16, ups = g.C * 16 + 16;  // plane stride: off a power of two
+  double gm[6][3];
+  g_matrix(MT, gm);
+  at::parallel_for(0, npanels, 1, [&](int64_t j0, int64_t j1) {
+    std::unique_ptr<float[]> Vb(new float[P * g.T * g.C]);
+    std::unique_ptr<float[]> Up(new float[P * ups]);
+    std::unique_ptr<float[]> Mb(new float[P * g.T * 16]);
+    alignas(32) float xs[8 * 9 * 16];
+    alignas(32) float ys[P * L];
+    transform_in<MT>(in, g, 0, g.T, Vb.get(), g.T * g.C);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t k = j * 16, width = std::min<int64_t>(16, g.K8 - k);
+      for (int64_t r0 = 0; r0 < g.C; r0 += 8)
+        transform_rows<MT>(gm, rw, k, r0, std::min<int64_t>(8, g.C - r0), xs, ys, Up.get() + r0 * width, ups);
+      for (int64_t p = 0; p < P; ++p)
+        row_blocks<false, false>(Vb.get() + p * g.T * g.C, g.C, Up.get() + p * ups, width, Mb.get() + p * g.T * width,
+                                 width, g.C, g.T, width == 16);
+      transform_out<MT>(Mb.get(), g.T, width, g, 0, g.T, k, std::min(g.K, k + width) - k, nullptr, nullptr, false,
+                        out);
+    }
+  });
+}
+
+// Adjoint of the output transform on L lanes: the gradient of M from the gradient of one tile's outputs,
+// z[r*zs] = sum_i A^T[i][r] y[i*ys] (y: MT values, z: A values).
+template <int MT> struct Ta;
+template <> struct Ta<4> {
+  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
+    LOOP {
+      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c], y2 = y[2 * ys + c], y3 = y[3 * ys + c];
+      const float e = y0 + y2, o = y1 + y3, e4 = y0 + 4.f * y2, o8 = 2.f * y1 + 8.f * y3;
+      z[0 * zs + c] = y0;
+      z[1 * zs + c] = e + o;
+      z[2 * zs + c] = e - o;
+      z[3 * zs + c] = e4 + o8;
+      z[4 * zs + c] = e4 - o8;
+      z[5 * zs + c] = y3;
+    }
+  }
+};
+template <> struct Ta<2> {
+  static inline void a(const float* __restrict__ y, int64_t ys, float* __restrict__ z, int64_t zs) {
+    LOOP {
+      const float y0 = y[0 * ys + c], y1 = y[1 * ys + c];
+      z[0 * zs + c] = y0;
+      z[1 * zs + c] = y0 + y1;
+      z[2 * zs + c] = y0 - y1;
+      z[3 * zs + c] = -y1;
+    }
+  }
+};
+
+// dM[p][t][k] of tiles [t0, t1) from the channels_last output gradient dy (outputs past the map's edge count as
+// zero): the gradient of the output transform, so that dU[p] = V[p]^T dM[p] is the gradient of U. Rows of ldk >= K
+// floats (the columns past K zero), planes ps floats apart.
+template <int MT>
+void transform_grad_out(const float* __restrict__ dy, const Geometry& g, int64_t t0, int64_t t1,
+                        float* __restrict__ dM, int64_t ldk, int64_t ps) {
+  constexpr int A = Tf<MT>::A;
+  const int64_t H = g.H, W = g.W, K = g.K;
+  alignas(32) float d[MT * MT * L];
+  alignas(32) float u[A * MT * L];
+  alignas(32) float v[A * A * L];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    for (int64_t k0 = 0; k0 < K; k0 += L) {
+      const int64_t kb = std::min<int64_t>(L, K - k0);
+      for (int i = 0; i < MT; ++i)
+        for (int j = 0; j < MT; ++j) {
+          const int64_t y = ty * MT + i, x = tx * MT + j;
+          float* dst = d + (i * MT + j) * L;
+          if (y < H && x < W) {
+            const float* src = dy + ((n * H + y) * W + x) * K + k0;
+            LOOP dst[c] = c < kb ? src[c] : 0.f;
+          } else {
+            LOOP dst[c] = 0.f;
+          }
+        }
+      for (int j = 0; j < MT; ++j) Ta<MT>::a(d + j * L, MT * L, u + j * L, MT * L);  // columns: u[r][j]
+      for (int r = 0; r < A; ++r) Ta<MT>::a(u + r * MT * L, L, v + r * A * L, L);   // rows: v[r][s]
+      const int64_t wb = std::min<int64_t>(L, ldk - k0);  // the lanes past K are zero in v
+      for (int p = 0; p < A * A; ++p) {
+        float* dst = dM + p * ps + t * ldk + k0;
+        for (int c = 0; c < wb; ++c) dst[c] = v[p * L + c];
+      }
+    }
+  }
+}
 }  // namespace
+
+namespace {
+Geometry geometry(const at::Tensor& x, int64_t K, int64_t tile) {
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3), th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
+  return {N, H, W, x.size(1), K, (K + 7) / 8 * 8, th, tw, N * th * tw};
+}
+
+RawWeight raw_weight(const at::Tensor& weight, int64_t tile, bool flip) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight: tile must be 2 or 4, got ", tile);
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
+                  weight.size(2) == 3 && weight.size(3) == 3,
+              "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes());
+  const int64_t K0 = weight.size(0), C0 = weight.size(1), cols = flip ? C0 : K0;
+  return {weight.data_ptr<float>(),
+          {weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3)},
+          flip,
+          flip ? K0 : C0,
+          cols,
+          (cols + 7) / 8 * 8};
+}
+}  // namespace
+
+// x: (N, C, H, W) float32 channels_last; U: (P, C, K8) float32 contiguous, P = (tile + 2)^2, K8 = K rounded up
+// to a multiple of 8; bias: (K,) or None; residual: (N, K, H, W) channels_last or None. With inplace, the result
+// is written into residual.
+at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& residual, bool relu, int64_t tile, bool inplace) {
+  TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv: tile must be 2 or 4, got ", tile);
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "winograd_conv: x must be a float32 channels_last 4-D CPU tensor");
+  const int64_t P = (tile + 2) * (tile + 2), N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t K8 = (K + 7) / 8 * 8;
+  TORCH_CHECK(K > 0 && U.device().is_cpu() && U.scalar_type() == at::kFloat && U.dim() == 3 && U.size(0) == P &&
+                  U.size(1) == C && U.size(2) == K8 && U.is_contiguous(),
+              "winograd_conv: the transformed weight must be a contiguous float32 (", P, ", ", C, ", ", K8,
+              ") tensor, got ", U.sizes());
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == K && bias->is_contiguous(),
+                "winograd_conv: bias must be a contiguous float32 tensor of ", K, " values");
+    b = bias->data_ptr<float>();
+  }
+  const float* res = nullptr;
+  if (residual.has_value()) {
+    const auto& r = *residual;
+    TORCH_CHECK(r.sizes() == at::IntArrayRef({N, K, H, W}) && r.scalar_type() == at::kFloat &&
+                    r.is_contiguous(at::MemoryFormat::ChannelsLast),
+                "winograd_conv: residual must be a float32 channels_last tensor of the output's shape");
+    res = r.data_ptr<float>();
+  }
+  TORCH_CHECK(!inplace || res, "winograd_conv: inplace needs a residual");
+  at::Tensor out = inplace ? *residual
+                           : at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const Geometry g = geometry(x, K, tile);
+  if (tile == 4) run<4>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
+  else run<2>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
+  return out;
+}
+
+// Shared with norm.cpp (hence outside the anonymous namespace).
+void check_map(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "hrnet_mm kernel: ", name, " must be a float32 channels_last 4-D CPU tensor, got sizes ", x.sizes(),
+              " strides ", x.strides(), " ", x.scalar_type(), " on ", x.device());
+}
 
 // prepare_weight for training (the weight changes every step): w (K, C, 3, 3) -> the packed (P, C, K8)
 // transformed weight; with flip, that of the convolution giving the input gradient (w transposed to (C, K) and
 // turned by 180 degrees): a packed (P, K, C8) tensor.
 at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
-  TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight: tile must be 2 or 4, got ", tile);
-  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 4 &&
-                  weight.size(2) == 3 && weight.size(3) == 3,
-              "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes());
-  const int64_t K0 = weight.size(0), C0 = weight.size(1);
-  const int64_t st[4] = {weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3)};
-  const int64_t rows = flip ? K0 : C0, cols = flip ? C0 : K0, cols8 = (cols + 7) / 8 * 8;
-  at::Tensor U = at::empty({(tile + 2) * (tile + 2), rows, cols8}, weight.options().memory_format(at::MemoryFormat::Contiguous));
-  if (tile == 4) pack_transformed<4>(weight.data_ptr<float>(), K0, C0, st, flip, U.data_ptr<float>());
-  else pack_transformed<2>(weight.data_ptr<float>(), K0, C0, st, flip, U.data_ptr<float>());
+  const RawWeight rw = raw_weight(weight, tile, flip);
+  at::Tensor U = at::empty({(tile + 2) * (tile + 2), rw.rows, rw.cols8},
+                           weight.options().memory_format(at::MemoryFormat::Contiguous));
+  if (tile == 4) pack_transformed<4>(rw, U.data_ptr<float>());
+  else pack_transformed<2>(rw, U.data_ptr<float>());
   return U;
 }
 
@@ -733,8 +808,18 @@ void check_train_tile(int64_t tile, const char* name) {
 // conv2d(x, w', padding=1) by Winograd F(tile x tile): w' = weight, or with flip, weight transposed and turned by
 // 180 degrees (the convolution that gives the input gradient).
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, int64_t tile, bool flip) {
-  return winograd_conv(x, winograd_weight(weight, tile, flip), flip ? weight.size(1) : weight.size(0), c10::nullopt,
-                       c10::nullopt, false, tile, false);
+  const RawWeight rw = raw_weight(weight, tile, flip);
+  check_map(x, "x");
+  TORCH_CHECK(x.size(1) == rw.rows, "hrnet_mm Winograd convolution: x has ", x.size(1), " channels, the weight ",
+              rw.rows);
+  const Geometry g = geometry(x, rw.cols, tile);
+  if (!raw_fits((tile + 2) * (tile + 2), g))
+    return winograd_conv(x, winograd_weight(weight, tile, flip), rw.cols, c10::nullopt, c10::nullopt, false, tile,
+                         false);
+  at::Tensor out = at::empty({g.N, g.K, g.H, g.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (tile == 4) run_raw<4>(x.data_ptr<float>(), rw, out.data_ptr<float>(), g);
+  else run_raw<2>(x.data_ptr<float>(), rw, out.data_ptr<float>(), g);
+  return out;
 }
 
 // torch's backward of conv2d(x, weight, padding=1): the gradients (input, weight, bias) that mask asks for.
