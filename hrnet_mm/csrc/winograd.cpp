@@ -738,6 +738,8 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
     kstep = std::max<int64_t>(16, ((K8 + parts - 1) / parts + 15) / 16 * 16);
   }
   const int64_t nkb = (K8 + kstep - 1) / kstep;
+  bool taps_in_a_row = true;  // a contiguous (K, C, 3, 3) gradient: the 9 taps of each (k, c) in a row
+  for (int t = 0; t < 9; ++t) taps_in_a_row = taps_in_a_row && os[2 + t] == t;
   at::parallel_for(0, nrb * nkb, 1, [&](int64_t j0, int64_t j1) {
     std::unique_ptr<float[]> buf(new float[P * RB * kstep]);
     float* dU = buf.get();
@@ -759,6 +761,19 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
           alignas(32) float y[9 * L];
           weight_tf_adjoint<MT>(gm, dU + r * kstep + kk, RB * kstep, y, L);
           const int64_t kb = std::min<int64_t>(L, kn - kk);
+#ifdef HRNET_MM_AVX2
+          if (kb == L && taps_in_a_row) {  // turned around in registers: 8 rows of 8 taps, then the ninth
+            __m256 b[8];
+            for (int t = 0; t < 8; ++t) b[t] = _mm256_load_ps(y + t * L);
+            transpose8(b);
+            for (int c = 0; c < L; ++c) {
+              float* d = dw + (k0 + kk + c) * os[0] + (c0 + r) * os[1];
+              _mm256_storeu_ps(d, b[c]);
+              d[8] = y[8 * L + c];
+            }
+            continue;
+          }
+#endif
           for (int c = 0; c < kb; ++c) {
             float* d = dw + (k0 + kk + c) * os[0] + (c0 + r) * os[1];
             for (int t = 0; t < 9; ++t) d[os[2 + t]] = y[t * L + c];
