@@ -469,14 +469,13 @@ void pack_transformed(const RawWeight& rw, float* U) {
 
 constexpr int64_t kBlockFloats = 64 * 1024;  // V and M of one block: 256 KB, half of a Zen 3 core's L2
 
-// How a convolution is shared out: blocks of TB tiles times slices of kstep output channels (nb x nk jobs).
-struct Blocking {
-  int64_t TB, kstep, nb, nk;
-};
-
-Blocking blocking(int64_t P, const Geometry& g) {
+template <int MT>
+void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
+         const Geometry& g) {
+  constexpr int64_t P = (MT + 2) * (MT + 2);
   const int64_t threads = std::max(1, at::get_num_threads());
   auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };  // slices start on a 16-column panel
+  // Blocks of TB tiles times slices of kstep output channels (nb x nk jobs).
   int64_t TB, kstep;
   if (P * g.T * g.C <= kBlockFloats / 2) {
     // Few tiles (low-resolution maps): one block holds all of V; slice the output channels so that each slice of
@@ -491,15 +490,7 @@ Blocking blocking(int64_t P, const Geometry& g) {
     TB = std::min(TB, g.T);
   }
   kstep = std::min(kstep, g.K8);
-  return {TB, kstep, (g.T + TB - 1) / TB, (g.K8 + kstep - 1) / kstep};
-}
-
-template <int MT>
-void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
-         const Geometry& g) {
-  constexpr int64_t P = (MT + 2) * (MT + 2);
-  const Blocking bl = blocking(P, g);
-  const int64_t TB = bl.TB, kstep = bl.kstep, nb = bl.nb, nk = bl.nk;
+  const int64_t nb = (g.T + TB - 1) / TB, nk = (g.K8 + kstep - 1) / kstep;
   at::parallel_for(0, nb * nk, 1, [&](int64_t j0, int64_t j1) {
     std::unique_ptr<float[]> Vb(new float[P * TB * g.C]);
     std::unique_ptr<float[]> Mb(new float[P * TB * kstep]);
@@ -799,8 +790,7 @@ at::Tensor winograd_conv_weight_grad(const at::Tensor& x, const at::Tensor& dy, 
                   weight.size(3) == 3,
               "winograd_conv_weight_grad: weight must be (", K, ", ", C, ", 3, 3), got ", weight.sizes());
   at::Tensor out = at::empty_strided(weight.sizes(), weight.strides(), x.options());
-  const int64_t th = (H + tile - 1) / tile, tw = (W + tile - 1) / tile;
-  const Geometry g{N, H, W, C, K, (K + 7) / 8 * 8, th, tw, N * th * tw};
+  const Geometry g = geometry(x, K, tile);
   double gm[6][3];
   g_matrix(tile, gm);
   const int64_t s2 = out.stride(2), s3 = out.stride(3);
