@@ -43,6 +43,27 @@ def test_memory_table_and_rows():
     assert '2.5' in benchmark.format_table(rows)
 
 
+def test_train_step_phases_are_timed_and_compared_with_the_fastest_peer():
+    from hrnet_mm.models import HRNet
+    model = HRNet(extra=copy.deepcopy(TINY_EXTRA))
+    phases = []
+    step = benchmark.make_step('hrnet_mm', model, torch.randn(1, 3, 64, 64), 'train', None, torch.device('cpu'),
+                               phases)
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    step()
+    assert len(phases) == 2 and all(len(p) == 3 and min(p) > 0 for p in phases)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the optimizer stepped
+    rows = [benchmark.Row('c', 'train', 'mmdet', 100.0, 10.0, None, phase_ms=(40.0, 50.0, 10.0)),
+            benchmark.Row('c', 'train', 'timm', 120.0, 8.3, None, phase_ms=(30.0, 80.0, 10.0)),
+            benchmark.Row('c', 'train', 'hrnet_mm', 80.0, 12.5, None, phase_ms=(20.0, 50.0, 10.0)),
+            benchmark.Row('d', 'train', 'hrnet_mm', 80.0, 12.5, None)]
+    lines = benchmark.format_phases(rows)
+    assert len(lines) == 1 and lines[0].startswith('c train phases')
+    assert 'vs mmdet' in lines[0] and 'hrnet_mm 20.0/50.0/10.0 (2.00x/1.00x/1.00x)' in lines[0]
+    assert 'timm 30.0/80.0/10.0,' in lines[0]
+
+
 @pytest.mark.skipif(__import__('platform').libc_ver()[0] != 'glibc', reason='tune_cpu_allocator is for glibc')
 def test_allocator_child_times_the_model_and_counts_faults():
     case = benchmark.Case('tiny', 'w18_small', 64, 64, 1)

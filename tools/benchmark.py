@@ -40,6 +40,8 @@ implementation (the peers by up to 1.4x at W18 512x1024), so the ratios are take
 ``--allocator glibc`` leaves glibc's default (and builds the deploy models with ``tune_allocator=False``).
 
 Modes: ``infer`` (no grad, eval) and ``train`` (forward + backward + SGD step, train mode, as a runner does).
+On CPU, a line under the table splits each training row into its median forward, backward and optimizer times,
+with hrnet_mm's ratio to the fastest peer for each phase (the phases' medians need not add up to the step's).
 ``--memory`` adds the CPU peak memory of one more step per implementation (allocator total during the step
 above its start, from ``torch.profiler``'s memory events: activations, gradients, temporaries) and a table of
 the training-step peak memory of hrnet_mm with and without ``with_cp`` (W32 512x512 batch 2 by default).
@@ -389,8 +391,10 @@ def _timer(device: torch.device) -> Callable[[], float]:
 
 
 def make_step(name: str, model: nn.Module, x: torch.Tensor, mode: str, autocast: Optional[torch.dtype],
-              device: torch.device) -> Callable[[], None]:
-    """One timed unit of work: a forward (infer) or forward+backward+SGD step (train)."""
+              device: torch.device, phases: Optional[List[Tuple[float, float, float]]] = None
+              ) -> Callable[[], None]:
+    """One timed unit of work: a forward (infer) or forward+backward+SGD step (train). With ``phases``, a train
+    step appends the seconds of its forward (with the loss), backward (with ``zero_grad``) and optimizer step."""
     if 'deploy' in name or mode == 'infer':
         model.eval()
         if 'deploy' in name:
@@ -403,12 +407,19 @@ def make_step(name: str, model: nn.Module, x: torch.Tensor, mode: str, autocast:
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
+    now = _timer(device) if phases is not None else None
+
     def train() -> None:
+        t0 = now() if now else 0.0
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = sum(o.float().square().mean() for o in _outputs(model, x))
+        t1 = now() if now else 0.0
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t2 = now() if now else 0.0
         opt.step()
+        if now:
+            phases.append((t1 - t0, t2 - t1, now() - t2))
     return train
 
 
@@ -424,6 +435,7 @@ class Row:
     rel_err: Optional[float] = None
     prep_s: Optional[float] = None
     grad_err_fp32: Optional[float] = None
+    phase_ms: Optional[Tuple[float, float, float]] = None  # train on CPU: median forward, backward, optimizer
 
 
 def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.device) -> List[Row]:
@@ -451,7 +463,10 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     x = x.to(device)
     errs.update(check_on_device(impls, x[:1], prep=prep))
     autocast = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
-    steps = {k: make_step(k, m, x, mode, autocast, device) for k, m in impls.items()}
+    # the split of a CPU train step (on CUDA the extra synchronisations would change what is timed)
+    phases: Dict[str, List[Tuple[float, float, float]]] = {k: [] for k in impls}
+    steps = {k: make_step(k, m, x, mode, autocast, device, phases[k] if device.type == 'cpu' else None)
+             for k, m in impls.items()}
     now = _timer(device)
     for k, step in steps.items():  # warm-up
         for i in range(max(args.warmup, 1 if k.endswith('-compiled') else 0)):
@@ -459,6 +474,8 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
             step()
             if i == 0 and k == 'hrnet_mm-cl-compiled':
                 prep[k] = now() - t0  # the first step compiles
+    for v in phases.values():
+        v.clear()
     times: Dict[str, List[float]] = {k: [] for k in steps}
     peak: Dict[str, Optional[float]] = {k: None for k in steps}
     for _ in range(args.repeats):  # interleaved rounds: noise hits every implementation alike
@@ -470,6 +487,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
             times[k].append(now() - t0)
             if device.type == 'cuda':
                 peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated() / 2 ** 20)
+    split = {k: tuple(statistics.median(p) * 1e3 for p in zip(*v)) for k, v in phases.items() if v}
     if args.memory and device.type == 'cpu':
         for k, step in steps.items():
             peak[k] = peak_cpu_memory_mb(step)
@@ -477,7 +495,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     for k in steps:
         med = statistics.median(times[k])
         rows.append(Row(case.name, mode, k, med * 1e3, case.batch / med, peak[k], rel_err=errs.get(k),
-                        prep_s=prep.get(k), grad_err_fp32=grad_errs.get(k)))
+                        prep_s=prep.get(k), grad_err_fp32=grad_errs.get(k), phase_ms=split.get(k)))
     fastest_peer = min((r.median_ms for r in rows if r.impl in PEERS), default=None)
     for r in rows:
         r.ratio_to_fastest_peer = fastest_peer / r.median_ms if fastest_peer else float('nan')
@@ -610,6 +628,26 @@ def format_table(rows: List[Row]) -> str:
     return '\n'.join(lines)
 
 
+def format_phases(rows: List[Row]) -> List[str]:
+    """One line per CPU training case: each row's median forward / backward / optimizer milliseconds, and for
+    hrnet_mm's rows the ratio of each phase to the same phase of the fastest peer (the peer of the best
+    ``vs fastest peer``)."""
+    lines = []
+    for case_name in dict.fromkeys(r.case for r in rows if r.phase_ms is not None):
+        case_rows = [r for r in rows if r.case == case_name and r.phase_ms is not None]
+        peers = [r for r in case_rows if r.impl in PEERS]
+        best = min(peers, key=lambda r: r.median_ms) if peers else None
+        parts = []
+        for r in case_rows:
+            text = f'{r.impl} ' + '/'.join(f'{v:.1f}' for v in r.phase_ms)
+            if best is not None and r.impl not in PEERS:
+                text += ' (' + '/'.join(f'{b / v:.2f}x' for b, v in zip(best.phase_ms, r.phase_ms)) + ')'
+            parts.append(text)
+        lines.append(f'{case_name} train phases, median ms forward/backward/optimizer'
+                     + (f' (hrnet_mm rows: vs {best.impl})' if best else '') + ': ' + ', '.join(parts))
+    return lines
+
+
 def format_memory_table(rows: List[Row]) -> str:
     head = f'{"case":<14} {"impl":<18} {"peak MB":>8} {"vs no with_cp":>13} {"step s":>7}'
     lines = [head, '-' * len(head)]
@@ -707,6 +745,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'{case_name} train: float32 gradients vs float64, relative L2 (hrnet_mm rows: Winograd F(4x4)): '
               + ', '.join(f'{r.impl} {r.grad_err_fp32:.1e}' for r in rows
                           if r.case == case_name and r.grad_err_fp32 is not None))
+    for line in format_phases(rows):
+        print(line)
     for line in failed:
         print(f'failed: {line}')
     memory_rows: List[Row] = []
