@@ -407,18 +407,18 @@ def make_step(name: str, model: nn.Module, x: torch.Tensor, mode: str, autocast:
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
-    now = _timer(device) if phases is not None else None
+    now = _timer(device) if phases is not None else lambda: 0.0
 
     def train() -> None:
-        t0 = now() if now else 0.0
+        t0 = now()
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = sum(o.float().square().mean() for o in _outputs(model, x))
-        t1 = now() if now else 0.0
+        t1 = now()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        t2 = now() if now else 0.0
+        t2 = now()
         opt.step()
-        if now:
+        if phases is not None:
             phases.append((t1 - t0, t2 - t1, now() - t2))
     return train
 
