@@ -352,18 +352,21 @@ def choices() -> Dict[Tuple[int, ...], int]:
 # oneDNN, serves the forward and input gradient, and which the weight gradient, is timed once per shape and machine
 # (:func:`choose_training_algorithm`) and kept in a file, so that later runs compute the same floats.
 
-_TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int]] = {}
+_TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int, bool]] = {}
 TRAIN_MIN_CHANNELS = 32
 TRAIN_TILES = TILES  # F(2x2) alone gives 1.11x instead of 1.23x per W32 channels_last step (same run of each)
 
 
-def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int) -> torch.Tensor:
+def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int,
+                   together: bool = False) -> torch.Tensor:
     """``conv2d(x, weight, padding=1)``, differentiable, float32 CPU: the forward pass and the input gradient by
-    ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each). The output and the input gradient
-    keep the input's memory format, the weight gradient the weight's. The autograd node is C++
+    ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each), and with ``together`` the two
+    gradients side by side, one thread each (where both are Winograd and torch has two intra-op threads; the same
+    floats either way). The output and the input gradient keep the input's memory format, the weight gradient the
+    weight's. The autograd node is C++
     (``winograd_train_conv``): a Python Function's calls cost about 50 us per layer, forward and backward, which is
     2-4% of a W32 training step; its backward is not differentiable (``create_graph=True`` raises)."""
-    return _load().winograd_train_conv(x, weight, tile, weight_tile)
+    return _load().winograd_train_conv(x, weight, tile, weight_tile, together)
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:
@@ -401,24 +404,26 @@ def train_conv(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     has the input's memory format either way."""
     if not trainable(conv, x):
         return conv(x)
-    tile, weight_tile = choose_training_algorithm(x, conv.weight)
+    tile, weight_tile, together = choose_training_algorithm(x, conv.weight)
     if tile == ONEDNN and weight_tile == ONEDNN:
         return conv(x)
-    return _train_conv3x3(x, conv.weight, tile, weight_tile)
+    return _train_conv3x3(x, conv.weight, tile, weight_tile, together)
 
 
-def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int]:
-    """(algorithm of the forward pass and input gradient, algorithm of the weight gradient) for a training step of
-    the 3x3 convolution of ``x``'s shape and memory format with ``weight``'s: each :data:`ONEDNN`, 2 or 4, timed
-    once per shape, format and thread count on this machine, on random data (from a generator of its own), and
-    kept for later processes in :func:`choices_file`. The times include what each choice
-    costs around the convolution: the weight transforms and, for a contiguous (NCHW) input, the copies to
+def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int, bool]:
+    """(algorithm of the forward pass and input gradient, algorithm of the weight gradient, whether the backward
+    computes the two gradients side by side) for a training step of the 3x3 convolution of ``x``'s shape and memory
+    format with ``weight``'s: each algorithm :data:`ONEDNN`, 2 or 4, side by side where both are Winograd, there
+    are two threads and it is the faster way (on low-resolution maps neither gradient gains as much from a second
+    thread as the two gain from running at once). All timed once per shape, format and thread count on this
+    machine, on random data (from a generator of its own), and kept for later processes in :func:`choices_file`.
+    The times include what each choice costs around the convolution: the weight transforms and, for a contiguous (NCHW) input, the copies to
     channels_last and back (the kernel works on channels_last; the result keeps the input's format).
-    ``force_algorithm`` applies to both."""
+    ``force_algorithm`` applies to both algorithms (the gradients then one after the other)."""
     if not available():
-        return ONEDNN, ONEDNN
+        return ONEDNN, ONEDNN, False
     if _FORCED is not None:
-        return _FORCED, _FORCED
+        return _FORCED, _FORCED, False
     n, c, h, w = x.shape
     nchw = not _is_channels_last(x)
     key = (n, c, h, w, weight.shape[0], torch.get_num_threads(), int(nchw))
@@ -428,7 +433,7 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
     return choice
 
 
-def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int, ...]) -> Tuple[int, int]:
+def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int, ...]) -> Tuple[int, int, bool]:
     n, c, h, w = x.shape
     nchw = bool(key[-1])
     ext = _load()
@@ -459,8 +464,12 @@ def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int,
             xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (data, grad))
             weight_tile = _fastest({a: functools.partial(ext.winograd_train_weight_grad, xl, gl, wt, a)
                                     for a in [ONEDNN, *tiles]}, data, evict)
-    _save_training_choice(key, (tile, weight_tile))
-    return tile, weight_tile
+        together = False
+        if tile != ONEDNN and weight_tile != ONEDNN and torch.get_num_threads() == 2:
+            together = bool(_fastest({b: functools.partial(ext.winograd_train_gradients, gl, xl, wt, tile,
+                                                           weight_tile, bool(b)) for b in (0, 1)}, data, evict))
+    _save_training_choice(key, (tile, weight_tile, together))
+    return tile, weight_tile, together
 
 
 def choices_file() -> str:
@@ -472,34 +481,34 @@ def choices_file() -> str:
     return os.environ.get('HRNET_MM_CHOICES_FILE') or os.path.join(build_directory(), 'training_choices.json')
 
 
-def _read_training_choices() -> Dict[Tuple[int, ...], Tuple[int, int]]:
+def _read_training_choices() -> Dict[Tuple[int, ...], Tuple[int, int, bool]]:
     """The choices in :func:`choices_file` (entries that are not valid choices are left out; no file: none)."""
     try:
         with open(choices_file()) as f:
             data = json.load(f)
     except (OSError, ValueError):
         return {}
-    out: Dict[Tuple[int, ...], Tuple[int, int]] = {}
+    out: Dict[Tuple[int, ...], Tuple[int, int, bool]] = {}
     if not isinstance(data, dict):
         return out
     for k, v in data.items():
         try:
             key = tuple(int(i) for i in k.split(','))
-            choice = (int(v[0]), int(v[1]))
+            choice = (int(v[0]), int(v[1]), bool(v[2]))
         except (AttributeError, TypeError, ValueError, IndexError):
             continue
-        if len(key) == 7 and len(v) == 2 and all(a in (ONEDNN, *TILES) for a in choice):
+        if len(key) == 7 and len(v) == 3 and all(a in (ONEDNN, *TILES) for a in choice[:2]) and v[2] in (0, 1):
             out[key] = choice
     return out
 
 
-def _save_training_choice(key: Tuple[int, ...], choice: Tuple[int, int]) -> None:
+def _save_training_choice(key: Tuple[int, ...], choice: Tuple[int, int, bool]) -> None:
     """Adds one choice to :func:`choices_file` (written whole to a temporary file and renamed into place, so a
     concurrent reader sees the old or the new file; a concurrent writer's new entry may be lost and is timed again
     next time). A file that cannot be written only costs the next process the timing."""
     path = choices_file()
-    data = {','.join(map(str, k)): list(v) for k, v in _read_training_choices().items()}
-    data[','.join(map(str, key))] = list(choice)
+    data = {','.join(map(str, k)): [v[0], v[1], int(v[2])] for k, v in _read_training_choices().items()}
+    data[','.join(map(str, key))] = [choice[0], choice[1], int(choice[2])]
     tmp = f'{path}.{os.getpid()}.tmp'
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -511,6 +520,7 @@ def _save_training_choice(key: Tuple[int, ...], choice: Tuple[int, int]) -> None
             os.remove(tmp)
 
 
-def training_choices() -> Dict[Tuple[int, ...], Tuple[int, int]]:
-    """The (forward/input-gradient, weight-gradient) algorithms chosen so far per (N, C, H, W, K, threads, NCHW)."""
+def training_choices() -> Dict[Tuple[int, ...], Tuple[int, int, bool]]:
+    """The (forward/input-gradient algorithm, weight-gradient algorithm, side by side) chosen so far per
+    (N, C, H, W, K, threads, NCHW)."""
     return dict(_TRAIN_CHOICES)

@@ -5,8 +5,10 @@ about as exact as a direct float32 convolution, F(4x4, 3x3) up to about 1e-5 of 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import threading
 
 import pytest
 import torch
@@ -120,6 +122,52 @@ def test_training_convolution_equals_torch(kernel, tile, weight_tile, x_cl, w_cl
     assert rel_err(w.grad, ref[2]) < TOL[weight_tile]
 
 
+@contextlib.contextmanager
+def _threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize('tile,weight_tile', [(2, 2), (4, 4), (2, 4), (4, 0), (0, 2)])
+@pytest.mark.parametrize('shape', [(1, 32, 8, 6, 32), (2, 24, 13, 6, 40)])
+def test_gradients_side_by_side_are_the_same_floats(kernel, tile, weight_tile, shape):
+    """``together``: with two threads the two gradients run one per thread where both are Winograd (otherwise one
+    after the other); the floats are those of the gradients one after the other, on one or two threads, in the
+    autograd node too, on the main thread or another one, with no graph recorded from the worker thread."""
+    n, c, h, w_, k = shape
+    g = torch.Generator().manual_seed(sum(shape) + tile)
+    x, dy = _cl(torch.randn(n, c, h, w_, generator=g)), _cl(torch.randn(n, k, h, w_, generator=g))
+    w = torch.randn(k, c, 3, 3, generator=g) / (9 * c) ** 0.5
+    ref = _torch_step(x, w, dy)
+    with _threads(2):
+        apart = kernel.winograd_train_gradients(dy, x, w, tile, weight_tile, False)
+        together = kernel.winograd_train_gradients(dy, x, w, tile, weight_tile, True)
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        winograd._train_conv3x3(xs, ws, tile, weight_tile, True).backward(dy)
+        result = {}
+
+        def other_thread():
+            xt, wt = x.clone().requires_grad_(), w.clone().requires_grad_()
+            winograd._train_conv3x3(xt, wt, tile, weight_tile, True).backward(dy)
+            result['grads'] = xt.grad, wt.grad
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), 'the backward on another thread did not finish'
+    with _threads(1):
+        one = kernel.winograd_train_gradients(dy, x, w, tile, weight_tile, True)
+    for grads in (together, one, (xs.grad, ws.grad), result['grads']):
+        assert torch.equal(grads[0], apart[0]) and torch.equal(grads[1], apart[1])
+        assert grads[0].grad_fn is None and grads[1].grad_fn is None
+    assert rel_err(apart[0], ref[1]) < TOL[tile] and rel_err(apart[1], ref[2]) < TOL[weight_tile]
+    with pytest.raises(RuntimeError, match='tile must be 0 .oneDNN., 2 or 4'):
+        kernel.winograd_train_gradients(dy, x, w, tile, 3, True)
+
+
 @pytest.mark.parametrize('tile', winograd.TILES)
 @pytest.mark.parametrize('flip', [False, True])
 @pytest.mark.parametrize('w_cl', [False, True])
@@ -217,7 +265,7 @@ def test_train_conv_uses_the_chosen_algorithm(kernel, monkeypatch):
         winograd.train_conv(conv, x)
     with winograd.force_algorithm(winograd.ONEDNN):
         winograd.train_conv(conv, x)  # oneDNN for both passes: the plain convolution, no Function
-    assert calls == [(2, 2)]
+    assert calls == [(2, 2, False)]
 
 
 def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monkeypatch, tmp_path):
@@ -230,7 +278,8 @@ def test_choose_training_algorithm_times_once_per_shape_and_format(kernel, monke
     x = torch.randn(1, 32, 16, 12)
     first = winograd.choose_training_algorithm(x, w)
     n = len(timed)
-    assert n >= 3 and all(a in (winograd.ONEDNN, *winograd.TILES) for a in first)
+    assert n >= 3 and all(a in (winograd.ONEDNN, *winograd.TILES) for a in first[:2])
+    assert first[2] in (False, True) and (not first[2] or winograd.ONEDNN not in first[:2])
     assert winograd.choose_training_algorithm(x, w) == first and len(timed) == n
     winograd.choose_training_algorithm(_cl(x), w)  # another memory format: timed again
     assert len(timed) > n
@@ -250,14 +299,15 @@ def test_training_choices_are_kept_for_later_processes_and_leave_the_global_gene
     first = winograd.choose_training_algorithm(x, w)
     assert torch.equal(torch.get_rng_state(), state)
     key = '1,32,16,12,48,{},0'.format(torch.get_num_threads())
-    assert json.loads(path.read_text()) == {key: list(first)}
+    assert json.loads(path.read_text()) == {key: [first[0], first[1], int(first[2])]}
 
     def fail(*args, **kwargs):
         raise AssertionError('timed again')
     monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
     monkeypatch.setattr(winograd, '_fastest', fail)
     assert winograd.choose_training_algorithm(x, w) == first
-    for text in ('not json', json.dumps({key: [3, 3], 'a,b': [0, 0]})):
+    for text in ('not json', json.dumps({key: [3, 3, 0], 'a,b': [0, 0, 0]}), json.dumps({key: [2, 2]}),
+                 json.dumps({key: [2, 2, 5]})):
         path.write_text(text)
         monkeypatch.setattr(winograd, '_TRAIN_CHOICES', {})
         with pytest.raises(AssertionError, match='timed again'):

@@ -14,6 +14,7 @@
 // 8 channels at a time (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -856,13 +857,50 @@ at::Tensor train_weight_grad(const at::Tensor& x, const at::Tensor& dy, const at
                    : winograd_conv_weight_grad(x, dy, tile, weight);
 }
 
+// Both gradients of the training convolution from dy (channels_last), those asked for: the input gradient by `tile`
+// (channels_last), the weight gradient by `weight_tile`. With `together`, side by side, one thread each, where both
+// are Winograd and torch has exactly two intra-op threads outside any parallel region: on low-resolution maps
+// neither pass gains as much from a second thread as running them at once does (hrnet_mm.winograd times the two
+// ways per shape). Never with a oneDNN pass: oneDNN's weight gradient called from inside a parallel region never
+// returned (torch 2.14, OpenMP). The results are the same floats either way: inside the region each pass splits
+// its work as for two threads and runs the parts in turn.
+std::tuple<at::Tensor, at::Tensor> train_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                                  int64_t tile, int64_t weight_tile, bool together, bool want_dx,
+                                                  bool want_dw) {
+  at::Tensor dx, dw;
+  auto input_grad = [&] { dx = train_input_grad(dy, x, weight, tile); };
+  auto weight_grad = [&] { dw = train_weight_grad(x, dy, weight, weight_tile); };
+  if (together && want_dx && want_dw && tile != 0 && weight_tile != 0 && at::get_num_threads() == 2 &&
+      !at::in_parallel_region()) {
+    const at::ThreadLocalState state;  // the caller's (grad mode off, dispatch keys) for the worker thread too
+    at::parallel_for(0, 2, 1, [&](int64_t b0, int64_t b1) {
+      at::ThreadLocalStateGuard guard(state);
+      for (int64_t b = b0; b < b1; ++b) b == 0 ? input_grad() : weight_grad();
+    });
+  } else {
+    if (want_dx) input_grad();
+    if (want_dw) weight_grad();
+  }
+  return {dx, dw};
+}
+
+// Both gradients, as train_backward computes them for the autograd node, exported for
+// hrnet_mm.winograd.choose_training_algorithm to time.
+std::tuple<at::Tensor, at::Tensor> train_gradients(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                                   int64_t tile, int64_t weight_tile, bool together) {
+  check_train_tile(tile, "winograd_train_gradients");
+  check_train_tile(weight_tile, "winograd_train_gradients");
+  return train_backward(dy, x, weight, tile, weight_tile, together, true, true);
+}
+
 // The training convolution's autograd node (hrnet_mm.winograd.train_conv), in C++ so that a training step pays no
 // Python call per layer in either direction: conv2d(x, weight, padding=1) with the forward pass and the input
-// gradient by `tile`, the weight gradient by `weight_tile` (0 = oneDNN, 2 or 4 = Winograd). The output and the
-// input gradient keep x's memory format, the weight gradient the weight's.
+// gradient by `tile`, the weight gradient by `weight_tile` (0 = oneDNN, 2 or 4 = Winograd), the two gradients side by
+// side with `together` (train_backward). The output and the input gradient keep x's memory format, the weight
+// gradient the weight's.
 struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            int64_t tile, int64_t weight_tile) {
+                            int64_t tile, int64_t weight_tile, bool together) {
     TORCH_CHECK((tile == 0 || tile == 2 || tile == 4) && (weight_tile == 0 || weight_tile == 2 || weight_tile == 4),
                 "winograd_train_conv: algorithms must be 0 (oneDNN), 2 or 4, got ", tile, " and ", weight_tile);
     const bool nchw = !is_channels_last(x);
@@ -870,6 +908,7 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     ctx->save_for_backward({xl, weight});
     ctx->saved_data["tile"] = tile;
     ctx->saved_data["weight_tile"] = weight_tile;
+    ctx->saved_data["together"] = together;
     ctx->saved_data["nchw"] = nchw;
     const at::Tensor y = train_forward(xl, weight, tile);
     return nchw ? y.contiguous() : y;
@@ -880,21 +919,18 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "hrnet_mm Winograd training convolution: its backward is not differentiable (create_graph=True)");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    const at::Tensor& weight = saved[1];
-    const at::Tensor dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
-    at::Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) {
-      dx = train_input_grad(dy, x, weight, ctx->saved_data["tile"].toInt());
-      if (ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
-    }
-    if (ctx->needs_input_grad(1)) dw = train_weight_grad(x, dy, weight, ctx->saved_data["weight_tile"].toInt());
-    return {dx, dw, at::Tensor(), at::Tensor()};
+    auto [dx, dw] = train_backward(grads[0].contiguous(at::MemoryFormat::ChannelsLast), saved[0], saved[1],
+                                   ctx->saved_data["tile"].toInt(), ctx->saved_data["weight_tile"].toInt(),
+                                   ctx->saved_data["together"].toBool(), ctx->needs_input_grad(0),
+                                   ctx->needs_input_grad(1));
+    if (dx.defined() && ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
+    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor winograd_train_conv(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile) {
-  return TrainConv3x3::apply(x, weight, tile, weight_tile);
+at::Tensor winograd_train_conv(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile,
+                               bool together) {
+  return TrainConv3x3::apply(x, weight, tile, weight_tile, together);
 }
 }  // namespace
 
@@ -909,13 +945,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
   m.def("winograd_train_conv", &winograd_train_conv,
         "conv2d(x, weight, padding=1), differentiable, by oneDNN (0) or Winograd (2, 4): tile for the forward pass "
-        "and the input gradient, weight_tile for the weight gradient");
+        "and the input gradient, weight_tile for the weight gradient; together: the two gradients side by side",
+        py::arg("x"), py::arg("weight"), py::arg("tile"), py::arg("weight_tile"), py::arg("together") = false);
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
   m.def("winograd_train_forward", &train_forward,
         "winograd_train_conv's forward pass conv2d(x, weight, padding=1) by oneDNN (0) or Winograd (2, 4)");
   m.def("winograd_train_input_grad", &train_input_grad,
         "winograd_train_conv's input gradient from dy by oneDNN (0) or Winograd (2, 4)");
+  m.def("winograd_train_gradients", &train_gradients,
+        "winograd_train_conv's two gradients (input, weight) from dy, side by side or not (together)");
   m.def("winograd_train_weight_grad", &train_weight_grad,
         "winograd_train_conv's weight gradient by oneDNN (0) or Winograd (2, 4), laid out like weight");
 }
