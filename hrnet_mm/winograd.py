@@ -417,8 +417,9 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
     are two threads and it is the faster way (on low-resolution maps neither gradient gains as much from a second
     thread as the two gain from running at once). All timed once per shape, format and thread count on this
     machine, on random data (from a generator of its own), and kept for later processes in :func:`choices_file`.
-    The times include what each choice costs around the convolution: the weight transforms and, for a contiguous (NCHW) input, the copies to
-    channels_last and back (the kernel works on channels_last; the result keeps the input's format).
+    The times include what each choice costs around the convolution: the weight transforms and, for a contiguous
+    (NCHW) input, the copies to channels_last and back (the kernel works on channels_last; the result keeps the
+    input's format).
     ``force_algorithm`` applies to both algorithms (the gradients then one after the other)."""
     if not available():
         return ONEDNN, ONEDNN, False
