@@ -467,8 +467,10 @@ def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int,
                                     for a in [ONEDNN, *tiles]}, data, evict)
         together = False
         if tile != ONEDNN and weight_tile != ONEDNN and torch.get_num_threads() == 2:
+            # a gain of about a tenth at most: more rounds than for the algorithms, so that noise rarely decides it
             together = bool(_fastest({b: functools.partial(ext.winograd_train_gradients, gl, xl, wt, tile,
-                                                           weight_tile, bool(b)) for b in (0, 1)}, data, evict))
+                                                           weight_tile, bool(b)) for b in (0, 1)}, data, evict,
+                                     rounds=11))
     _save_training_choice(key, (tile, weight_tile, together))
     return tile, weight_tile, together
 
