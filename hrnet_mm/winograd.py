@@ -349,8 +349,9 @@ def choices() -> Dict[Tuple[int, ...], int]:
 # output gradient, multiplies block by block in the cache and maps each block straight back, so that dU is never
 # written out (it is 1.8x (F(2x2)) or 4x (F(4x4)) the size of the weight); the sum over the tiles is a sum of
 # partial sums of 64 tiles, which keeps a large map's weight gradient as exact as a small one's. Which tile, or
-# oneDNN, serves the forward and input gradient, and which the weight gradient, is timed once per shape and machine
-# (:func:`choose_training_algorithm`) and kept in a file, so that later runs compute the same floats.
+# oneDNN, serves the forward and input gradient, which the weight gradient, and whether the two gradients run side by
+# side (one thread each, same floats), is timed once per shape and machine (:func:`choose_training_algorithm`) and
+# kept in a file, so that later runs compute the same floats.
 
 _TRAIN_CHOICES: Dict[Tuple[int, ...], Tuple[int, int, bool]] = {}
 TRAIN_MIN_CHANNELS = 32
@@ -363,9 +364,9 @@ def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile
     ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each), and with ``together`` the two
     gradients side by side, one thread each (where both are Winograd and torch has two intra-op threads; the same
     floats either way). The output and the input gradient keep the input's memory format, the weight gradient the
-    weight's. The autograd node is C++
-    (``winograd_train_conv``): a Python Function's calls cost about 50 us per layer, forward and backward, which is
-    2-4% of a W32 training step; its backward is not differentiable (``create_graph=True`` raises)."""
+    weight's. The autograd node is C++ (``winograd_train_conv``): a Python Function's calls cost about 50 us per
+    layer, forward and backward, which is 2-4% of a W32 training step; its backward is not differentiable
+    (``create_graph=True`` raises)."""
     return _load().winograd_train_conv(x, weight, tile, weight_tile, together)
 
 
@@ -419,8 +420,7 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
     machine, on random data (from a generator of its own), and kept for later processes in :func:`choices_file`.
     The times include what each choice costs around the convolution: the weight transforms and, for a contiguous
     (NCHW) input, the copies to channels_last and back (the kernel works on channels_last; the result keeps the
-    input's format).
-    ``force_algorithm`` applies to both algorithms (the gradients then one after the other)."""
+    input's format). ``force_algorithm`` applies to both algorithms (the gradients then one after the other)."""
     if not available():
         return ONEDNN, ONEDNN, False
     if _FORCED is not None:
