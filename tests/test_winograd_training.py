@@ -328,27 +328,37 @@ def _grads(model, x, frozen_norms=False):
 @pytest.mark.parametrize('tile', winograd.TILES)
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_hrnet_training_gradients_with_winograd(kernel, any_width, tile, channels_last):
-    """A whole training step of a narrow HRNet against its float64 gradients (frozen norms, which do not amplify
-    rounding: tools/benchmark.py check_float32_gradients): Winograd ran (the gradients differ from oneDNN's) and is
-    within 1e-3 (F(2x2) within 1e-5); with batch statistics, within 10x oneDNN's own float32 error or 1e-3.
+    """A whole training step of a narrow HRNet against its float64 gradients, for three random inputs. With frozen
+    norms, which do not amplify rounding (tools/benchmark.py check_float32_gradients): Winograd ran (the gradients
+    differ from oneDNN's) and is within 1e-3 (F(2x2) within 1e-5) on every input. With batch statistics, the median
+    over the inputs within 10x oneDNN's own float32 error or 1e-3: there the gradient itself jumps where a ReLU
+    input crosses zero. In float64, moving the input by 1e-6 moves these gradients by 1.6e-5 for most draws, but
+    by 5e-4 (input seed 3) or 6e-3 (seed 6) for some, so any float32 rounding can land one input's gradients
+    that far away; a wrong gradient is off on every input.
 
     The norms are torch's (fused_norm=False) and only the blocks use Winograd. With the fused norms, which also
     move the transitions' 3x3 convolutions to Winograd, one ReLU input on branch 4's 2x2 maps (1.8e-5 against a
-    largest value of 66) rounds to the other side of zero with this seed and moves that branch's gradients by
-    10%, as any float32 implementation's rounding can; tests/test_fused_norm.py checks the two together."""
+    largest value of 66) rounds to the other side of zero with input seed 3 and moves that branch's gradients by
+    10%; tests/test_fused_norm.py checks the two together."""
     ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), winograd=False))
-    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
     model = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=channels_last, winograd=True, fused_norm=False)
     model.load_state_dict(ref.state_dict())
     for frozen in (True, False):
-        truth = _grads(copy.deepcopy(ref).double(), x.double(), frozen)
-        onednn = _grads(ref, x, frozen)
-        with winograd.force_algorithm(tile):
-            ours = _grads(model, x, frozen)
-        assert ours.keys() == truth.keys()
-        assert any(not torch.equal(ours[k], onednn[k]) for k in truth)
-        bound = ({2: 1e-5, 4: 1e-3}[tile] if frozen else max(10 * grads_l2(onednn, truth), 1e-3))
-        assert grads_l2(ours, truth) < bound, (frozen, grads_l2(ours, truth), grads_l2(onednn, truth))
+        errors, onednn_errors = [], []
+        for seed in (3, 4, 5):
+            x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(seed))
+            truth = _grads(copy.deepcopy(ref).double(), x.double(), frozen)
+            onednn = _grads(ref, x, frozen)
+            with winograd.force_algorithm(tile):
+                ours = _grads(model, x, frozen)
+            assert ours.keys() == truth.keys()
+            assert any(not torch.equal(ours[k], onednn[k]) for k in truth)
+            errors.append(grads_l2(ours, truth))
+            onednn_errors.append(grads_l2(onednn, truth))
+        if frozen:
+            assert max(errors) < {2: 1e-5, 4: 1e-3}[tile], (errors, onednn_errors)
+        else:
+            assert sorted(errors)[1] < max(10 * sorted(onednn_errors)[1], 1e-3), (errors, onednn_errors)
 
 
 def test_hrnet_winograd_false_never_runs_the_kernel(kernel, any_width, monkeypatch):

@@ -275,27 +275,68 @@ void g_matrix(int64_t tile, double g[6][3]) {
     for (int i = 0; i < 3; ++i) g[p][i] = tile == 4 ? g4[p][i] : g2[p][i];
 }
 
+#ifdef HRNET_MM_AVX2
+// The 1-D transforms of the weight on 8 lanes with G's entries as constants: G (A x 3) and its transpose.
+template <int MT> struct Gv;
+template <> struct Gv<2> {  // G rows (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)
+  static inline void g(const __m256 (&x)[3], __m256 (&y)[4]) {
+    const __m256 h = _mm256_set1_ps(.5f), s = _mm256_add_ps(x[0], x[2]);
+    y[0] = x[0];
+    y[1] = _mm256_mul_ps(h, _mm256_add_ps(s, x[1]));
+    y[2] = _mm256_mul_ps(h, _mm256_sub_ps(s, x[1]));
+    y[3] = x[2];
+  }
+  static inline void gt(const __m256 (&z)[4], __m256 (&y)[3]) {
+    const __m256 h = _mm256_set1_ps(.5f), s = _mm256_mul_ps(h, _mm256_add_ps(z[1], z[2]));
+    y[0] = _mm256_add_ps(z[0], s);
+    y[1] = _mm256_mul_ps(h, _mm256_sub_ps(z[1], z[2]));
+    y[2] = _mm256_add_ps(s, z[3]);
+  }
+};
+template <> struct Gv<4> {  // G rows (1/4, 0, 0), -1/6 (1, 1, 1), -1/6 (1, -1, 1), (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1)
+  static inline void g(const __m256 (&x)[3], __m256 (&y)[6]) {
+    const __m256 s = _mm256_add_ps(x[0], x[2]), m6 = _mm256_set1_ps(-1.f / 6);
+    const __m256 e = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), x[0], _mm256_mul_ps(_mm256_set1_ps(1.f / 6), x[2]));
+    const __m256 o = _mm256_mul_ps(_mm256_set1_ps(1.f / 12), x[1]);
+    y[0] = _mm256_mul_ps(_mm256_set1_ps(.25f), x[0]);
+    y[1] = _mm256_mul_ps(m6, _mm256_add_ps(s, x[1]));
+    y[2] = _mm256_mul_ps(m6, _mm256_sub_ps(s, x[1]));
+    y[3] = _mm256_add_ps(e, o);
+    y[4] = _mm256_sub_ps(e, o);
+    y[5] = x[2];
+  }
+  static inline void gt(const __m256 (&z)[6], __m256 (&y)[3]) {
+    const __m256 s12 = _mm256_add_ps(z[1], z[2]), s34 = _mm256_add_ps(z[3], z[4]);
+    const __m256 d12 = _mm256_sub_ps(z[2], z[1]), d34 = _mm256_sub_ps(z[3], z[4]);
+    const __m256 r6 = _mm256_set1_ps(1.f / 6);
+    y[0] = _mm256_fmadd_ps(_mm256_set1_ps(.25f), z[0],
+                           _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), s34, _mm256_mul_ps(_mm256_set1_ps(-1.f / 6), s12)));
+    y[1] = _mm256_fmadd_ps(r6, d12, _mm256_mul_ps(_mm256_set1_ps(1.f / 12), d34));
+    y[2] = _mm256_fmadd_ps(r6, _mm256_sub_ps(s34, s12), z[5]);
+  }
+};
+#endif
+
 // G x G^T of F(tile x tile, 3x3) on L lanes: x[(i * 3 + j) * xs] -> y[(p * A + s) * ys] (float32; the rounding
-// this adds is far below the transform's own, about 1e-6 of the output's largest value per layer).
+// this adds is far below the transform's own, about 1e-6 of the output's largest value per layer). With AVX2, G's
+// entries are constants (Gv, the same matrix as g_matrix's).
 template <int MT>
 inline void weight_tf(const double (&g)[6][3], const float* __restrict__ x, int64_t xs, float* __restrict__ y,
                       int64_t ys) {
   constexpr int A = MT + 2;
 #ifdef HRNET_MM_AVX2
-  __m256 xv[9], t[A][3];
-  for (int k = 0; k < 9; ++k) xv[k] = _mm256_loadu_ps(x + k * xs);
-  for (int p = 0; p < A; ++p) {
-    const __m256 g0 = _mm256_set1_ps(static_cast<float>(g[p][0])), g1 = _mm256_set1_ps(static_cast<float>(g[p][1])),
-                 g2 = _mm256_set1_ps(static_cast<float>(g[p][2]));
-    for (int j = 0; j < 3; ++j)
-      t[p][j] = _mm256_fmadd_ps(g2, xv[6 + j], _mm256_fmadd_ps(g1, xv[3 + j], _mm256_mul_ps(g0, xv[j])));
+  (void)g;
+  __m256 t[3][A];  // t[j][p] = (G x)[p][j]
+  for (int j = 0; j < 3; ++j) {
+    const __m256 col[3] = {_mm256_loadu_ps(x + j * xs), _mm256_loadu_ps(x + (3 + j) * xs),
+                           _mm256_loadu_ps(x + (6 + j) * xs)};
+    Gv<MT>::g(col, t[j]);
   }
-  for (int s = 0; s < A; ++s) {
-    const __m256 g0 = _mm256_set1_ps(static_cast<float>(g[s][0])), g1 = _mm256_set1_ps(static_cast<float>(g[s][1])),
-                 g2 = _mm256_set1_ps(static_cast<float>(g[s][2]));
-    for (int p = 0; p < A; ++p)
-      _mm256_storeu_ps(y + (p * A + s) * ys,
-                       _mm256_fmadd_ps(g2, t[p][2], _mm256_fmadd_ps(g1, t[p][1], _mm256_mul_ps(g0, t[p][0]))));
+  for (int p = 0; p < A; ++p) {
+    const __m256 row[3] = {t[0][p], t[1][p], t[2][p]};
+    __m256 out[A];
+    Gv<MT>::g(row, out);
+    for (int s = 0; s < A; ++s) _mm256_storeu_ps(y + (p * A + s) * ys, out[s]);
   }
 #else
   alignas(32) float t[A * 3 * L];
@@ -318,20 +359,19 @@ inline void weight_tf_adjoint(const double (&g)[6][3], const float* __restrict__
                               float* __restrict__ y, int64_t ys) {
   constexpr int A = MT + 2;
 #ifdef HRNET_MM_AVX2
-  __m256 t[A][3];
+  (void)g;
+  __m256 t[3][A];  // t[j][p] = (x G)[p][j]
   for (int p = 0; p < A; ++p) {
-    t[p][0] = t[p][1] = t[p][2] = _mm256_setzero_ps();
-    for (int s = 0; s < A; ++s) {
-      const __m256 v = _mm256_loadu_ps(x + (p * A + s) * xs);
-      for (int j = 0; j < 3; ++j) t[p][j] = _mm256_fmadd_ps(_mm256_set1_ps(static_cast<float>(g[s][j])), v, t[p][j]);
-    }
+    __m256 row[A], out[3];
+    for (int s = 0; s < A; ++s) row[s] = _mm256_loadu_ps(x + (p * A + s) * xs);
+    Gv<MT>::gt(row, out);
+    for (int j = 0; j < 3; ++j) t[j][p] = out[j];
   }
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) {
-      __m256 acc = _mm256_setzero_ps();
-      for (int p = 0; p < A; ++p) acc = _mm256_fmadd_ps(_mm256_set1_ps(static_cast<float>(g[p][i])), t[p][j], acc);
-      _mm256_storeu_ps(y + (i * 3 + j) * ys, acc);
-    }
+  for (int j = 0; j < 3; ++j) {
+    __m256 out[3];
+    Gv<MT>::gt(t[j], out);
+    for (int i = 0; i < 3; ++i) _mm256_storeu_ps(y + (i * 3 + j) * ys, out[i]);
+  }
 #else
   alignas(32) float t[A * 3 * L] = {};
   for (int p = 0; p < A; ++p)
@@ -410,6 +450,44 @@ inline void gather_block(const float* w, const int64_t (&st)[4], bool flip, int6
     for (int64_t q = qn / 8 * 8; q < qn; ++q)
       for (int64_t r = 0; r < rn; ++r)
         for (int k = 0; k < 9; ++k) x[(r * 9 + k) * 16 + q] = base[q * sq + r + off[k]];
+    return;
+  }
+  // A contiguous weight (the model's own layout: the 9 taps of each channel pair in a row), 8 values of q at a
+  // time, the rest (qn % 8) below.
+  const bool taps_in_a_row = st[2] == 3 && st[3] == 1;
+  if (taps_in_a_row && !flip && sr == 9) {
+    // each q's rn * 9 values (r, tap) lie in a row, in x's order: 8 x 8 blocks turned around
+    const int64_t m = rn * 9;
+    for (int64_t qb = 0; qb + 8 <= qn; qb += 8) {
+      int64_t mb = 0;
+      for (; mb + 8 <= m; mb += 8) {
+        __m256 b[8];
+        for (int i = 0; i < 8; ++i) b[i] = _mm256_loadu_ps(base + (qb + i) * sq + mb);
+        transpose8(b);
+        for (int i = 0; i < 8; ++i) _mm256_store_ps(x + (mb + i) * 16 + qb, b[i]);
+      }
+      for (; mb < m; ++mb)
+        for (int i = 0; i < 8; ++i) x[mb * 16 + qb + i] = base[(qb + i) * sq + mb];
+    }
+    for (int64_t q = qn / 8 * 8; q < qn; ++q)
+      for (int64_t mb = 0; mb < m; ++mb) x[mb * 16 + q] = base[q * sq + mb];
+    return;
+  }
+  if (taps_in_a_row && flip && sq == 9) {
+    // for each r, the 9 taps of consecutive q in a row, turned by 180 degrees: taps 0-7 of 8 q's as an 8 x 8
+    // block turned around, tap 8 one value at a time
+    for (int64_t r = 0; r < rn; ++r) {
+      const float* row = base + r * sr;
+      for (int64_t qb = 0; qb + 8 <= qn; qb += 8) {
+        __m256 b[8];
+        for (int i = 0; i < 8; ++i) b[i] = _mm256_loadu_ps(row + (qb + i) * 9);
+        transpose8(b);
+        for (int t = 0; t < 8; ++t) _mm256_store_ps(x + (r * 9 + 8 - t) * 16 + qb, b[t]);
+        for (int i = 0; i < 8; ++i) x[(r * 9) * 16 + qb + i] = row[(qb + i) * 9 + 8];
+      }
+      for (int64_t q = qn / 8 * 8; q < qn; ++q)
+        for (int k = 0; k < 9; ++k) x[(r * 9 + k) * 16 + q] = row[q * 9 + 8 - k];
+    }
     return;
   }
 #endif
