@@ -811,7 +811,10 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
   bool taps_in_a_row = true;  // a contiguous (K, C, 3, 3) gradient: the 9 taps of each (k, c) in a row
   for (int t = 0; t < 9; ++t) taps_in_a_row = taps_in_a_row && os[2 + t] == t;
   at::parallel_for(0, nrb * nkb, 1, [&](int64_t j0, int64_t j1) {
-    std::unique_ptr<float[]> buf(new float[P * RB * kstep]);
+    // planes 16 floats past their size apart: sizes are multiples of 4 KB for the usual channel counts, and the
+    // adjoint reads one row of every plane at a time
+    const int64_t ups = RB * kstep + 16;
+    std::unique_ptr<float[]> buf(new float[P * ups]);
     float* dU = buf.get();
     for (int64_t job = j0; job < j1; ++job) {
       const int64_t c0 = (job / nkb) * RB, cn = std::min(RB, C - c0);
@@ -821,7 +824,7 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
           const int64_t tn = std::min(kSumTiles, T - tc0);
           const float* v = Vp + p * sV + tc0 * C + c0;
           const float* m = dMp + p * sM + tc0 * K8 + k0;
-          float* u = dU + p * RB * kstep;
+          float* u = dU + p * ups;
           for (int64_t k = 0; k < kn8; k += 16)
             if (tc0 == 0) row_blocks<true, false>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
             else row_blocks<true, true>(v, C, m + k, K8, u + k, kstep, tn, cn, k + 16 <= kn8);
@@ -829,7 +832,7 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
       for (int64_t r = 0; r < cn; ++r)
         for (int64_t kk = 0; kk < kn; kk += L) {
           alignas(32) float y[9 * L];
-          weight_tf_adjoint<MT>(gm, dU + r * kstep + kk, RB * kstep, y, L);
+          weight_tf_adjoint<MT>(gm, dU + r * kstep + kk, ups, y, L);
           const int64_t kb = std::min<int64_t>(L, kn - kk);
 #ifdef HRNET_MM_AVX2
           if (kb == L && taps_in_a_row) {  // turned around in registers: 8 rows of 8 taps, then the ninth
