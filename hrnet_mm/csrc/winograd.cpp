@@ -960,8 +960,9 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
 }  // namespace
 
 // The weight gradient (K, C, 3, 3) of the 3x3 stride-1 zero-padding-1 convolution of x (N, C, H, W) given the
-// output gradient dy (N, K, H, W), both float32 channels_last, by F(tile x tile, 3x3) (weight_grad_fused); laid
-// out like weight (contiguous or channels_last), as autograd stores a parameter's gradient.
+// output gradient dy (N, K, H, W), both float32 channels_last, by F(tile x tile, 3x3) (weight_grad_chunks for large
+// maps, weight_grad_fused for the others); laid out like weight (contiguous or channels_last), as autograd stores a
+// parameter's gradient.
 at::Tensor winograd_conv_weight_grad(const at::Tensor& x, const at::Tensor& dy, int64_t tile,
                                      const at::Tensor& weight) {
   TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv_weight_grad: tile must be 2 or 4, got ", tile);
