@@ -140,8 +140,9 @@ def _threads(n):
 def test_gradients_side_by_side_are_the_same_floats(kernel, tile, weight_tile, shape):
     """``together``: with two threads the two gradients run one per thread where both are Winograd (otherwise one
     after the other); the floats are those of the gradients one after the other, on two threads or (Winograd's) on
-    one, in the autograd node too, on the main thread or another one, with no graph recorded from the worker thread. The
-    last shape's weight gradient is summed chunk by chunk (two partial sums whatever the thread count)."""
+    one, in the autograd node too, on the main thread or another one, with no graph recorded from the worker
+    thread. The last shape's weight gradient is summed chunk by chunk (two partial sums whatever the thread
+    count)."""
     n, c, h, w_, k = shape
     g = torch.Generator().manual_seed(sum(shape) + tile)
     x, dy = _cl(torch.randn(n, c, h, w_, generator=g)), _cl(torch.randn(n, k, h, w_, generator=g))

@@ -293,7 +293,8 @@ template <> struct Gv<2> {  // G rows (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/
     y[2] = _mm256_add_ps(s, z[3]);
   }
 };
-template <> struct Gv<4> {  // G rows (1/4, 0, 0), -1/6 (1, 1, 1), -1/6 (1, -1, 1), (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1)
+// G rows (1/4, 0, 0), -1/6 (1, 1, 1), -1/6 (1, -1, 1), (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1)
+template <> struct Gv<4> {
   static inline void g(const __m256 (&x)[3], __m256 (&y)[6]) {
     const __m256 s = _mm256_add_ps(x[0], x[2]), m6 = _mm256_set1_ps(-1.f / 6);
     const __m256 e = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), x[0], _mm256_mul_ps(_mm256_set1_ps(1.f / 6), x[2]));
@@ -309,8 +310,8 @@ template <> struct Gv<4> {  // G rows (1/4, 0, 0), -1/6 (1, 1, 1), -1/6 (1, -1, 
     const __m256 s12 = _mm256_add_ps(z[1], z[2]), s34 = _mm256_add_ps(z[3], z[4]);
     const __m256 d12 = _mm256_sub_ps(z[2], z[1]), d34 = _mm256_sub_ps(z[3], z[4]);
     const __m256 r6 = _mm256_set1_ps(1.f / 6);
-    y[0] = _mm256_fmadd_ps(_mm256_set1_ps(.25f), z[0],
-                           _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), s34, _mm256_mul_ps(_mm256_set1_ps(-1.f / 6), s12)));
+    const __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), s34, _mm256_mul_ps(_mm256_set1_ps(-1.f / 6), s12));
+    y[0] = _mm256_fmadd_ps(_mm256_set1_ps(.25f), z[0], r);
     y[1] = _mm256_fmadd_ps(r6, d12, _mm256_mul_ps(_mm256_set1_ps(1.f / 12), d34));
     y[2] = _mm256_fmadd_ps(r6, _mm256_sub_ps(s34, s12), z[5]);
   }
@@ -881,10 +882,13 @@ void weight_grad_chunks(const float* x, const float* dy, const Geometry& g, cons
   });
 }
 
+// Whether the weight gradient's transforms of the whole map (V and dM) fit in a core's L2 (1 MB).
+bool whole_transforms_fit(int64_t P, const Geometry& g) { return P * g.T * (g.C + g.K8) <= 4 * kBlockFloats; }
+
 // Whether weight_grad_chunks suits the map: its transforms are too large for a core's L2 (else weight_grad_fused
 // keeps them there whole), the dU it sums into is not.
 bool chunks_suit(int64_t P, const Geometry& g) {
-  return P * g.T * (g.C + g.K8) > 4 * kBlockFloats && P * g.C * g.K8 <= 4 * kBlockFloats;
+  return !whole_transforms_fit(P, g) && P * g.C * g.K8 <= 4 * kBlockFloats;
 }
 
 // The weight gradient of x's 3x3 convolution, by F(MT x MT, 3x3) in two parallel passes:
@@ -911,12 +915,12 @@ void weight_grad_fused(const float* x, const float* dy, const Geometry& g, const
   const int64_t threads = std::max(1, at::get_num_threads());
   auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };
   int64_t RB, kstep;
-  if (P * T * (C + K8) <= 4 * kBlockFloats && P * C * 16 <= 4 * kBlockFloats) {
-    // V and dM (and a 16-column slice of dU) fit in a core's L2 (1 MB): all rows per job and slices of the columns, each job reading all of V
-    // from L2 and writing whole contiguous runs of the gradient (9 * C floats per column, either layout). With
-    // blocks of rows, each job wrote K runs of 9 * RB floats (K * 9 of RB floats for a channels_last gradient),
-    // and the partial cache lines at their ends came back from memory for the next block: for 256 channels on
-    // 8x6, 1.2x the time (2.1x channels_last).
+  if (whole_transforms_fit(P, g) && P * C * 16 <= 4 * kBlockFloats) {
+    // V and dM (and a 16-column slice of dU) fit in a core's L2: all rows per job and slices of the columns, each
+    // job reading all of V from L2 and writing whole contiguous runs of the gradient (9 * C floats per column,
+    // either layout). With blocks of rows, each job wrote K runs of 9 * RB floats (K * 9 of RB floats for a
+    // channels_last gradient), and the partial cache lines at their ends came back from memory for the next
+    // block: for 256 channels on 8x6, 1.2x the time (2.1x channels_last).
     RB = C;
     kstep = std::max<int64_t>(16, kBlockFloats / (P * C) / 16 * 16);
     kstep = std::min({kstep, round16(K8), round16((K8 + threads - 1) / threads)});
