@@ -336,9 +336,9 @@ def check_float32_gradients(impls: Dict[str, nn.Module], x: torch.Tensor) -> Dic
     """Float32 training gradients of every row against the float64 gradients of the same weights (the exact
     function, up to 1e-15): ``||g32 - g64|| / ||g64||`` over all parameters together. hrnet_mm's rows run their
     CPU Winograd convolutions here, forced to F(4x4, 3x3) (the least exact tile) wherever they are eligible, so
-    this bounds the gradients that the timed steps compute: within 1e-2 (measured 2e-5 to 1.7e-3 over random
+    this bounds the gradients that the timed steps compute: within 1e-2 (measured 4e-6 to 1.7e-3 over random
     inputs: a ReLU input that rounds to the other side of zero moves what follows it; the peers' own float32 error
-    8e-7 to 5e-4; a wrong gradient would be O(1)). The norm layers use their running statistics
+    6e-7 to 5e-4; a wrong gradient would be O(1)). The norm layers use their running statistics
     here: with the batch statistics of the small low-resolution maps, the random networks amplify any float32
     rounding to 0.5-2% (the peers' own float32 gradients included), which would hide a wrong gradient; the
     convolutions' gradients are the same code either way."""
