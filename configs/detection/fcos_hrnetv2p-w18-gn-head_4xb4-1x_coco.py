@@ -1,5 +1,10 @@
-_base_ = './_base_/fcos_hrnetv2p-gn-head_4xb4-1x_coco.py'
-width = 18
+# mmdet 3.3.0's fcos_hrnetv2p-w18-gn-head_4xb4-1x_coco.py with hrnet_mm's modules.
+# Written by tools/generate_zoo.py from the rules in hrnet_mm/zoo/recipes.py: edit the rules, not this file.
+_base_ = 'mmdet::hrnet/fcos_hrnetv2p-w18-gn-head_4xb4-1x_coco.py'
+custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
 model = dict(
-    backbone=dict(arch=f'w{width}', init_cfg=dict(checkpoint=f'open-mmlab://msra/hrnetv2_w{width}')),
-    neck=dict(in_channels=f'w{width}'))
+    backbone=dict(
+        type='hrnet_mm.HRNet',
+        # mmdet's HRNet freezes its BN statistics by default
+        norm_eval=True),
+    neck=dict(type='hrnet_mm.HRNetV2pNeck'))

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 PACKAGE_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-HASH_RE = re.compile(r'-([0-9a-f]{8,64})(?:_\d{8})?\.pth$')
+HEX_RE = re.compile(r'[0-9a-f]{8,64}')
+DATE_RE = re.compile(r'20\d{6}')
 TASK_LIBRARY = {'detection': 'mmdet', 'segmentation': 'mmseg', 'pose': 'mmpose', 'classification': 'mmpretrain'}
 
 
@@ -83,9 +84,17 @@ class ZooEntry:
 
 
 def hash_prefix_from_url(url: str) -> Optional[str]:
-    """The sha256 prefix that OpenMMLab file names carry (``name-<hash>.pth`` or ``name-<hash>_<date>.pth``)."""
-    match = HASH_RE.search(url)
-    return match.group(1) if match else None
+    """The sha256 prefix that OpenMMLab file names carry: the last ``-``/``_``-separated part of the name that is
+    hexadecimal, after a trailing date (``name-<hash>.pth``, ``name-<hash>_<date>.pth``, ``name_<hash>-<date>.pth``,
+    ``name_<date>_<time>-<hash>.pth``); ``None`` for a name without one."""
+    stem = url.rsplit('/', 1)[-1]
+    if not stem.endswith('.pth'):
+        return None
+    parts = re.split(r'[-_]', stem[:-len('.pth')])
+    if len(parts) > 2 and DATE_RE.fullmatch(parts[-1]):
+        parts = parts[:-1]
+    last = parts[-1] if len(parts) > 1 else ''
+    return last if HEX_RE.fullmatch(last) else None
 
 
 INDEX_ENV = 'HRNET_MM_MODEL_INDEX'

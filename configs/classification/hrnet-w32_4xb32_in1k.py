@@ -1,0 +1,7 @@
+# mmpretrain 1.2.0's hrnet-w32_4xb32_in1k.py with hrnet_mm's modules.
+# Written by tools/generate_zoo.py from the rules in hrnet_mm/zoo/recipes.py: edit the rules, not this file.
+_base_ = 'mmpretrain::hrnet/hrnet-w32_4xb32_in1k.py'
+custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(type='hrnet_mm.HRNet'),
+    neck=[dict(type='hrnet_mm.HRFuseScales', in_channels=(32, 64, 128, 256)), dict(type='GlobalAveragePooling')])

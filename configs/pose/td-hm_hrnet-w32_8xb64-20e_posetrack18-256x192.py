@@ -1,0 +1,13 @@
+# mmpose 1.3.2's td-hm_hrnet-w32_8xb64-20e_posetrack18-256x192.py with hrnet_mm's modules.
+# Written by tools/generate_zoo.py from the rules in hrnet_mm/zoo/recipes.py: edit the rules, not this file.
+_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/posetrack18/td-hm_hrnet-w32_8xb64-20e_posetrack18-256x192.py'
+custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='hrnet_mm.HRNet',
+        # mmpose's HRNet returns the stride-4 map only by default
+        extra=dict(stage4=dict(multiscale_output=False)),
+        # mmpose's HRNet initialisation
+        init_cfg=[
+            dict(type='Normal', std=0.001, layer=['Conv2d']),
+            dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]))
