@@ -30,7 +30,7 @@ def test_get_flops_paper_pose_row(tmp_path):
 
 
 def test_get_flops_config_json(tmp_path):
-    config = REPO / 'configs' / 'classification' / 'hrnet-w18_4xb32-100e_in1k.py'
+    config = REPO / 'configs' / 'classification' / 'hrnet-w18_4xb32_in1k.py'
     proc = run('get_flops.py', config, '--shape', 224, '--json', cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -43,7 +43,7 @@ def test_get_flops_config_json(tmp_path):
 
 
 def test_get_flops_two_stage_detector(tmp_path):
-    config = REPO / 'configs' / 'detection' / 'faster-rcnn_hrnetv2p-w18_8xb2-1x_coco.py'
+    config = REPO / 'configs' / 'detection' / 'faster-rcnn_hrnetv2p-w18-1x_coco.py'
     proc = run('get_flops.py', config, '--shape', 800, 1333, '--json', cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     groups = json.loads(proc.stdout)['groups']

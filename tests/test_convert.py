@@ -1,12 +1,13 @@
 """Published-layout checkpoints load into hrnet_mm configs and give the peers' predictions.
 
 For one config per task library, the peer's model is built from the peer's own installed config (SyncBN
-replaced by BN, no pretrained init), its weights are randomized with a seed and saved as a full checkpoint;
-that file (converted with :mod:`hrnet_mm.zoo.convert` where needed, i.e. mmseg) is loaded into the model of the
-hrnet_mm config with mmengine's ``load_checkpoint`` (what ``load_from`` does), strictly, and both models predict
-on the same input in eval mode. Both sides run the same float32 kernels in the same order, so the outputs are
-equal up to a few ulps; the tolerance is a relative error of 1e-5 (see tests/test_parity.py), boxes, scores,
-labels and keypoints compared with the same tolerance.
+replaced by BN, no pretrained init), its weights are randomized with a seed and saved as a full checkpoint.
+That file, as it is, is the ``load_from`` of the matching hrnet_mm config: mmengine's ``Runner`` is built from the
+config and loads it (``load_or_resume``), the tools' strict check (every weight present with its shape, what
+``tools/test.py CONFIG CHECKPOINT`` requires) passes, and both models predict on the same input in eval mode.
+Both sides run the same float32 kernels in the same order, so the outputs are equal up to a few ulps; the tolerance
+is a relative error of 1e-5 (see tests/test_parity.py), boxes, scores, labels and keypoints compared with the same
+tolerance.
 
 The official/timm ImageNet layouts round-trip through the converter with equal logits, including the
 bias folding into BN statistics for the mmpretrain head layout.
@@ -73,6 +74,22 @@ def _ours_path(rel: str) -> str:
     return osp.join(ROOT, 'configs', rel)
 
 
+def _runner_model(config: str, checkpoint: str, tmp_path, **cfg_options) -> torch.nn.Module:
+    """The model of ``config`` as mmengine's Runner holds it after loading ``load_from=checkpoint``; the strict
+    check of hrnet_mm's tools passes on it."""
+    from mmengine.runner import Runner
+
+    from hrnet_mm.tool_utils import check_checkpoint_fits
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(load_from=checkpoint, work_dir=str(tmp_path / 'work'), **cfg_options))
+    cfg.model.pop('pretrained', None)
+    cfg.model.backbone.pop('init_cfg', None)
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    check_checkpoint_fits(runner.model, checkpoint, config)
+    return runner.model.eval()
+
+
 def _save_peer(tmp_path, peer, seed) -> str:
     randomize_(peer, seed)
     path = str(tmp_path / 'peer.pth')
@@ -115,7 +132,6 @@ def _close(a, b, what):
 def test_mmdet_faster_rcnn_checkpoint_predicts_the_same(tmp_path):
     from mmdet.structures import DetDataSample
     peer = _build('mmdet', _model_cfg(_peer_path('mmdet', 'hrnet/faster-rcnn_hrnetv2p-w32-1x_coco.py')))
-    ours = _build('mmdet', _model_cfg(_ours_path('detection/faster-rcnn_hrnetv2p-w32_8xb2-1x_coco.py')))
     randomize_(peer, 21)
     g = torch.Generator().manual_seed(0)
     _calibrate_bn(peer, peer.extract_feat, torch.randn(2, 3, 160, 224, generator=g))
@@ -124,7 +140,7 @@ def test_mmdet_faster_rcnn_checkpoint_predicts_the_same(tmp_path):
     torch.save({'state_dict': peer.state_dict(), 'meta': {'note': 'random weights'}}, path)
     _, notes = convert_state_dict(torch.load(path)['state_dict'], 'mmdet', 'hrnet_mm')
     assert not changed(notes)  # the keys already match: loaded as is
-    _load_ours(ours, path)
+    ours = _runner_model(_ours_path('detection/faster-rcnn_hrnetv2p-w32-1x_coco.py'), path, tmp_path)
     for model in (ours, peer):  # random weights score every class near 1/80: keep all boxes on both sides
         model.roi_head.test_cfg['score_thr'] = 0.0
     g = torch.Generator().manual_seed(0)
@@ -141,20 +157,16 @@ def test_mmdet_faster_rcnn_checkpoint_predicts_the_same(tmp_path):
     _close(a.scores, b.scores, 'scores')
 
 
-def test_mmseg_fcn_checkpoint_converted_gives_the_same_logits(tmp_path):
+@pytest.mark.parametrize('config,peer_config', [
+    ('fcn_hr18_4xb2-160k_cityscapes-512x1024.py', 'hrnet/fcn_hr18_4xb2-160k_cityscapes-512x1024.py'),
+    ('ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py', 'ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py')])
+def test_mmseg_checkpoint_loads_as_it_is_and_gives_the_same_logits(tmp_path, config, peer_config):
     small = dict(size=(128, 256))  # the peer pads to its 512x1024 crop; both sides pad to a smaller size instead
-    peer = _build('mmseg', _model_cfg(_peer_path('mmseg', 'hrnet/fcn_hr18_4xb2-160k_cityscapes-512x1024.py'),
-                                      **small))
-    ours = _build('mmseg', _model_cfg(_ours_path('segmentation/fcn_hrnetv2-w18_4xb2-160k_cityscapes-512x1024.py'),
-                                      **small))
+    peer = _build('mmseg', _model_cfg(_peer_path('mmseg', peer_config), **small))
     path = _save_peer(tmp_path, peer, 22)
-    with pytest.raises(RuntimeError, match='decode_head.convs.0'):  # unconverted: a clear strict-load error
-        _load_ours(copy.deepcopy(ours), path)
-    converted, notes = convert_checkpoint(torch.load(path), 'mmseg', 'hrnet_mm', source=path)
-    assert changed(notes) and 'neck.mix.conv.weight' in converted['state_dict']
-    out = str(tmp_path / 'ours.pth')
-    torch.save(converted, out)
-    _load_ours(ours, out)
+    _, notes = convert_state_dict(torch.load(path)['state_dict'], 'mmseg', 'hrnet_mm')
+    assert not changed(notes)  # the decode heads are the peer's: no conversion
+    ours = _runner_model(_ours_path(f'segmentation/{config}'), path, tmp_path, model=dict(data_preprocessor=small))
     g = torch.Generator().manual_seed(1)
     data = dict(inputs=[torch.randint(0, 256, (3, 128, 256), generator=g, dtype=torch.uint8)])
     logits = []
@@ -163,9 +175,6 @@ def test_mmseg_fcn_checkpoint_converted_gives_the_same_logits(tmp_path):
             batch = model.data_preprocessor(copy.deepcopy(data), False)
             logits.append(model(batch['inputs'], mode='tensor'))
     _close(logits[0], logits[1], 'segmentation logits')
-    # and back: hrnet_mm -> mmseg gives the peer's own state dict
-    back, _ = convert_state_dict(converted['state_dict'], 'hrnet_mm', 'mmseg')
-    assert set(back) == set(peer.state_dict()) and all(torch.equal(back[k], v) for k, v in peer.state_dict().items())
 
 
 COCO_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
@@ -175,9 +184,8 @@ def test_mmpose_topdown_checkpoint_predicts_the_same(tmp_path):
     from mmpose.structures import PoseDataSample
     peer = _build('mmpose', _model_cfg(_peer_path(
         'mmpose', 'body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py')))
-    ours = _build('mmpose', _model_cfg(_ours_path('pose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py')))
     path = _save_peer(tmp_path, peer, 23)
-    _load_ours(ours, path)
+    ours = _runner_model(_ours_path('pose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py'), path, tmp_path)
     g = torch.Generator().manual_seed(2)
     img = torch.randint(0, 256, (3, 256, 192), generator=g, dtype=torch.uint8)
     meta = dict(input_size=(192, 256), input_center=np.array([96.0, 128.0]), input_scale=np.array([192.0, 256.0]),
@@ -204,9 +212,8 @@ def test_mmpose_topdown_checkpoint_predicts_the_same(tmp_path):
 
 def test_mmpretrain_classifier_checkpoint_predicts_the_same(tmp_path):
     peer = _build('mmpretrain', _model_cfg(_peer_path('mmpretrain', 'hrnet/hrnet-w18_4xb32_in1k.py')))
-    ours = _build('mmpretrain', _model_cfg(_ours_path('classification/hrnet-w18_4xb32-100e_in1k.py')))
     path = _save_peer(tmp_path, peer, 24)
-    _load_ours(ours, path)
+    ours = _runner_model(_ours_path('classification/hrnet-w18_4xb32_in1k.py'), path, tmp_path)
     g = torch.Generator().manual_seed(3)
     data = dict(inputs=[torch.randint(0, 256, (3, 96, 96), generator=g, dtype=torch.uint8) for _ in range(2)])
     preds = []

@@ -182,33 +182,42 @@ def test_checkpoint_of_another_width_through_the_scheme_names_the_problem(zoo):
         m.init_weights()
 
 
-def test_key_map_entries_are_converted_on_load(tmp_path, monkeypatch):
-    state = {'decode_head.convs.0.conv.weight': torch.ones(2, 3, 1, 1), 'decode_head.conv_seg.weight': torch.ones(1)}
-    path = tmp_path / 'fcn_hr-00000000.pth'
-    torch.save({'state_dict': state}, path)
-    monkeypatch.setenv('HRNET_MM_MIRROR', str(tmp_path))
-    entry = get_entry('fcn_hrnetv2-w18_4xb2-160k_cityscapes-512x1024')
-    assert entry.key_map == 'mmseg'
-    from dataclasses import replace
-    ckpt = hub.load_entry(replace(entry, url='https://host/x/' + path.name, hash_prefix=None))
-    assert set(ckpt['state_dict']) == {'neck.mix.conv.weight', 'decode_head.conv_seg.weight'}
-
-
-def test_table_lists_every_config_with_weights_and_metrics():
+def test_table_lists_every_published_checkpoint_with_weights_and_metrics():
     table = load_table()
     models = [e for e in table if e.kind == 'model']
-    assert len(models) == 44 and len({e.config for e in models}) == 44
+    assert len(models) == 173 and len({e.name for e in table}) == len(table)
+    assert {e.library for e in models} == {'mmdet', 'mmseg', 'mmpose', 'mmpretrain'}
     assert {e.name for e in table if e.kind == 'backbone'} == {
         'imagenet/w18_small_v2', 'imagenet/w18', 'imagenet/w32', 'imagenet/w40', 'imagenet/w48',
         'imagenet/w32-mmpose', 'imagenet/w48-mmpose'}
+    unhashed = [e.name for e in table if e.hash_prefix is None]
+    assert unhashed == ['td-hm_hrnet-w32_8xb64-210e_exlpose-256x192']  # published without a hash in its name
     for e in table:
-        assert e.url.startswith('https://download.openmmlab.com/') and len(e.hash_prefix) == 8, e.name
+        assert e.url.startswith('https://download.openmmlab.com/'), e.name
+        assert e.hash_prefix is None or len(e.hash_prefix) == 8, e.name
         assert e.license and e.source.get('Weights') and e.params > 0 and e.flops > 0
         assert e.kind == 'backbone' or e.metrics, e.name
-    assert get_entry('detection/faster-rcnn_hrnetv2p-w32_8xb2-1x_coco.py').metrics['COCO']['box AP'] == 40.2
+    assert get_entry('detection/faster-rcnn_hrnetv2p-w32-1x_coco.py').metrics['COCO']['box AP'] == 40.2
+    assert get_entry('htc_hrnetv2p-w40_20e_coco').metrics['COCO'] == {'box AP': 46.4, 'mask AP': 40.8}
+    assert get_entry('ocrnet_hr48_4xb2-160k_cityscapes-512x1024').metrics['Cityscapes']['mIoU'] == 81.35
     assert get_entry('td-hm_hrnet-w32_8xb64-210e_coco-256x192').hash_prefix == '81c58e40'
-    assert get_entry('hrnet-w18_4xb32-100e_in1k').metrics['ImageNet-1k']['Top 1 Accuracy'] == 76.75
-    assert [e.key_map for e in table if e.task == 'segmentation' and e.kind == 'model'] == ['mmseg'] * 15
+    # DEKR's files put the hash before the date: name_<hash>-<date>.pth
+    assert get_entry('dekr_hrnet-w32_8xb10-140e_coco-512x512').hash_prefix == 'ac7c17bf'
+    assert get_entry('hrnet-w18_3rdparty_8xb32-ssld_in1k').metrics['ImageNet-1k']['Top 1 Accuracy'] == 81.06
+    # a config's own recipe comes before other files for it (the SSLD weights), so its name finds its recipe
+    assert get_entry('hrnet-w18_4xb32_in1k').name == 'hrnet-w18_3rdparty_8xb32_in1k'
+    # the peers' metafile errors, corrected: the 160k OCRNet files under their own config, PoseTrack18's two
+    # evaluations of one file kept apart
+    assert get_entry('ocrnet_hr18_4xb4-160k_ade20k-512x512').url.endswith('160k_ade20k_20200615_200940-d8fcd9d1.pth')
+    pt = get_entry('td-hm_hrnet-w32_8xb64-20e_posetrack18-256x192').metrics
+    assert pt['PoseTrack18 (ground-truth boxes)']['Total'] == 83.4
+    assert pt['PoseTrack18 (detected boxes)']['Total'] == 76.9
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(KeyError, match="no hrnet_mm weights called 'faster-rcnn_hrnetv2p-w32_1x_coco'; did you mean "
+                                       r"\['faster-rcnn_hrnetv2p-w32-1x_coco'"):
+        get_entry('faster-rcnn_hrnetv2p-w32_1x_coco')
 
 
 def _plain(obj):
@@ -230,10 +239,11 @@ def _entry_model_cfg(entry):
     return _plain(cfg.to_dict()['model'])
 
 
-def test_every_entry_has_the_params_of_the_model_its_config_builds():
-    """Built on the meta device (no weights allocated); configs with the same model are built once."""
+def test_backbone_entries_have_the_params_of_their_classifier():
+    """Built on the meta device (no weights allocated). The full-model entries are checked against the model their
+    config builds in tests/test_configs.py."""
     counts, wrong = {}, []
-    for entry in load_table():
+    for entry in [e for e in load_table() if e.kind == 'backbone']:
         cfg = _entry_model_cfg(entry)
         library = 'mmpretrain' if entry.kind == 'backbone' else entry.library
         key = (library, json.dumps(cfg, sort_keys=True, default=repr))
@@ -246,17 +256,17 @@ def test_every_entry_has_the_params_of_the_model_its_config_builds():
     # the published counts these reproduce: official W*-C classifiers (anchors.md section 6), mmpretrain W18
     assert get_entry('imagenet/w18').params == 21_299_004 and get_entry('imagenet/w48').params == 77_469_864
     assert get_entry('imagenet/w18_small_v2').params == 15_597_464
-    assert get_entry('hrnet-w18_4xb32-100e_in1k').params == 21_295_164
+    assert get_entry('hrnet-w18_3rdparty_8xb32_in1k').params == 21_295_164
 
 
 def test_mim_and_mmengine_find_the_entries():
     from mim.commands.search import get_model_info
     info = get_model_info('hrnet_mm', shown_fields=['weight', 'config'], to_dict=True)
-    assert info['faster-rcnn_hrnetv2p-w32_8xb2-1x_coco']['config'] == \
-        'configs/detection/faster-rcnn_hrnetv2p-w32_8xb2-1x_coco.py'
+    assert info['faster-rcnn_hrnetv2p-w32-1x_coco']['config'] == 'configs/detection/faster-rcnn_hrnetv2p-w32-1x_coco.py'
     assert info['imagenet/w32']['weight'].endswith('hrnetv2_w32-dc9eeb4f.pth')
+    assert len(info) == 180
     from mmengine.hub import get_config
-    cfg = get_config('hrnet_mm::classification/hrnet-w32_4xb32-100e_in1k.py', pretrained=True)
+    cfg = get_config('hrnet_mm::classification/hrnet-w32_4xb32_in1k.py', pretrained=True)
     assert cfg.model_path.endswith('hrnet-w32_3rdparty_8xb32_in1k_20220120-c394f1ab.pth')  # the config's own entry
 
 

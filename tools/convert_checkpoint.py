@@ -4,13 +4,12 @@ Examples::
 
     # official / timm ImageNet weights -> hrnet_mm classification config (mmpretrain head layout, biases folded)
     python tools/convert_checkpoint.py hrnetv2_w18.pth w18_in1k.pth --from official --to hrnet_mm
-    # mmseg fcn_hr18 -> hrnet_mm segmentation config (decode_head.convs.0 -> neck.mix)
-    python tools/convert_checkpoint.py fcn_hr18.pth fcn_hrnetv2-w18.pth --from mmseg --to hrnet_mm
-    # a model trained with hrnet_mm -> mmseg / timm
-    python tools/convert_checkpoint.py epoch_160.pth fcn_hr18_mmseg.pth --from hrnet_mm --to mmseg
+    # an ImageNet classifier trained with hrnet_mm -> timm / the official layout
+    python tools/convert_checkpoint.py epoch_100.pth hrnet_w18_timm.pth --from hrnet_mm --to timm
 
-When the keys already match (mmdet, mmpose and mmpretrain models <-> hrnet_mm configs) the tool says so and
-writes nothing unless ``--force`` is given. SRC may be a path, URL, ``open-mmlab://`` or ``hrnet_mm://`` name.
+When the keys already match (mmdet, mmseg, mmpose and mmpretrain models <-> hrnet_mm configs, which keep the
+peers' layouts) the tool says so and writes nothing unless ``--force`` is given. SRC may be a path, URL,
+``open-mmlab://`` or ``hrnet_mm://`` name.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Prepares a trained checkpoint for the model zoo and prints its metafile entry.
 
-``python tools/publish_model.py work_dirs/x/epoch_12.pth faster-rcnn_hrnetv2p-w32_8xb2-1x_coco_20250101
---config configs/detection/faster-rcnn_hrnetv2p-w32_8xb2-1x_coco.py --url-prefix https://host/path``
+``python tools/publish_model.py work_dirs/x/epoch_12.pth faster-rcnn_hrnetv2p-w32-1x_coco_20250101
+--config configs/detection/faster-rcnn_hrnetv2p-w32-1x_coco.py --url-prefix https://host/path``
 
 keeps only the weights (``state_dict``) and ``meta`` (without the training-only ``rng_state``), drops the
 optimizer, scheduler, message hub and EMA state, writes ``OUT_NAME-<first 8 hex digits of sha256>.pth``

@@ -3,8 +3,8 @@
 #   python -m hrnet_mm.datasets cityscapes data/demo/cityscapes
 # then
 #   mim train mmseg configs/demo/fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py --gpus 0
-# The neck's 1x1 mix conv (out_channels = sum of the branches) plus FCNHead(num_convs=0) is mmseg's
-# fcn_hr18 head (FCNHead with resize_concat, one 1x1 ConvModule, conv_seg).
+# The neck concatenates the upsampled branches (the HRNetV2 representation, 120 channels); mmseg's FCNHead mixes
+# them with its one 1x1 ConvModule and classifies, with the keys of mmseg's fcn_hr18 models.
 _base_ = 'mmseg::hrnet/fcn_hr18_4xb2-40k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['hrnet_mm'], allow_failed_imports=False)
 
@@ -21,9 +21,8 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(_delete_=True, type='hrnet_mm.HRNet', arch=arch, stem_channels=32, norm_cfg=norm_cfg,
                   upsample_cfg=dict(mode='bilinear', align_corners=False)),
-    neck=dict(type='hrnet_mm.HRNetV2Neck', in_channels=[8, 16, 32, 64], out_channels=120, norm_cfg=norm_cfg),
-    decode_head=dict(in_channels=120, channels=120, in_index=0, input_transform=None, num_convs=0,
-                     norm_cfg=norm_cfg))
+    neck=dict(type='hrnet_mm.HRNetV2Neck', in_channels=[8, 16, 32, 64]),
+    decode_head=dict(in_channels=120, channels=120, in_index=0, input_transform=None, norm_cfg=norm_cfg))
 
 data_root = 'data/demo/cityscapes/'
 train_pipeline = [

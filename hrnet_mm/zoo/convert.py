@@ -5,11 +5,9 @@ Formats (``src``/``dst`` of :func:`convert_state_dict`):
 * ``'official'`` / ``'timm'``: a bare ImageNet state dict of HRNet-Image-Classification or timm's
   ``hrnet_w*`` (``conv1.*``, ``stage4.*``, ``incre_modules.*``, ``downsamp_modules.*``, ``final_layer.*``,
   ``classifier.*``); both use the same keys.
-* ``'mmdet'``, ``'mmpose'``, ``'mmpretrain'``: full-model checkpoints of those libraries' HRNet model zoos. Their
-  keys already equal those of the matching hrnet_mm configs (mmpretrain's head is hrnet_mm's
-  ``HRFuseScales(layout='mmpretrain')``).
-* ``'mmseg'``: mmseg's ``fcn_hr*`` models. hrnet_mm computes the same network with ``HRNetV2Neck`` +
-  ``FCNHead(num_convs=0)``, so the decode head's first conv module becomes the neck's ``mix`` module.
+* ``'mmdet'``, ``'mmseg'``, ``'mmpose'``, ``'mmpretrain'``: full-model checkpoints of those libraries' HRNet model
+  zoos. Their keys already equal those of the matching hrnet_mm configs (which keep the peers' module layout;
+  mmpretrain's head is hrnet_mm's ``HRFuseScales(layout='mmpretrain')``).
 * ``'hrnet_mm'``: a model built from an hrnet_mm config.
 
 Every conversion goes through ``'hrnet_mm'``. Where the official head's conv biases (downsampling and final
@@ -67,10 +65,6 @@ MMPRETRAIN_HEAD_TO_OFFICIAL: Tuple[Rule, ...] = (
     Rule(r'^neck\.0\.final_layer\.conv\.', 'neck.0.final_layer.0.'),
     Rule(r'^neck\.0\.final_layer\.bn\.', 'neck.0.final_layer.1.'),
 )
-# mmseg fcn_hr*: FCNHead(num_convs=1, resize_concat)'s conv module is hrnet_mm.HRNetV2Neck's mix module.
-MMSEG_TO_HRNET_MM: Tuple[Rule, ...] = (Rule(r'^decode_head\.convs\.0\.', 'neck.mix.'),)
-HRNET_MM_TO_MMSEG: Tuple[Rule, ...] = (Rule(r'^neck\.mix\.', 'decode_head.convs.0.'),)
-
 # Keys that tell which library's task model a full checkpoint belongs to.
 TASK_MARKERS = (
     ('mmseg', r'^(decode_head|auxiliary_head)\.'),
@@ -163,11 +157,6 @@ def to_hrnet_mm(state: Mapping[str, torch.Tensor], src: str, head: Optional[str]
         state = apply_rules(state, IMAGENET_TO_HRNET_MM)
         notes.append(f'{src} ImageNet keys -> hrnet_mm classifier (backbone., neck.0., head.fc.)')
         head = head or 'mmpretrain'
-    elif src == 'mmseg':
-        _require(state, any(k.startswith('decode_head.convs.0.') for k in state), src,
-                 'an mmseg HRNet FCN checkpoint (no decode_head.convs.0.*)', source)
-        state = apply_rules(state, MMSEG_TO_HRNET_MM)
-        notes.append('mmseg decode_head.convs.0.* -> neck.mix.* (hrnet_mm.HRNetV2Neck)')
     elif src != 'hrnet_mm':
         if detected not in (None, src) and not (src == 'mmpose' and detected == 'mmpretrain'):
             raise CheckpointMismatchError(f'{source}: keys look like a {detected} model, not {src} '
@@ -201,10 +190,6 @@ def from_hrnet_mm(state: Mapping[str, torch.Tensor], dst: str, source: str = 'ch
         if layout == 'mmpretrain':
             state = unfold_head_biases(state)
         return apply_rules(state, HRNET_MM_TO_IMAGENET), [f'hrnet_mm classifier -> {dst} ImageNet keys']
-    if dst == 'mmseg':
-        _require(state, any(k.startswith('neck.mix.') for k in state), 'hrnet_mm',
-                 'an hrnet_mm segmentation model (no neck.mix.*)', source)
-        return apply_rules(state, HRNET_MM_TO_MMSEG), ['neck.mix.* -> mmseg decode_head.convs.0.*']
     if dst == 'mmpretrain' and layout == 'official':
         return fold_head_biases(state), ['classification head layout official -> mmpretrain (biases folded)']
     return OrderedDict(state), [f'keys already match {dst}; nothing changed']

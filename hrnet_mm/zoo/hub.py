@@ -1,12 +1,12 @@
 """Pretrained weights by name: the ``hrnet_mm://`` checkpoint scheme, verified downloads and mirrors.
 
 ``init_cfg=dict(type='Pretrained', checkpoint='hrnet_mm://imagenet/w32')`` or
-``load_from = 'hrnet_mm://faster-rcnn_hrnetv2p-w32_8xb2-1x_coco'`` names an entry of the weights table
+``load_from = 'hrnet_mm://faster-rcnn_hrnetv2p-w32-1x_coco'`` names an entry of the weights table
 (:mod:`hrnet_mm.zoo.weights`). The file is downloaded once into torch's hub checkpoint cache
 (``$TORCH_HOME/hub/checkpoints``, where mmengine's ``open-mmlab://`` files go too), its sha256 is checked against
 the prefix in its published name, and it is written atomically (a temporary file in the cache directory renamed
 into place only when complete and verified; nothing is left behind on failure, so a retry downloads again).
-Entries whose published keys differ from hrnet_mm's configs (mmseg's FCN head) are converted on load.
+hrnet_mm's configs keep the peers' module layouts, so every file loads as it is published.
 
 ``HRNET_MM_MIRROR`` redirects downloads: a URL prefix (``https://mirror.example/openmmlab``; the published URL's
 path is appended) or a local directory (or ``file://`` URL) holding the files, either under the published path
@@ -191,13 +191,8 @@ def load_file(path: str, map_location=None) -> dict:
 
 
 def load_entry(entry: ZooEntry, map_location=None) -> dict:
-    """Downloads (once) and loads an entry's file, converted to hrnet_mm's keys where the entry says so."""
-    path = fetch(entry.url, entry.hash_prefix, entry.filename)
-    checkpoint = load_file(path, map_location)
-    if entry.key_map:
-        from .convert import convert_checkpoint
-        checkpoint, _ = convert_checkpoint(checkpoint, entry.key_map, 'hrnet_mm', source=path)
-    return checkpoint
+    """Downloads (once) and loads an entry's file."""
+    return load_file(fetch(entry.url, entry.hash_prefix, entry.filename), map_location)
 
 
 def load_from_hrnet_mm(filename: str, map_location=None) -> dict:

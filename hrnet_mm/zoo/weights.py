@@ -4,16 +4,17 @@
 ``configs/<task>/metafile.yml`` per task in OpenMMLab's metafile format, which ``mim search hrnet_mm`` and
 ``mim download hrnet_mm --config NAME`` read as they read mmdet's. :func:`load_table` turns every ``Models``
 entry into a :class:`ZooEntry`; :func:`get_entry` finds one by name (``'imagenet/w32'``, a config name such as
-``'faster-rcnn_hrnetv2p-w32_8xb2-1x_coco'``, with or without ``.py`` or the task folder).
+``'faster-rcnn_hrnetv2p-w32-1x_coco'``, with or without ``.py`` or the task folder).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -28,7 +29,8 @@ class ZooEntry:
     """One published checkpoint.
 
     Attributes:
-        name: The entry's name (a config name, or ``imagenet/<arch>`` for ImageNet backbone weights).
+        name: The entry's name: the publishing library's model name (usually its config name), or
+            ``imagenet/<arch>`` for ImageNet backbone weights.
         kind: ``'model'`` (a full model of ``config``) or ``'backbone'`` (ImageNet classification weights whose
             backbone part initialises the configs).
         task: ``detection``, ``segmentation``, ``pose`` or ``classification``.
@@ -42,8 +44,6 @@ class ZooEntry:
         flops: Multiply-adds of its convs and linear layers (the HRNet papers' "FLOPs"), ``flops_input`` says
             for which input and which part.
         metrics: ``{dataset: {metric: value}}`` published by the source.
-        key_map: The converter (:mod:`hrnet_mm.zoo.convert` format) that maps the file onto the config's model
-            (``'mmseg'``), or ``None`` when the keys already match.
         arch: For backbone entries, the ``hrnet_mm.HRNet`` arch of the weights.
         training_data: The training data set(s).
         collection: The metafile collection.
@@ -62,7 +62,6 @@ class ZooEntry:
     flops: Optional[int]
     flops_input: Optional[str]
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    key_map: Optional[str] = None
     arch: Optional[str] = None
     training_data: Any = None
     collection: str = ''
@@ -122,7 +121,7 @@ def _entry(model: Dict[str, Any], metafile: str) -> ZooEntry:
         url=url, hash_prefix=model.get('Hash Prefix') or hash_prefix_from_url(url), sha256=model.get('SHA256'),
         source=dict(model.get('Converted From') or {}), license=model.get('License', ''),
         params=int(meta['Parameters']), flops=meta.get('FLOPs'), flops_input=meta.get('FLOPs Input'),
-        metrics=metrics, key_map=model.get('Key Map') or None, arch=meta.get('Backbone Arch'),
+        metrics=metrics, arch=meta.get('Backbone Arch'),
         training_data=meta.get('Training Data'), collection=model.get('In Collection', ''))
 
 
@@ -150,6 +149,17 @@ def load_table(path: Optional[str] = None) -> Tuple[ZooEntry, ...]:
     return _load(path or index_path())
 
 
+def closest(name: str, candidates: Sequence[str], n: int = 3) -> List[str]:
+    """Up to ``n`` of ``candidates`` closest to ``name``, best first; ``-`` and ``_`` count as the same (the
+    OpenMMLab names use both for one role)."""
+    def norm(text: str) -> str:
+        return re.sub(r'[-_]+', '-', text.lower())
+    by_norm: Dict[str, str] = {}
+    for c in candidates:
+        by_norm.setdefault(norm(c), c)
+    return [by_norm[m] for m in difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.6)]
+
+
 def get_entry(name: str, path: Optional[str] = None) -> ZooEntry:
     """The entry called ``name`` (``imagenet/w32``; a config name with or without task folder or ``.py``).
 
@@ -160,8 +170,8 @@ def get_entry(name: str, path: Optional[str] = None) -> ZooEntry:
     key = key[:-3] if key.endswith('.py') else key
     table = load_table(path)
     for entry in table:
-        if key in (entry.name, entry.config[len('configs/'):-3]):
+        if key in (entry.name, entry.config[len('configs/'):-3], osp.basename(entry.config)[:-3]):
             return entry
-    close = [e.name for e in table if key.split('/')[-1][:8] in e.name][:5]
+    close = closest(key.split('/')[-1], [e.name for e in table])
     hint = f'; did you mean {close}?' if close else '; `mim search hrnet_mm` lists them'
     raise KeyError(f'no hrnet_mm weights called {name!r}{hint}')

@@ -13,9 +13,9 @@ detections (``test_cfg.rcnn.max_per_img``), as at inference. RoI extraction itse
 
 Examples::
 
-    python tools/analysis/get_flops.py configs/classification/hrnet-w18_4xb32-100e_in1k.py --shape 224
+    python tools/analysis/get_flops.py configs/classification/hrnet-w18_4xb32_in1k.py --shape 224
     python tools/analysis/get_flops.py configs/pose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py   # 256x192
-    python tools/analysis/get_flops.py configs/detection/faster-rcnn_hrnetv2p-w18_8xb2-1x_coco.py --shape 800 1333
+    python tools/analysis/get_flops.py configs/detection/faster-rcnn_hrnetv2p-w18-1x_coco.py --shape 800 1333
     python tools/analysis/get_flops.py --arch w32 --task pose --shape 256 192          # the paper: 7.12 GFLOPs
     python tools/analysis/get_flops.py --arch w48 --task seg --shape 1024 2048 --json
 """

@@ -15,7 +15,7 @@ a bad shape, a config without neck for ``--part backbone+neck``, a failed check)
 
 Examples::
 
-    python tools/deploy/export_onnx.py configs/segmentation/fcn_hrnetv2-w18_4xb2-80k_cityscapes-512x1024.py \\
+    python tools/deploy/export_onnx.py configs/segmentation/fcn_hr18_4xb2-80k_cityscapes-512x1024.py \\
         work/iter_80000.pth --out fcn_hr18.onnx --shape 512 1024 --part backbone+neck --check-sizes 97x130
     python tools/deploy/export_onnx.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py \\
         --out pose.onnx --shape 128 96 --exporter torchscript
