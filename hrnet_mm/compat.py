@@ -64,7 +64,8 @@ def mmengine_checkpoint_globals() -> List[object]:
     # dtype classes of the arrays and scalars they hold (uint32: numpy's generator state, see rng_state)
     dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
                                           'uint64', 'uint32', 'uint16', 'uint8', 'bool', 'complex128')]
-    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes,
+    # bytes: an empty array is pickled as bytes() (mmpose's skeleton_link_colors of a set without a skeleton)
+    return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes, bytes,
             (_history_buffer_getattr, 'builtins.getattr')]
 
 

@@ -300,6 +300,41 @@ def check_datasets(cfg: Any, loaders: Sequence[str], scope: str) -> None:
                                      f'--cfg-options {key}=PATH at it')
 
 
+# ------------------------------------------------------------------------------------------- configs
+
+
+def shipped_configs() -> List[str]:
+    """The configs hrnet_mm ships, as ``configs/<task>/<name>.py`` paths relative to the package's configs root."""
+    root = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs')
+    found = []
+    for dirpath, _, names in os.walk(root):
+        found += [osp.relpath(osp.join(dirpath, n), root) for n in names if n.endswith('.py')]
+    return sorted('configs/' + p.replace(os.sep, '/') for p in found if '_base_' not in p)
+
+
+def config_not_found(path: str) -> str:
+    """The error line for a config path that does not exist, with the closest shipped configs."""
+    from .zoo.weights import closest
+    configs = shipped_configs()
+    by_name = {osp.splitext(osp.basename(c))[0]: c for c in configs}
+    stem = osp.splitext(osp.basename(path))[0]
+    close = [by_name[n] for n in closest(stem, list(by_name))]
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    return f'config file not found: {path}{hint}'
+
+
+def missing_base_message(error: str) -> Optional[str]:
+    """For mmengine's error about a missing ``hrnet_mm::<task>/<name>.py`` base, the line that names it as written
+    and the closest shipped configs; ``None`` for other errors."""
+    import re
+    match = re.search(r'hrnet_mm[/\\]\.mim[/\\]configs[/\\]([^"\']+)', error)
+    if not match or 'does not exist' not in error:
+        return None
+    rel = match.group(1).replace('\\', '/')
+    line = config_not_found(f'hrnet_mm::{rel}').replace('configs/', 'hrnet_mm::')
+    return line.replace('config file not found', '_base_ not found', 1)
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -405,6 +440,12 @@ def check_checkpoint_fits(model: Any, checkpoint: str, config: str) -> None:
     check_state_fits(model, state, checkpoint, config)
 
 
+def _scope_of(model: Any) -> Optional[str]:
+    """The task library a built model comes from (its class's top-level package)."""
+    name = type(model).__module__.split('.')[0]
+    return name if name in ('mmdet', 'mmseg', 'mmpose', 'mmpretrain') else None
+
+
 def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config: str) -> None:
     """Checks that the weights ``state`` (read from ``checkpoint``) fill every parameter and buffer of ``model``
     with the right shapes; ``module.`` prefixes (DDP) are ignored on both sides.
@@ -414,7 +455,11 @@ def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config:
     """
     state, model_state, missing, mismatched = _compare_state(model, state)
     if missing or mismatched:
+        from .zoo.convert import detect_format
         detail = []
+        family, scope = detect_format(state), _scope_of(model)
+        if family and scope and family != scope and not (family == 'mmpretrain' and scope == 'mmpose'):
+            detail.append(f'it holds a {family} model, the config builds a {scope} one')
         if mismatched:
             example = _shape_example(state, model_state, mismatched)
             detail.append(f'{len(mismatched)} weights with other shapes ({example})')

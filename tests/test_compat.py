@@ -92,3 +92,17 @@ def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
     torch.save({'x': Evil()}, path)
     with pytest.raises(pickle.UnpicklingError, match='not part of an mmengine checkpoint'):
         torch.load(path)
+
+
+def test_checkpoint_meta_with_an_empty_array_loads_weights_only(tmp_path):
+    """mmpose writes the dataset's meta into checkpoints; a set without a skeleton (COFW) has an empty
+    ``skeleton_link_colors`` array, which pickles as ``bytes()``: it must load under torch's weights-only default."""
+    import numpy as np
+    import torch
+
+    import hrnet_mm  # noqa: F401
+    path = tmp_path / 'ckpt.pth'
+    meta = dict(dataset_meta=dict(skeleton_link_colors=np.zeros((0, 3), np.uint8)))
+    torch.save(dict(meta=meta, state_dict={'w': torch.ones(1)}), path, _use_new_zipfile_serialization=True)
+    loaded = torch.load(path)
+    assert loaded['meta']['dataset_meta']['skeleton_link_colors'].shape == (0, 3)

@@ -295,3 +295,31 @@ def test_converter_refuses_checkpoints_of_another_task(tmp_path, capsys):
     html.write_bytes(b'<!DOCTYPE html><html><body>Access denied</body></html>')
     assert tool.main([str(html), str(tmp_path / 'y.pth'), '--from', 'mmseg', '--to', 'hrnet_mm']) == 1
     assert 'page.pth' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_test_tool_evaluates_a_peer_saved_ocrnet_checkpoint(tmp_path):
+    """``tools/test.py CONFIG CHECKPOINT`` with mmseg's own checkpoint layout: the file saved from mmseg's OCRNet
+    model loads into hrnet_mm's config of the same name (the tool's strict check passes) and is evaluated."""
+    import glob
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from hrnet_mm.datasets import make_cityscapes_seg
+    make_cityscapes_seg(str(tmp_path / 'data' / 'cityscapes'), {'train': 1, 'val': 3})
+    name = 'ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py'
+    peer = _build('mmseg', _model_cfg(_peer_path('mmseg', f'ocrnet/{name}')))
+    path = _save_peer(tmp_path, peer, 25)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'test.py'), _ours_path(f'segmentation/{name}'), path,
+         '--work-dir', 'work', '--cfg-options', 'test_dataloader.dataset.data_root=data/cityscapes',
+         'test_dataloader.dataset.pipeline.1.scale=(160,80)', 'test_dataloader.num_workers=0',
+         'test_dataloader.persistent_workers=False'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (metrics,) = [p for p in glob.glob(str(tmp_path / 'work' / '*' / '*.json'))]
+    with open(metrics) as f:
+        assert 'mIoU' in json.loads(f.read().strip().splitlines()[-1])

@@ -136,6 +136,18 @@ def test_test_tool_checks_the_test_data(tmp_path: Path) -> None:
     _one_line_error(proc, 'test.py', 'dataset folder not found', f'{tmp_path}/x', '(test_dataloader.dataset.data_root)')
 
 
+def test_unknown_config_names_the_closest_shipped_configs(tmp_path: Path) -> None:
+    proc = _tool(tmp_path, TRAIN, 'configs/pose/td-hm_hrnet-w32_dark_8xb64-210e_coco-256x192.py')
+    _one_line_error(proc, 'train.py', 'config file not found: configs/pose/td-hm_hrnet-w32_dark_8xb64',
+                    'did you mean configs/pose/td-hm_hrnet-w32_dark-8xb64-210e_coco-256x192.py')
+    proc = _tool(tmp_path, TEST, 'ocrnet_hr48_4xb2-160k_cityscape.py', 'x.pth')
+    _one_line_error(proc, 'test.py', 'did you mean configs/segmentation/ocrnet_hr48_4xb2-160k_cityscapes-512x1024.py')
+    (tmp_path / 'mine.py').write_text("_base_ = 'hrnet_mm::detection/htc_hrnetv2p-w32_20e_coco.pyy'\n")
+    proc = _tool(tmp_path, TRAIN, 'mine.py')
+    _one_line_error(proc, 'train.py', 'cannot read config mine.py: _base_ not found: hrnet_mm::detection/htc_hrnetv2p-'
+                    'w32_20e_coco.pyy; did you mean hrnet_mm::detection/htc_hrnetv2p-w32_20e_coco.py')
+
+
 def test_missing_checkpoint_to_resume_from_is_one_line(tmp_path: Path) -> None:
     proc = _tool(tmp_path, TRAIN, CLS, '--resume', 'nope.pth')
     _one_line_error(proc, 'train.py', 'checkpoint not found: nope.pth (--resume)')
@@ -157,6 +169,12 @@ def test_checkpoint_of_another_model_is_one_line(cls_cwd: Path) -> None:
     proc = _tool(cls_cwd, TEST, CLS, 'other.pth', '--work-dir', 'work')
     _one_line_error(proc, 'test.py', 'checkpoint other.pth does not fit the model of', 'backbone.conv1.weight',
                     'another config')
+    # a checkpoint of another task library: the line says which
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(3, 3, 3, 3),
+                                'decode_head.conv_seg.weight': torch.zeros(2, 2, 1, 1)}), cls_cwd / 'seg.pth')
+    proc = _tool(cls_cwd, TEST, CLS, 'seg.pth', '--work-dir', 'work')
+    _one_line_error(proc, 'test.py', 'checkpoint seg.pth does not fit the model of',
+                    'it holds a mmseg model, the config builds a mmpretrain one')
     (cls_cwd / 'garbage.pth').write_bytes(b'not a checkpoint')
     proc = _tool(cls_cwd, TEST, CLS, 'garbage.pth', '--work-dir', 'work')
     _one_line_error(proc, 'test.py', 'cannot read checkpoint garbage.pth')

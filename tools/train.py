@@ -85,12 +85,15 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Tupl
     from mmengine.config import Config
 
     if not osp.isfile(path):
-        raise ToolError(f'config file not found: {path}')
+        from hrnet_mm.tool_utils import config_not_found
+        raise ToolError(config_not_found(path))
     try:
         cfg = Config.fromfile(path)
     except Exception as exc:  # syntax errors, missing _base_ files, unknown `pkg::` bases
+        from hrnet_mm.tool_utils import missing_base_message
         first_line = (str(exc).strip().splitlines() or [''])[0]
-        raise ToolError(f'cannot read config {path}: {type(exc).__name__}: {first_line}') from exc
+        hint = missing_base_message(first_line)
+        raise ToolError(f'cannot read config {path}: {hint or f"{type(exc).__name__}: {first_line}"}') from exc
     scope = (cfg_options or {}).get('default_scope', cfg.get('default_scope'))
     return cfg, task_library(scope, path)
 

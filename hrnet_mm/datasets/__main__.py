@@ -1,6 +1,8 @@
-"""``python -m hrnet_mm.datasets {coco,coco-keypoints,cityscapes,imagenet} OUT_DIR`` writes one synthetic dataset
-in its real on-disk format; ``python -m hrnet_mm.datasets all OUT_ROOT`` writes all four under
-``OUT_ROOT/data/demo/{coco,coco_keypoints,cityscapes,imagenet}``, the data roots of ``configs/demo``."""
+"""``python -m hrnet_mm.datasets KIND OUT_DIR`` writes one synthetic dataset in its real on-disk format (KIND: coco,
+coco-keypoints, cityscapes, imagenet, coco-keypoints-multi, cofw, onehand10k); ``python -m hrnet_mm.datasets all
+OUT_ROOT`` writes the first four under ``OUT_ROOT/data/demo/{coco,coco_keypoints,cityscapes,imagenet}``, the data
+roots of the four ``make demo`` configs. Every kind's folder under ``data/demo/`` is the data root of its
+``configs/demo`` config."""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +11,28 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .landmarks import make_face_landmarks, make_hand_keypoints
 from .synthetic import make_cityscapes_seg, make_coco_detection, make_coco_keypoints, make_imagenet_folder
 
-# kind: (generator, folder under data/demo, default train count, default val count, what a count means)
-KINDS: Dict[str, Tuple[Callable, str, int, int, str]] = {
-    'coco': (make_coco_detection, 'coco', 16, 8, 'images'),
-    'coco-keypoints': (make_coco_keypoints, 'coco_keypoints', 128, 16, 'images'),
-    'cityscapes': (make_cityscapes_seg, 'cityscapes', 48, 12, 'images'),
-    'imagenet': (make_imagenet_folder, 'imagenet', 100, 10, 'images per class'),
+
+def make_coco_keypoints_multi(root: str, splits: Dict[str, int], seed: int = 0):
+    """COCO person keypoints with two people in every 128x160 image (bottom-up pose)."""
+    return make_coco_keypoints(root, splits, size=(128, 160), seed=seed, min_persons=2, max_persons=2,
+                               person_height=(70, 110))
+
+
+# kind: (generator, folder under data/demo, default train count, default val count, what a count means, split
+# names: the set's own (COFW and OneHand10K call their second split "test"))
+KINDS: Dict[str, Tuple[Callable, str, int, int, str, Tuple[str, str]]] = {
+    'coco': (make_coco_detection, 'coco', 16, 8, 'images', ('train', 'val')),
+    'coco-keypoints': (make_coco_keypoints, 'coco_keypoints', 128, 16, 'images', ('train', 'val')),
+    'cityscapes': (make_cityscapes_seg, 'cityscapes', 48, 12, 'images', ('train', 'val')),
+    'imagenet': (make_imagenet_folder, 'imagenet', 100, 10, 'images per class', ('train', 'val')),
+    'coco-keypoints-multi': (make_coco_keypoints_multi, 'coco_keypoints_multi', 64, 16, 'images', ('train', 'val')),
+    'cofw': (make_face_landmarks, 'cofw', 96, 16, 'images', ('train', 'test')),
+    'onehand10k': (make_hand_keypoints, 'onehand10k', 96, 16, 'images', ('train', 'test')),
 }
+ALL = ('coco', 'coco-keypoints', 'cityscapes', 'imagenet')  # what `all` writes: the data of `make demo`
 
 
 def write(kind: str, out_dir: str, train: Optional[int] = None, val: Optional[int] = None, seed: int = 0):
@@ -33,8 +48,8 @@ def write(kind: str, out_dir: str, train: Optional[int] = None, val: Optional[in
     Returns:
         What the generator returns.
     """
-    fn, _, d_train, d_val, _ = KINDS[kind]
-    splits = {'train': d_train if train is None else train, 'val': d_val if val is None else val}
+    fn, _, d_train, d_val, _, (train_name, val_name) = KINDS[kind]
+    splits = {train_name: d_train if train is None else train, val_name: d_val if val is None else val}
     return fn(out_dir, splits, seed=seed)
 
 
@@ -43,7 +58,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('kind', choices=[*KINDS, 'all'],
                         help='coco: COCO instances (boxes and polygon masks); coco-keypoints: COCO person '
                              'keypoints; cityscapes: Cityscapes trainId segmentation; imagenet: class folders; '
-                             'all: the four under OUT_DIR/data/demo/')
+                             'coco-keypoints-multi: COCO person keypoints, 2 people an image; cofw: COFW face '
+                             'landmarks; onehand10k: OneHand10K hand keypoints; all: the first four under '
+                             'OUT_DIR/data/demo/')
     parser.add_argument('out_dir')
     parser.add_argument('--train', type=int, default=None,
                         help='training images (per class for imagenet); default per kind: '
@@ -52,14 +69,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind == 'all':
-        targets = [(k, os.path.join(args.out_dir, 'data', 'demo', v[1])) for k, v in KINDS.items()]
+        targets = [(k, os.path.join(args.out_dir, 'data', 'demo', KINDS[k][1])) for k in ALL]
     else:
         targets = [(args.kind, args.out_dir)]
     for index, (kind, out_dir) in enumerate(targets, 1):
         t0 = time.time()
         result = write(kind, out_dir, args.train, args.val, args.seed)
-        sizes = {'train': args.train if args.train is not None else KINDS[kind][2],
-                 'val': args.val if args.val is not None else KINDS[kind][3]}
+        train_name, val_name = KINDS[kind][5]
+        sizes = {train_name: args.train if args.train is not None else KINDS[kind][2],
+                 val_name: args.val if args.val is not None else KINDS[kind][3]}
         counts = []
         for split, value in result.items():
             if isinstance(value, list):

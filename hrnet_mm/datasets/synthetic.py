@@ -170,10 +170,11 @@ def _draw_figure(draw, rng: np.random.RandomState, kp: np.ndarray, visible: np.n
 
 def make_coco_keypoints(root: str, splits: Dict[str, int] = None, size: Tuple[int, int] = (128, 160),
                         seed: int = 0, max_persons: int = 2, person_height: Sequence[int] = (80, 120),
-                        occluded_prob: float = 0.05) -> Dict[str, str]:
+                        occluded_prob: float = 0.05, min_persons: int = 1) -> Dict[str, str]:
     """Writes COCO person keypoints: ``root/{split}/*.jpg`` and ``root/annotations/person_keypoints_{split}.json``.
 
-    Every image holds 1..``max_persons`` upright, non-overlapping figures facing the camera, with the 17 COCO
+    Every image holds ``min_persons``..``max_persons`` upright, non-overlapping figures facing the camera, side by
+    side (several per image for bottom-up models), with the 17 COCO
     keypoints (COCO names and skeleton) marked by a colour per joint type. Each keypoint is labelled
     visible (``v=2``), or with probability ``occluded_prob`` labelled but not visible (``v=1``, no marker).
     ``area`` is the pixel area of the drawn figure (COCO's segment area) and ``bbox`` its tight box.
@@ -183,15 +184,19 @@ def make_coco_keypoints(root: str, splits: Dict[str, int] = None, size: Tuple[in
         splits: ``{split name: number of images}``; default ``{'train': 128, 'val': 16}``.
         size: ``(height, width)`` of every image.
         seed: Seed of the generator; the same seed writes the same files.
-        max_persons: Persons per image (1..max_persons).
+        max_persons: Most persons per image.
         person_height: Range of the figures' heights in pixels (clipped to the image height).
         occluded_prob: Probability that a keypoint is labelled ``v=1`` and drawn without its marker.
+        min_persons: Fewest persons per image.
 
     Returns:
         ``{split: annotation file path}``.
     """
     from PIL import Image, ImageDraw
 
+    if not 1 <= min_persons <= max_persons:
+        raise ValueError(f'make_coco_keypoints: need 1 <= min_persons <= max_persons, got {min_persons} and '
+                         f'{max_persons}')
     splits = splits or {'train': 128, 'val': 16}
     h, w = size
     os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
@@ -202,7 +207,7 @@ def make_coco_keypoints(root: str, splits: Dict[str, int] = None, size: Tuple[in
         images, annotations = [], []
         for i in range(count):
             canvas = Image.fromarray(_background(rng, h, w).astype(np.uint8))
-            n = rng.randint(1, max_persons + 1)
+            n = rng.randint(min_persons, max_persons + 1)
             slot_w = w / n
             for p in range(n):
                 # capped so that the widest pose (arms sideways, half width < 0.45 * height) fits its slot
