@@ -120,6 +120,32 @@ def test_every_peer_hrnet_config_has_exactly_one_config():
     assert all(generate.is_generated(str(p)) for p in CONFIGS), 'configs/<task>/ holds generated configs only'
 
 
+def test_generator_names_a_missing_library_in_one_line(monkeypatch, capsys):
+    import importlib.util
+    import sys
+    sys.path.insert(0, str(REPO / 'tools'))
+    import generate_zoo
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'mmpose' else real(name, *a))
+    assert generate_zoo.main(['--check']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['generate_zoo.py: error: mmpose is not installed; `make install` installs the pinned stack']
+    with pytest.raises(peers.LibraryNotInstalled, match="unknown library 'mmfoo'"):
+        peers.config_root('mmfoo')
+
+
+def test_rules_refuse_what_they_do_not_cover():
+    model = dict(backbone=dict(type='HRNet', extra=dict(stage4=dict(num_channels=(18, 36, 72, 144)))),
+                 neck=dict(type='FPN', in_channels=[18, 36, 72, 144]))
+    with pytest.raises(recipes.RuleError, match="model.neck: no rule for neck type 'FPN'"):
+        recipes.model_overrides('mmdet', model)
+    model['neck'] = dict(type='FeatureMapProcessor', select_index=0)
+    with pytest.raises(recipes.RuleError, match='is not the HRNetV2 concatenation'):
+        recipes.model_overrides('mmpose', model)
+    with pytest.raises(recipes.RuleError, match="the backbone is 'ResNet', not HRNet"):
+        recipes.model_overrides('mmdet', dict(backbone=dict(type='ResNet')))
+
+
 def test_readme_lists_every_config():
     readme = (CONFIG_ROOT / 'README.md').read_text()
     missing = [_rel(p) for p in CONFIGS if f'| {p.name} |' not in readme]
