@@ -40,12 +40,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings('ignore')  # the peers' deprecation notices while their configs are parsed and built
-    from hrnet_mm.zoo import generate, peers, recipes
+    from hrnet_mm.zoo import generate, metafiles, peers, recipes
     try:
         for library in recipes.LIBRARIES:  # all four first: a missing one is named before anything is parsed
             peers.config_root(library)
             peers.library_version(library)
-        counts = generate.committed_counts(args.root) if args.check or args.reuse_counts else None
+        counts = metafiles.committed_counts(args.root) if args.check or args.reuse_counts else None
         files = generate.expected_files(counts)
     except (peers.LibraryNotInstalled, recipes.RuleError) as exc:
         if args.debug:

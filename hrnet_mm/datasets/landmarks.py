@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -97,19 +97,43 @@ def _annotation(image_id: int, pts: np.ndarray, size: Tuple[int, int]) -> dict:
                 area=round((x1 - x0) * (y1 - y0), 2), keypoints=keypoints)
 
 
-def _write(root: str, ann_path: str, images: list, annotations: list, names: Sequence[str]) -> str:
-    os.makedirs(os.path.dirname(ann_path), exist_ok=True)
-    ann = dict(images=images, annotations=annotations,
-               categories=[dict(id=1, name='face' if len(names) == COFW_NUM_KEYPOINTS else 'hand',
-                                keypoints=list(names), skeleton=[])])
-    with open(ann_path, 'w') as f:
-        json.dump(ann, f)
-    return ann_path
-
-
 def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
     base = rng.randint(20, 110, size=3).astype(np.float32)
     return np.clip(base + rng.normal(0, 10, size=(h, w, 3)), 0, 255).astype(np.uint8)
+
+
+# draws one image on a PIL canvas of the given size and returns its landmarks (K, 2)
+Painter = Callable[[np.random.RandomState, Any, Tuple[int, int]], np.ndarray]
+
+
+def _write_set(root: str, splits: Dict[str, int], size: Tuple[int, int], seed: int, paint: Painter, prefix: str,
+               file_name: Callable[[str, int], str], ann_name: str, category: str, names: Sequence[str]
+               ) -> Dict[str, str]:
+    """Writes every split: images at ``root/<prefix><file_name(split, i)>`` (``prefix``: the dataset's
+    ``data_prefix``), COCO-style keypoint annotations at ``root/annotations/<ann_name>_<split>.json``."""
+    from PIL import Image, ImageDraw
+
+    h, w = size
+    out = {}
+    for s_index, (split, count) in enumerate(sorted(splits.items())):
+        rng = np.random.RandomState(seed * 1000 + 500 + s_index)
+        images, annotations = [], []
+        for i in range(count):
+            canvas = Image.fromarray(_background(rng, h, w))
+            pts = paint(rng, ImageDraw.Draw(canvas), size)
+            name = file_name(split, i)
+            path = os.path.join(root, prefix, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            canvas.save(path, quality=95)
+            images.append(dict(id=i + 1, file_name=name, height=h, width=w))
+            annotations.append(_annotation(i + 1, pts, size))
+        path = os.path.join(root, 'annotations', f'{ann_name}_{split}.json')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(dict(images=images, annotations=annotations,
+                           categories=[dict(id=1, name=category, keypoints=list(names), skeleton=[])]), f)
+        out[split] = path
+    return out
 
 
 def make_face_landmarks(root: str, splits: Dict[str, int] = None, size: Tuple[int, int] = (96, 96),
@@ -127,40 +151,26 @@ def make_face_landmarks(root: str, splits: Dict[str, int] = None, size: Tuple[in
     Returns:
         ``{split: annotation file path}``.
     """
-    from PIL import Image, ImageDraw
-
-    splits = splits or {'train': 96, 'test': 16}
     template, group = _face_template()
     colors = _palette(max(group) + 1)
-    h, w = size
-    out = {}
-    for s_index, (split, count) in enumerate(sorted(splits.items())):
-        rng = np.random.RandomState(seed * 1000 + 500 + s_index)
-        os.makedirs(os.path.join(root, 'images'), exist_ok=True)
-        images, annotations = [], []
-        for i in range(count):
-            pts = template + rng.normal(0, 0.015, template.shape)
-            pts = _transform(rng, pts, size, 0.7, max_rotation)
-            canvas = Image.fromarray(_background(rng, h, w))
-            draw = ImageDraw.Draw(canvas)
-            centre = pts.mean(0)
-            radius = 1.15 * np.linalg.norm(pts - centre, axis=1).max()
-            skin = tuple(int(v) for v in rng.randint(150, 220, size=3))
-            draw.ellipse([centre[0] - radius, centre[1] - radius * 1.1, centre[0] + radius, centre[1] + radius * 1.1],
-                         fill=skin)
-            a, b = COFW_FLIP_PAIRS[0]  # a dark bar between the first pair shows which way is up
-            draw.line([tuple(pts[a]), tuple(pts[b])], fill=(40, 30, 30), width=2)
-            r = max(1.5, 0.025 * min(h, w))
-            for k, (x, y) in enumerate(pts):
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=colors[group[k]])
-            name = f'{split}_{i:05d}.jpg'
-            canvas.save(os.path.join(root, 'images', name), quality=95)
-            images.append(dict(id=i + 1, file_name=name, height=h, width=w))
-            annotations.append(_annotation(i + 1, pts, size))
-        names = [f'kpt-{k}' for k in range(COFW_NUM_KEYPOINTS)]
-        out[split] = _write(root, os.path.join(root, 'annotations', f'cofw_{split}.json'), images, annotations,
-                            names)
-    return out
+
+    def paint(rng: np.random.RandomState, draw: Any, size: Tuple[int, int]) -> np.ndarray:
+        pts = _transform(rng, template + rng.normal(0, 0.015, template.shape), size, 0.7, max_rotation)
+        centre = pts.mean(0)
+        radius = 1.15 * np.linalg.norm(pts - centre, axis=1).max()
+        skin = tuple(int(v) for v in rng.randint(150, 220, size=3))
+        draw.ellipse([centre[0] - radius, centre[1] - radius * 1.1, centre[0] + radius, centre[1] + radius * 1.1],
+                     fill=skin)
+        a, b = COFW_FLIP_PAIRS[0]  # a dark bar between the first pair shows which way is up
+        draw.line([tuple(pts[a]), tuple(pts[b])], fill=(40, 30, 30), width=2)
+        r = max(1.5, 0.025 * min(size))
+        for k, (x, y) in enumerate(pts):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colors[group[k]])
+        return pts
+
+    return _write_set(root, splits or {'train': 96, 'test': 16}, size, seed, paint,
+                      'images/', lambda split, i: f'{split}_{i:05d}.jpg', 'cofw', 'face',
+                      [f'kpt-{k}' for k in range(COFW_NUM_KEYPOINTS)])
 
 
 def make_hand_keypoints(root: str, splits: Dict[str, int] = None, size: Tuple[int, int] = (96, 96),
@@ -178,41 +188,25 @@ def make_hand_keypoints(root: str, splits: Dict[str, int] = None, size: Tuple[in
     Returns:
         ``{split: annotation file path}``.
     """
-    from PIL import Image, ImageDraw
-
-    splits = splits or {'train': 96, 'test': 16}
     finger_colors = _palette(5)
-    h, w = size
-    out = {}
-    for s_index, (split, count) in enumerate(sorted(splits.items())):
-        rng = np.random.RandomState(seed * 1000 + 600 + s_index)
-        os.makedirs(os.path.join(root, split), exist_ok=True)
-        images, annotations = [], []
-        for i in range(count):
-            pts = _transform(rng, _hand_template(rng), size, 0.55, max_rotation)
-            canvas = Image.fromarray(_background(rng, h, w))
-            draw = ImageDraw.Draw(canvas)
-            skin = tuple(int(v) for v in rng.randint(150, 220, size=3))
-            width = max(3, int(0.06 * min(h, w)))
-            palm = [tuple(pts[0])] + [tuple(pts[1 + 4 * f]) for f in range(5)]
-            draw.polygon(palm, fill=skin)
-            for f in range(5):
-                chain = [tuple(pts[0] if j < 0 else pts[1 + 4 * f + j]) for j in range(-1, 4)]
-                draw.line(chain, fill=skin, width=width)
-            r = max(1.5, 0.022 * min(h, w))
-            draw.ellipse([pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r], fill=(255, 255, 255))
-            for f in range(5):
-                for j in range(4):
-                    x, y = pts[1 + 4 * f + j]
-                    shade = 0.45 + 0.55 * (j + 1) / 4  # darker towards the knuckle
-                    color = tuple(int(c * shade) for c in finger_colors[f])
-                    draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
-            name = f'{split}/{i:05d}.jpg'
-            canvas.save(os.path.join(root, name), quality=95)
-            images.append(dict(id=i + 1, file_name=name, height=h, width=w))
-            annotations.append(_annotation(i + 1, pts, size))
-        fingers = ('thumb', 'forefinger', 'middle_finger', 'ring_finger', 'pinky_finger')
-        names = ['wrist'] + [f'{finger}{j}' for finger in fingers for j in range(1, 5)]
-        out[split] = _write(root, os.path.join(root, 'annotations', f'onehand10k_{split}.json'), images,
-                            annotations, names)
-    return out
+
+    def paint(rng: np.random.RandomState, draw: Any, size: Tuple[int, int]) -> np.ndarray:
+        pts = _transform(rng, _hand_template(rng), size, 0.55, max_rotation)
+        skin = tuple(int(v) for v in rng.randint(150, 220, size=3))
+        draw.polygon([tuple(pts[0])] + [tuple(pts[1 + 4 * f]) for f in range(5)], fill=skin)  # the palm
+        for f in range(5):
+            chain = [tuple(pts[0] if j < 0 else pts[1 + 4 * f + j]) for j in range(-1, 4)]
+            draw.line(chain, fill=skin, width=max(3, int(0.06 * min(size))))
+        r = max(1.5, 0.022 * min(size))
+        draw.ellipse([pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r], fill=(255, 255, 255))
+        for f in range(5):
+            for j in range(4):
+                x, y = pts[1 + 4 * f + j]
+                shade = 0.45 + 0.55 * (j + 1) / 4  # darker towards the knuckle
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c * shade) for c in finger_colors[f]))
+        return pts
+
+    fingers = ('thumb', 'forefinger', 'middle_finger', 'ring_finger', 'pinky_finger')
+    return _write_set(root, splits or {'train': 96, 'test': 16}, size, seed, paint,
+                      '', lambda split, i: f'{split}/{i:05d}.jpg', 'onehand10k', 'hand',
+                      ['wrist'] + [f'{finger}{j}' for finger in fingers for j in range(1, 5)])
