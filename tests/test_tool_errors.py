@@ -329,9 +329,10 @@ def test_wrapped_datasets_are_checked(tmp_path: Path) -> None:
     assert 'annotation file not found' in _check(cfg, ['train_dataloader'], 'mmdet')
 
 
-def test_evaluator_annotation_file_and_val_split_are_checked(tmp_path: Path) -> None:
+def test_evaluator_annotation_file_and_val_split_are_checked(tmp_path: Path, monkeypatch) -> None:
     from hrnet_mm.datasets import make_coco_detection
 
+    monkeypatch.chdir(tmp_path)  # the evaluator's relative data/demo/... path: not the checkout's (make demo writes it)
     make_coco_detection(str(tmp_path / 'coco'), {'train': 1})
     root = str(tmp_path / 'coco')
     cfg = _cfg(DET, {'train_dataloader.dataset.data_root': root, 'val_dataloader.dataset.data_root': root})
