@@ -74,9 +74,9 @@ class Report:
 
 
 def doc_files() -> List[str]:
-    """README.md and every markdown file under docs/, relative to the repository."""
+    """README.md, CONTRIBUTING.md and every markdown file under docs/, relative to the repository."""
     docs = sorted(f'docs/{name}' for name in os.listdir(osp.join(ROOT, 'docs')) if name.endswith('.md'))
-    return ['README.md'] + docs
+    return ['README.md', 'CONTRIBUTING.md'] + docs
 
 
 def parse_blocks(path: str) -> List[Block]:
