@@ -21,13 +21,13 @@ lint: install
 
 TASK ?= all
 demo: install  ## generate the demo data, train and evaluate one small model per task (TASK=det|seg|pose|cls)
-	$(PY) -m hrnet_mm.demo --task $(TASK) $(DEMO_ARGS)
+	$(PY) -m hrnet_mm.cli.demo --task $(TASK) $(DEMO_ARGS)
 
 demo-smoke: install  ## build an HRNet through each of the four task registries and run it once
-	$(PY) -m hrnet_mm.demo --smoke
+	$(PY) -m hrnet_mm.cli.demo --smoke
 
 env: install
-	$(PY) -m hrnet_mm.env
+	$(PY) -m hrnet_mm.cli.env
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

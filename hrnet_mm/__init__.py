@@ -4,14 +4,14 @@ Implements the networks of Wang et al., "Deep High-Resolution Representation Lea
 Recognition", TPAMI 2020, as an MMEngine plugin package: the ``hrnet_mm.HRNet`` backbone (HRNetV1 and the
 input of HRNetV2/V2p), the ``hrnet_mm.HRNetV2Neck`` and ``hrnet_mm.HRNetV2pNeck`` representations and the
 ``hrnet_mm.HRFuseScales`` classification head, registered in the ``hrnet_mm`` registry scope.
-Importing the package also applies the runtime fixes of :mod:`hrnet_mm.compat`.
+Importing the package also applies the runtime fixes of :mod:`hrnet_mm.runtime.compat`.
 """
 import warnings
 
 # mmengine/mmcv import pkg_resources (kept below setuptools 81 by the install); its deprecation notice is noise.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-from . import compat  # noqa: E402
+from .runtime import compat  # noqa: E402
 from .version import __version__  # noqa: E402
 
 compat.apply()

@@ -66,7 +66,7 @@ def kernel():
     compiler, and fail if a compiler is here but the build failed."""
     import shutil
 
-    from hrnet_mm import winograd
+    from hrnet_mm.ops import winograd
     if not winograd.available():
         if shutil.which('c++') or shutil.which('g++'):
             pytest.fail(f'a C++ compiler is here but the Winograd kernel did not build: {winograd.build_error()}')

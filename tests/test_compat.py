@@ -1,4 +1,4 @@
-"""Runtime fixes of hrnet_mm.compat, each shown to be needed: the same job fails without hrnet_mm."""
+"""Runtime fixes of hrnet_mm.runtime.compat, each shown to be needed: the same job fails without hrnet_mm."""
 from __future__ import annotations
 
 import subprocess

@@ -64,7 +64,7 @@ def test_copies_and_pickles_compile_their_own_forward():
 
 def test_deploy_export_and_script_use_the_plain_forward():
     from hrnet_mm.deploy import to_deploy
-    from hrnet_mm.export import prepare
+    from hrnet_mm.deploy.export import prepare
     plain, compiled = _pair(EAGER)
     plain.eval(), compiled.eval()
     x = torch.randn(1, 3, 64, 80)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hrnet_mm import demo
+from hrnet_mm.cli import demo
 
 
 def test_smoke_builds_through_each_task_registry():
@@ -36,7 +36,7 @@ def test_every_demo_task_has_its_config():
 
 @pytest.mark.slow
 def test_demo_detection_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.demo', '--task', 'det', '--root', str(tmp_path),
+    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.cli.demo', '--task', 'det', '--root', str(tmp_path),
                            '--work-dir', str(tmp_path / 'work')], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'hrnet_mm demo results' in proc.stdout and 'COCO bbox mAP' in proc.stdout

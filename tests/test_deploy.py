@@ -107,9 +107,9 @@ def test_deploy_nchw_input_and_no_channels_last():
 
 
 def test_deploy_tunes_the_allocator_unless_asked_not_to(monkeypatch):
-    import hrnet_mm.deploy as deploy
+    import hrnet_mm.deploy.fold as fold
     calls = []
-    monkeypatch.setattr(deploy, 'tune_cpu_allocator', lambda *a, **k: calls.append(a) or True)
+    monkeypatch.setattr(fold, 'tune_cpu_allocator', lambda *a, **k: calls.append(a) or True)
     m = HRNet(extra=copy.deepcopy(TINY_EXTRA)).eval()
     to_deploy(m, tune_allocator=False)
     assert calls == []

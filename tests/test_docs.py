@@ -26,6 +26,36 @@ def test_every_doc_page_is_reachable_from_the_readme():
         assert page in readme, f'README.md does not link {page}'
 
 
+def test_design_layout_names_every_package_and_module():
+    """docs/design.md's layout block is the map of the package: it must name every folder and module there is
+    (``__init__``/``__main__`` aside), and nothing that is gone."""
+    import os
+    import re
+    with open(osp.join(ROOT, 'docs', 'design.md'), encoding='utf-8') as f:
+        text = f.read()
+    block = text.split('## Layout', 1)[1].split('```', 2)[1]
+    listed = set(re.findall(r'^\s*([\w./]+)', block, flags=re.M))
+    package = osp.join(ROOT, 'hrnet_mm')
+    missing = []
+    for dirpath, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if not d.startswith(('.', '__'))]
+        rel = osp.relpath(dirpath, package)
+        folder = rel.replace(os.sep, '/')
+        if rel != '.' and not any(n.rstrip('/') in (folder, folder.split('/')[-1]) or n.startswith(folder + '/')
+                                  for n in listed):
+            missing.append(rel + '/')
+        for name in files:
+            if name.endswith('.py') and not name.startswith('__') and rel.split(os.sep)[0] not in ('datasets', 'utils'):
+                path = name if rel == '.' else f'{rel}/{name}'
+                if name not in listed and path not in listed:
+                    missing.append(path)
+    assert not missing, f'docs/design.md\'s layout does not name {missing}'
+    stale = [n for n in listed if n.endswith('.py') and not any(
+        f == n or f.endswith('/' + n) for f in (osp.relpath(osp.join(d, x), package).replace(os.sep, '/')
+                                                for d, _, fs in os.walk(package) for x in fs))]
+    assert not stale, f'docs/design.md\'s layout names files that are gone: {stale}'
+
+
 def test_checker_reports_each_kind_of_problem(tmp_path):
     doc = tmp_path / 'bad.md'
     doc.write_text('\n'.join([

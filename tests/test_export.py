@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY_EXTRA, randomize_, rel_err
 
-from hrnet_mm.export import BackboneWithNeck, ExportError, check_onnx, export_onnx, script
+from hrnet_mm.deploy.export import BackboneWithNeck, ExportError, check_onnx, export_onnx, script
 from hrnet_mm.models import HRNet
 from hrnet_mm.models.cls_neck import HRFuseScales
 from hrnet_mm.models.necks import HRNetV2Neck, HRNetV2pNeck

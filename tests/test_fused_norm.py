@@ -1,5 +1,5 @@
-"""Batch norm + residual + ReLU in one kernel for CPU channels_last training steps (hrnet_mm.fused_norm,
-hrnet_mm/csrc/norm.cpp, HRNet(fused_norm=...)).
+"""Batch norm + residual + ReLU in one kernel for CPU channels_last training steps (hrnet_mm.ops.fused_norm,
+hrnet_mm/ops/csrc/norm.cpp, HRNet(fused_norm=...)).
 
 The reference is torch.nn.BatchNorm2d followed by ``+`` and ReLU on the same data, in float64: the kernel sums in
 double and in another order than torch's float32 kernels, so it agrees with both to float32 rounding, not bit for
@@ -16,10 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import TINY_EXTRA, grads_l2, randomize_, rel_err
 
-from hrnet_mm import fused_norm, winograd
-from hrnet_mm.fused_norm import norm_act
 from hrnet_mm.models import HRNet
 from hrnet_mm.models.blocks import _ResidualBlock
+from hrnet_mm.ops import fused_norm, winograd
+from hrnet_mm.ops.fused_norm import norm_act
 
 TOL = 1e-5
 

@@ -12,7 +12,7 @@ def test_version():
 
 
 def test_env_report_runs_and_passes():
-    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.env'], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.cli.env'], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for name in ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'mmpose', 'mmpretrain',
@@ -25,7 +25,7 @@ def test_env_report_runs_and_passes():
 
 
 def test_env_report_fails_when_a_required_component_is_missing():
-    code = ('import sys, hrnet_mm.env as e; '
+    code = ('import sys, hrnet_mm.cli.env as e; '
             "e.COMPONENTS.append(('not-installed-pkg', 'hrnet_mm_no_such_module', True)); sys.exit(e.main())")
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1

@@ -230,7 +230,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(demo_cwd: Path) 
     Tolerance: exact equality. On CPU both runs execute the same kernels on the same inputs with the same
     thread count (OMP_NUM_THREADS=1), data order comes from mmengine's seeded sampler and the random flip is
     off; the RPN/RoI samplers draw from the global generators, whose state hrnet_mm saves in the checkpoint and
-    restores on resume (hrnet_mm.compat.resume_random_state). Any difference would be a resume bug
+    restores on resume (hrnet_mm.runtime.compat.resume_random_state). Any difference would be a resume bug
     (generator state, optimizer momentum, LR schedule, iteration count), not float noise.
     """
     (demo_cwd / 'resume_cfg.py').write_text(RESUME_CONFIG)
@@ -334,7 +334,7 @@ def test_pytorch_launch_without_gpu_works_with_hrnet_mm(tmp_path: Path, backend:
 
 def test_with_an_accelerator_mmengine_is_called_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wrappers pass every call straight to mmengine when CUDA (or another accelerator) is present."""
-    from hrnet_mm import compat
+    from hrnet_mm.runtime import compat
 
     calls: List[tuple] = []
 
@@ -366,7 +366,7 @@ def test_cpu_ddp_of_mmengine_is_patched_only_without_accelerator() -> None:
 
 
 def test_sync_bn_is_reverted_for_cpu_ddp() -> None:
-    from hrnet_mm import compat
+    from hrnet_mm.runtime import compat
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4))
     with pytest.warns(RuntimeWarning, match='SyncBatchNorm has no CPU implementation'):

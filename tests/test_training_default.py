@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 from conftest import TINY_EXTRA, grads_l2, randomize_, rel_err
 
-from hrnet_mm import fused_norm, winograd
 from hrnet_mm.models import HRNet
+from hrnet_mm.ops import fused_norm, winograd
 
 
 def _pair(**kwargs):

@@ -1,4 +1,4 @@
-"""Winograd 3x3 convolutions of the CPU deploy mode (hrnet_mm/winograd.py, hrnet_mm/csrc/winograd.cpp).
+"""Winograd 3x3 convolutions of the CPU deploy mode (hrnet_mm/ops/winograd.py, hrnet_mm/ops/csrc/winograd.cpp).
 
 References: torch's own convolution in float64. Tolerances: F(2x2, 3x3) is about as exact as a direct float32
 convolution (1e-6 of the output's largest value); F(4x4, 3x3) multiplies rounding errors by its larger transform
@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import TINY_EXTRA, randomize_, rel_err
 
-from hrnet_mm import winograd
 from hrnet_mm.deploy import OneDNNConv2d, to_deploy
 from hrnet_mm.models import HRNet
+from hrnet_mm.ops import winograd
 
 TOL = {2: 2e-6, 4: 3e-5}
 

@@ -1,4 +1,4 @@
-"""Winograd 3x3 convolutions in CPU training steps (hrnet_mm.winograd.train_conv, HRNet(winograd=True)).
+"""Winograd 3x3 convolutions in CPU training steps (hrnet_mm.ops.winograd.train_conv, HRNet(winograd=True)).
 
 References: torch's own convolution and its autograd in float64. Tolerances as in test_winograd.py: F(2x2, 3x3)
 about as exact as a direct float32 convolution, F(4x4, 3x3) up to about 1e-5 of the largest value, per pass.
@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import TINY_EXTRA, grads_l2, randomize_, rel_err
 
-from hrnet_mm import winograd
 from hrnet_mm.models import HRNet
+from hrnet_mm.ops import winograd
 
 TOL = {0: 2e-6, 2: 2e-6, 4: 3e-5}
 

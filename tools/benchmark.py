@@ -342,7 +342,7 @@ def check_float32_gradients(impls: Dict[str, nn.Module], x: torch.Tensor) -> Dic
     here: with the batch statistics of the small low-resolution maps, the random networks amplify any float32
     rounding to 0.5-2% (the peers' own float32 gradients included), which would hide a wrong gradient; the
     convolutions' gradients are the same code either way."""
-    from hrnet_mm import winograd
+    from hrnet_mm.ops import winograd
     truth = _grads(copy.deepcopy(impls['hrnet_mm']).double(), x.double(), frozen_norms=True)
     errs: Dict[str, float] = {}
     for name, model in impls.items():
@@ -609,7 +609,7 @@ def environment(device: torch.device) -> Dict[str, str]:
 def winograd_state() -> str:
     """Whether the deploy model can use the Winograd kernel here: its build name, or off and why. Called before
     any timing, so a first build on this machine (about 45 s, once) is not counted as preparation time."""
-    from hrnet_mm import winograd
+    from hrnet_mm.ops import winograd
     if winograd.available():
         return winograd.build_name()
     return 'off(' + (winograd.build_error() or '?').replace(' ', '_')[:60] + ')'

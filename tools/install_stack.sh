@@ -131,7 +131,7 @@ cp "$ROOT/hrnet_mm-config-hook.pth" "$site/"
 # mmengine finds a package's configs at <dist location>/<package>/.mim/configs; for an editable install the
 # dist location is site-packages, which has no hrnet_mm folder: link it to the source tree.
 ln -sfn "$ROOT/hrnet_mm" "$site/hrnet_mm"
-step "check: imports, mmcv ops, registries" "$PY" -m hrnet_mm.env
+step "check: imports, mmcv ops, registries" "$PY" -m hrnet_mm.cli.env
 
 echo "$want" > "$STAMP"
 say "done in $(( $(date +%s) - started ))s; venv: $VENV"

@@ -253,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     tool.import_hrnet_mm()
-    from hrnet_mm import tool_utils
+    from hrnet_mm.cli import tool_utils
 
     with tool_utils.user_errors('test.py', args.debug, (ToolError, )):
         cfg, scope = tool.load_config(args.config, args.cfg_options)

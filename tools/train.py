@@ -3,10 +3,10 @@
 The task library is picked from the config's ``default_scope`` (``mmdet``, ``mmseg``, ``mmpose`` or
 ``mmpretrain``); the config is then prepared exactly as that library's own ``tools/train.py`` does and run by
 mmengine's ``Runner`` (or by ``RUNNERS.build(cfg)`` when the config sets ``runner_type``). ``hrnet_mm`` is
-imported first, so its runtime fixes (:mod:`hrnet_mm.compat`) apply. Works from any working directory;
+imported first, so its runtime fixes (:mod:`hrnet_mm.runtime.compat`) apply. Works from any working directory;
 relative paths in the config (``data_root``) are relative to the current working directory.
 
-Before the runner is built, the datasets the run reads are checked (:func:`hrnet_mm.tool_utils.check_datasets`):
+Before the runner is built, the datasets the run reads are checked (:func:`hrnet_mm.cli.tool_utils.check_datasets`):
 a missing or malformed dataset, and any input error the libraries raise while building (missing file, broken
 JSON, unknown type name), is one line ``train.py: error: ...`` with exit status 2 (``--debug`` adds the
 traceback). The console shows one line per logging step; mmengine's environment, config dump and hook order go
@@ -85,12 +85,12 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Tupl
     from mmengine.config import Config
 
     if not osp.isfile(path):
-        from hrnet_mm.tool_utils import config_not_found
+        from hrnet_mm.cli.tool_utils import config_not_found
         raise ToolError(config_not_found(path))
     try:
         cfg = Config.fromfile(path)
     except Exception as exc:  # syntax errors, missing _base_ files, unknown `pkg::` bases
-        from hrnet_mm.tool_utils import missing_base_message
+        from hrnet_mm.cli.tool_utils import missing_base_message
         first_line = (str(exc).strip().splitlines() or [''])[0]
         hint = missing_base_message(first_line)
         raise ToolError(f'cannot read config {path}: {hint or f"{type(exc).__name__}: {first_line}"}') from exc
@@ -300,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     import_hrnet_mm()
-    from hrnet_mm import tool_utils
+    from hrnet_mm.cli import tool_utils
 
     with tool_utils.user_errors('train.py', args.debug, (ToolError, )):
         cfg, scope = load_config(args.config, args.cfg_options)

@@ -11,8 +11,8 @@ norm layers are reached through :class:`NamedNorms`, whose ``hasattr`` tests Tor
 compiling, and gradient checkpointing is skipped in scripted code (it is a training-time memory saving).
 
 Two flags, set by ``HRNet(winograd=..., fused_norm=...)``, choose the CPU training kernels of an eager training
-step: ``winograd`` the 3x3 convolutions of :func:`hrnet_mm.winograd.train_conv`, ``fused_norm`` the batch norm +
-residual sum + ReLU of :func:`hrnet_mm.fused_norm.norm_act`. Both compute the same function as the plain layers
+step: ``winograd`` the 3x3 convolutions of :func:`hrnet_mm.ops.winograd.train_conv`, ``fused_norm`` the batch norm +
+residual sum + ReLU of :func:`hrnet_mm.ops.fused_norm.norm_act`. Both compute the same function as the plain layers
 and fall back to them wherever they do not apply; scripted code always runs the plain layers.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
 
-from .. import winograd
-from ..fused_norm import norm_act
+from ..ops import winograd
+from ..ops.fused_norm import norm_act
 
 
 class NamedNorms(nn.Module):

@@ -28,6 +28,62 @@ class CheckpointFileError(CheckpointMismatchError):
     """A checkpoint file that cannot be used at all: truncated, corrupt, an HTML page, or a hash mismatch."""
 
 
+# A torch checkpoint is a zip archive (torch >= 1.6) or a pickle (legacy format, protocol 2+).
+MAGIC = (b'PK\x03\x04', b'\x80')
+
+
+def check_head(head: bytes, origin: str) -> None:
+    """Raises :class:`CheckpointFileError` naming ``origin`` unless ``head`` (a file's first bytes) starts like a
+    torch checkpoint: an HTML/XML page (an error or login page saved in its place) or an empty file is said so."""
+    text = head.lstrip().lower()
+    if text.startswith((b'<!doctype', b'<html', b'<?xml', b'<')):
+        raise CheckpointFileError(f'{origin}: the file is an HTML/XML page, not a checkpoint (an error or login page '
+                                  'saved in its place?)')
+    if not head:
+        raise CheckpointFileError(f'{origin}: the file is empty')
+    if not head.startswith(MAGIC):
+        raise CheckpointFileError(f'{origin}: not a PyTorch checkpoint (starts with {head[:8]!r})')
+
+
+def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+    """The state dict of the local checkpoint file ``path`` (memory-mapped where the format allows), unwrapped as
+    :func:`unwrap_state_dict` does.
+
+    Raises:
+        CheckpointFileError: the file is not a checkpoint, cannot be read, or holds no weights.
+    """
+    with open(path, 'rb') as f:
+        check_head(f.read(512), path)
+    try:
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        except RuntimeError:  # older (non-zip) files cannot be memory-mapped
+            ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        first = (str(exc).strip().splitlines() or [''])[0]
+        raise CheckpointFileError(f'{path}: cannot be read as a checkpoint (truncated or corrupt?): '
+                                  f'{type(exc).__name__}: {first}') from exc
+    state = unwrap_state_dict(ckpt) if isinstance(ckpt, Mapping) else {}
+    if not state:
+        raise CheckpointFileError(f'{path}: holds no weights (no state dict of tensors)')
+    return state
+
+
+def compare_state(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+                  ) -> Tuple[List[str], List[str], List[str]]:
+    """(names of ``model_state`` missing from ``state``, names with another shape, names that fit), with a DDP
+    ``module.`` prefix removed from both; ``num_batches_tracked`` counters may be missing."""
+    def strip(keys):
+        keys = list(keys)
+        return [k[len('module.'):] for k in keys] if keys and all(k.startswith('module.') for k in keys) else keys
+    model_state = dict(zip(strip(model_state), model_state.values()))
+    state = dict(zip(strip(state), state.values()))
+    missing = [k for k in model_state if k not in state and not k.endswith('num_batches_tracked')]
+    mismatched = [k for k in model_state if k in state and tuple(state[k].shape) != tuple(model_state[k].shape)]
+    fitting = [k for k in model_state if k in state and k not in mismatched]
+    return missing, mismatched, fitting
+
+
 def summarize_report(report: Mapping[str, List[str]]) -> Dict[str, int]:
     """``{group: number of keys}`` of a :func:`match_state_dict` report (without the ``'used prefix'`` line)."""
     return OrderedDict((group, len(keys)) for group, keys in report.items() if group != 'used prefix')
@@ -140,9 +196,7 @@ def load_state_dict_checked(module: nn.Module, checkpoint: Mapping, source: str 
 def load_pretrained(module: nn.Module, filename: str, prefix: Optional[str] = None,
                     map_location: str = 'cpu', strict: bool = True) -> Dict[str, List[str]]:
     """Reads ``filename`` (a path, URL, ``open-mmlab://`` or ``hrnet_mm://`` name) and loads it with a report."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    if str(filename).startswith('hrnet_mm://'):
-        from ..zoo import hub  # noqa: F401  (registers the scheme)
+    from mmengine.runner.checkpoint import CheckpointLoader  # hrnet_mm:// is registered by `import hrnet_mm`
     try:
         checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
     except Exception as exc:

@@ -40,9 +40,9 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..fused_norm import FUSABLE_NORMS, norm_act
+from ..ops.fused_norm import FUSABLE_NORMS, norm_act
+from ..ops.winograd import cpu_training_step
 from ..registry import MODELS
-from ..winograd import cpu_training_step
 from .arch import ArchSpec, StageSpec, resolve
 from .blocks import BLOCKS, ConvNorm, NamedNorms, _ResidualBlock, conv_norm, make_res_layer
 
@@ -204,7 +204,7 @@ class HRNet(BaseModule, NamedNorms):
             use the plain forward.
         winograd: In a CPU float32 training step, compute the residual blocks' 3x3 stride-1 convolutions with at
             least 32 channels (forward, input gradient, weight gradient) with hrnet_mm's Winograd kernel where it
-            is faster than oneDNN for the shape and memory format (:func:`hrnet_mm.winograd.train_conv`, timed
+            is faster than oneDNN for the shape and memory format (:func:`hrnet_mm.ops.winograd.train_conv`, timed
             once per shape). ``None`` (default): on unless ``channels_last=False``; measured 1.10-1.23x per
             W32 256x192 channels_last step against 0.95-1.08x without it on an AVX2 CPU (docs/benchmarks.md). On
             NCHW maps the timing includes the copies to channels_last and back, which usually leave oneDNN the
@@ -214,7 +214,7 @@ class HRNet(BaseModule, NamedNorms):
             tracing and ``torch.jit.script`` always run the plain convolutions. Without a C++ compiler (or with
             ``HRNET_MM_WINOGRAD=0``) nothing changes.
         fused_norm: In a CPU float32 training step on channels_last maps, compute every BN layer together with
-            the residual sum and ReLU after it in one kernel each way (:func:`hrnet_mm.fused_norm.norm_act`):
+            the residual sum and ReLU after it in one kernel each way (:func:`hrnet_mm.ops.fused_norm.norm_act`):
             torch's NHWC batch norm is several times slower than its NCHW one at channel counts that are not a
             multiple of 8 (W18's 18, 36, 72). ``None`` (default): on unless ``channels_last=False`` (measured 1.35x
             the fastest peer per W18 256x256 batch-2 step with it, 1.18x without; docs/benchmarks.md). It also
@@ -525,7 +525,7 @@ class HRNet(BaseModule, NamedNorms):
     @torch.jit.unused
     def _auto_step(self, x):  # unannotated: TorchScript resolves the signature of unused methods too
         """Whether ``channels_last=None`` runs this forward in channels_last: a training step that hrnet_mm's CPU
-        kernels serve (:func:`hrnet_mm.winograd.cpu_training_step`) with every norm layer one the fused kernel
+        kernels serve (:func:`hrnet_mm.ops.winograd.cpu_training_step`) with every norm layer one the fused kernel
         takes. Channels_last with torch's own NHWC norms can be slower than NCHW (GN, SyncBN)."""
         if not (getattr(self, 'auto_channels_last', False) and self.training and cpu_training_step(x)):
             return False

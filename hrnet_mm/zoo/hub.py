@@ -27,14 +27,12 @@ import urllib.parse
 import urllib.request
 from typing import Optional, TextIO
 
-from ..models.checkpoint import CheckpointFileError
+from ..models.checkpoint import CheckpointFileError, check_head
 from .weights import ZooEntry, get_entry
 
 SCHEME = 'hrnet_mm://'
 MIRROR_ENV = 'HRNET_MM_MIRROR'
 CHUNK = 1 << 20
-# A torch checkpoint is a zip archive (torch >= 1.6) or a pickle (legacy format, protocol 2+).
-MAGIC = (b'PK\x03\x04', b'\x80')
 
 
 def cache_dir() -> str:
@@ -56,23 +54,12 @@ def check_file(path: str, hash_prefix: Optional[str], origin: str) -> None:
     """Raises :class:`CheckpointFileError` unless ``path`` looks like a torch checkpoint with the right hash."""
     with open(path, 'rb') as f:
         head = f.read(512)
-    _check_head(head, origin)
+    check_head(head, origin)
     if hash_prefix:
         digest = sha256_of(path)
         if not digest.startswith(hash_prefix):
             raise CheckpointFileError(f'{origin}: sha256 {digest[:16]}... does not start with {hash_prefix} '
                                       '(the hash in the published file name): a different or damaged file')
-
-
-def _check_head(head: bytes, origin: str) -> None:
-    text = head.lstrip().lower()
-    if text.startswith((b'<!doctype', b'<html', b'<?xml', b'<')):
-        raise CheckpointFileError(f'{origin}: the file is an HTML/XML page, not a checkpoint (an error or login page '
-                                  'saved in its place?)')
-    if not head:
-        raise CheckpointFileError(f'{origin}: the file is empty')
-    if not head.startswith(MAGIC):
-        raise CheckpointFileError(f'{origin}: not a PyTorch checkpoint (starts with {head[:8]!r})')
 
 
 class _Progress:

@@ -35,7 +35,14 @@ sys.path.insert(0, os.path.join(TOOLS, 'analysis'))
 import torch  # noqa: E402
 from _common import ToolError, build_model, default_shape, fail, load_config, parse_shape  # noqa: E402
 
-from hrnet_mm.export import EXPORTERS, MIN_OPSET, MIN_SIZE, BackboneWithNeck, ExportError, export_onnx  # noqa: E402
+from hrnet_mm.deploy.export import (  # noqa: E402
+    EXPORTERS,
+    MIN_OPSET,
+    MIN_SIZE,
+    BackboneWithNeck,
+    ExportError,
+    export_onnx,
+)
 
 PROG = 'export_onnx.py'
 PARTS = ('backbone', 'backbone+neck')

@@ -18,7 +18,7 @@ to run and without extra dependency). Both give the same accuracy.
 
 Example::
 
-    from hrnet_mm.export import BackboneWithNeck, export_onnx
+    from hrnet_mm.deploy.export import BackboneWithNeck, export_onnx
     report = export_onnx(BackboneWithNeck(backbone, neck), 'hrnet.onnx', input_shape=(1, 3, 512, 512),
                          check_shapes=[(2, 3, 97, 130)])
     print(report.errors)   # {(1, 3, 512, 512): 1.1e-06, (2, 3, 97, 130): 1.3e-06}
@@ -129,7 +129,7 @@ def prepare(model: nn.Module, fold_bn: bool = True) -> Tuple[nn.Module, int]:
     Returns:
         The copy and the number of folded conv+BN pairs.
     """
-    from .deploy import fold_batchnorm, plain_forward
+    from .fold import fold_batchnorm, plain_forward
 
     m = plain_forward(copy.deepcopy(model).eval())
     for p in m.parameters():

@@ -305,7 +305,7 @@ def check_datasets(cfg: Any, loaders: Sequence[str], scope: str) -> None:
 
 def shipped_configs() -> List[str]:
     """The configs hrnet_mm ships, as ``configs/<task>/<name>.py`` paths relative to the package's configs root."""
-    root = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs')
+    root = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim', 'configs')
     found = []
     for dirpath, _, names in os.walk(root):
         found += [osp.relpath(osp.join(dirpath, n), root) for n in names if n.endswith('.py')]
@@ -314,7 +314,7 @@ def shipped_configs() -> List[str]:
 
 def config_not_found(path: str) -> str:
     """The error line for a config path that does not exist, with the closest shipped configs."""
-    from .zoo.weights import closest
+    from ..zoo.weights import closest
     configs = shipped_configs()
     by_name = {osp.splitext(osp.basename(c))[0]: c for c in configs}
     stem = osp.splitext(osp.basename(path))[0]
@@ -352,35 +352,20 @@ def replace_syncbn(obj: Any) -> Any:
 
 
 def _read_state(checkpoint: str) -> Dict[str, Any]:
-    """The state dict of a local checkpoint file (memory-mapped where possible)."""
-    import torch
-
+    """The state dict of a local checkpoint file (:func:`hrnet_mm.models.checkpoint.read_checkpoint`)."""
+    from ..models.checkpoint import CheckpointFileError, read_checkpoint
     try:
-        try:
-            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False, mmap=True)
-        except RuntimeError:  # older (non-zip) files cannot be memory-mapped
-            ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    except Exception as exc:
-        raise UserInputError(f'cannot read checkpoint {checkpoint}: {_first_line(exc)}; is it a .pth file saved by '
-                             'tools/train.py?') from exc
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise UserInputError(f'cannot read checkpoint {checkpoint}: it holds no state dict')
-    return state
-
-
-def _strip_module(key: str) -> str:
-    return key[7:] if key.startswith('module.') else key
+        return read_checkpoint(checkpoint)
+    except CheckpointFileError as exc:
+        raise UserInputError(f'cannot read checkpoint {exc}; is it a .pth file saved by tools/train.py?') from exc
 
 
 def _compare_state(model: Any, state: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any], List[str], List[str]]:
-    """(checkpoint state, model state, names missing from the checkpoint, names with other shapes), with
-    ``module.`` prefixes (DDP) removed on both sides."""
-    state = {_strip_module(k): v for k, v in state.items()}
-    model_state = {_strip_module(k): v for k, v in model.state_dict().items()}
-    missing = [k for k in model_state if k not in state and not k.endswith('num_batches_tracked')]
-    mismatched = [k for k in model_state if k in state and hasattr(state[k], 'shape')
-                  and tuple(state[k].shape) != tuple(model_state[k].shape)]
+    """(checkpoint state, model state, names missing from the checkpoint, names with other shapes), without a DDP
+    ``module.`` prefix on either side."""
+    from ..models.checkpoint import compare_state, unwrap_state_dict
+    state, model_state = unwrap_state_dict(state), unwrap_state_dict(model.state_dict())
+    missing, mismatched, _ = compare_state(model_state, state)
     return state, model_state, missing, mismatched
 
 
@@ -455,7 +440,7 @@ def check_state_fits(model: Any, state: Dict[str, Any], checkpoint: str, config:
     """
     state, model_state, missing, mismatched = _compare_state(model, state)
     if missing or mismatched:
-        from .zoo.convert import detect_format
+        from ..zoo.convert import detect_format
         detail = []
         family, scope = detect_format(state), _scope_of(model)
         if family and scope and family != scope and not (family == 'mmpretrain' and scope == 'mmpose'):

@@ -4,8 +4,8 @@
 convolution. In a channels_last float32 training step on the CPU, torch runs it as two or three kernels each
 way (batch norm, add, ReLU; then ReLU's mask, batch norm's backward), and its NHWC batch-norm kernels are
 several times slower than its NCHW ones when the channel count is not a multiple of 8 (HRNet-W18's 18, 36
-and 72). :func:`norm_act` does it in one kernel each way (``hrnet_mm/csrc/norm.cpp``, in the extension of
-:mod:`hrnet_mm.winograd`): two reading passes and one writing pass forward, one and one backward.
+and 72). :func:`norm_act` does it in one kernel each way (``hrnet_mm/ops/csrc/norm.cpp``, in the extension of
+:mod:`hrnet_mm.ops.winograd`): two reading passes and one writing pass forward, one and one backward.
 
 It computes what the modules compute: the batch statistics in training (the running statistics, and
 ``num_batches_tracked``, updated as ``torch.nn.BatchNorm2d`` updates them, momentum ``None`` included), the

@@ -1,4 +1,4 @@
-"""Report on the installed hrnet_mm stack: ``python -m hrnet_mm.env`` (or ``hrnet-mm env``).
+"""Report on the installed hrnet_mm stack: ``python -m hrnet_mm.cli.env`` (or ``hrnet-mm env``).
 
 Prints the version of every stack component, whether mmcv's compiled ops load, whether CUDA is
 available, and whether each of the four task libraries registers its modules (and can build hrnet_mm's

@@ -1,4 +1,4 @@
-"""The ``hrnet-mm`` command: ``hrnet-mm env`` prints the stack report (see :mod:`hrnet_mm.env`)."""
+"""The ``hrnet-mm`` command: ``hrnet-mm env`` prints the stack report (see :mod:`hrnet_mm.cli.env`)."""
 from __future__ import annotations
 
 import argparse

@@ -3,7 +3,7 @@
 Most of HRNet's arithmetic is 3x3 stride-1 convolutions on small maps. Direct convolution (oneDNN) already runs
 them near the processor's peak multiply rate, so the remaining speed has to come from doing fewer
 multiplications: Winograd's F(4x4, 3x3) computes 16 outputs of a channel pair with 36 products instead of 144,
-F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is ``hrnet_mm/csrc/winograd.cpp``,
+F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is ``hrnet_mm/ops/csrc/winograd.cpp``,
 built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about a minute) and cached
 under ``~/.cache/torch_extensions`` (:func:`build_directory`). Without a compiler, or with
 ``HRNET_MM_WINOGRAD=0`` in the environment, nothing uses it and the deploy model runs oneDNN convolutions only.
@@ -37,7 +37,7 @@ TILES = (2, 4)
 
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
 _CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
-# one extension: the Winograd convolutions and the fused batch norm of hrnet_mm.fused_norm (norm.cpp)
+# one extension: the Winograd convolutions and the fused batch norm of hrnet_mm.ops.fused_norm (norm.cpp)
 _SOURCES = (os.path.join(_CSRC, 'winograd.cpp'), os.path.join(_CSRC, 'norm.cpp'))
 _BUILD_ERROR: Optional[str] = None
 

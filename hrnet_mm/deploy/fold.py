@@ -5,7 +5,7 @@ mmdet/mmseg/mmpose/mmpretrain model) in eval mode with every convolution+batch-n
 convolution, in ``channels_last`` memory format and, on CPU, with the hrnet_mm modules' graphs rewritten to
 oneDNN convolutions whose weights are packed once (per input shape) and which fuse the ReLU and the residual
 or multi-resolution sum that follows them (:func:`fuse_onednn`). Each 3x3 stride-1 convolution among them runs
-as a Winograd convolution (:mod:`hrnet_mm.winograd`, 2.25x or 4x fewer multiplications) for the input shapes
+as a Winograd convolution (:mod:`hrnet_mm.ops.winograd`, 2.25x or 4x fewer multiplications) for the input shapes
 where timing shows that faster. ``compile=True`` compiles it with ``torch.compile`` (inductor with weight
 freezing). Outputs equal the original's within float32 rounding (the folding, the fused sums and Winograd's
 transforms change the order of operations; about 1e-6 to 1e-5 of the outputs' largest value).
@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from hrnet_mm import winograd as winograd_ops
+from hrnet_mm.ops import winograd as winograd_ops
 
 
 @torch.no_grad()
@@ -143,7 +143,7 @@ class OneDNNConv2d(nn.Module):
         relu: Apply a ReLU to the result.
         add: ``forward`` takes a second tensor that is added to the convolution before the ReLU.
         inplace: Write the result into that second tensor (only when nothing else reads it).
-        winograd: For a 3x3 stride-1 convolution, also consider the Winograd kernels (:mod:`hrnet_mm.winograd`;
+        winograd: For a 3x3 stride-1 convolution, also consider the Winograd kernels (:mod:`hrnet_mm.ops.winograd`;
             float32 channels_last CPU inputs): the fastest of oneDNN, F(2x2, 3x3) and F(4x4, 3x3) is timed once
             per input shape and used from then on.
     """
@@ -400,7 +400,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         compile_options: Extra inductor options for ``torch.compile`` (e.g. ``{'max_autotune': True}``).
         tune_allocator: When the model is on the CPU, call :func:`tune_cpu_allocator` (process-wide: glibc keeps
             freed memory for the next forward instead of faulting it in again; up to 1.24x faster here).
-        winograd: With ``fuse``, let each 3x3 stride-1 convolution use a Winograd kernel (:mod:`hrnet_mm.winograd`)
+        winograd: With ``fuse``, let each 3x3 stride-1 convolution use a Winograd kernel (:mod:`hrnet_mm.ops.winograd`)
             for the input shapes where timing shows it faster than oneDNN (CPU, float32, channels_last inputs).
             Default: on when ``fuse`` is and the kernel builds here (C++ compiler and ninja; built once per machine,
             about a minute). Outputs then differ from the module's by about 1e-5 of their largest value instead of

@@ -12,7 +12,7 @@ hrnet_mm model through that task library's runner with ``tools/train.py``, evalu
 It ends by writing, per task, PNGs of the predictions on two held-out images (``tools/infer.py``) and of the
 training curves (``tools/analysis/plot_curves.py``) under ``<work dir>/<task>/pictures/`` and printing where.
 
-``python -m hrnet_mm.demo --task seg`` runs one task (``make demo TASK=seg``); ``--smoke`` only builds an
+``python -m hrnet_mm.cli.demo --task seg`` runs one task (``make demo TASK=seg``); ``--smoke`` only builds an
 HRNet through each of the four task registries and runs it once (seconds).
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .registry import build_in_scope
-from .utils import count_macs, count_params
+from ..registry import build_in_scope
+from ..utils import count_macs, count_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # through a symlinked install too
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # through a symlinked install
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ TASKS: Dict[str, DemoTask] = {
 def _config_path(prefix: str) -> str:
     """The one demo config whose name starts with ``prefix``."""
     for base in (os.path.join(REPO, 'configs', 'demo'),
-                 os.path.join(os.path.dirname(os.path.abspath(__file__)), '.mim', 'configs', 'demo')):
+                 os.path.join(PACKAGE, '.mim', 'configs', 'demo')):
         found = sorted(glob.glob(os.path.join(base, prefix + '*.py')))
         if len(found) > 1:
             raise FileNotFoundError(f'several demo configs start with {prefix}: {found}')
@@ -120,7 +121,7 @@ def ensure_data(data_root: str, kinds: List[str]) -> None:
         print(f'[demo] writing {kind} demo data to {folder}', flush=True)
         cli = {'coco': 'coco', 'cityscapes': 'cityscapes', 'coco_keypoints': 'coco-keypoints',
                'imagenet': 'imagenet'}[kind]
-        from .datasets.__main__ import main as data_main
+        from ..datasets.__main__ import main as data_main
         data_main([cli, folder] + (['--train', '48'] if kind == 'coco' else []))  # 8 epochs of 48 images
 
 
@@ -192,7 +193,7 @@ SMOKE = {
 def _fill(cfg: dict, arch: str) -> dict:
     out = {k: (v.format(arch=arch) if isinstance(v, str) else v) for k, v in cfg.items()}
     if out.get('out_channels') == -1:  # the HRNetV2 mix keeps the 15C concatenation width
-        from .models import branch_channels
+        from ..models import branch_channels
         out['out_channels'] = sum(branch_channels(arch))
     return out
 
@@ -222,7 +223,7 @@ def smoke(arch: str = 'w18', size: int = 128) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m hrnet_mm.demo', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m hrnet_mm.cli.demo', description=__doc__.splitlines()[0])
     parser.add_argument('--task', default=os.environ.get('TASK') or 'all', choices=['all', *TASKS],
                         help='one task or all (default; env TASK)')
     parser.add_argument('--root', default='.', help='folder whose data/demo/ holds the demo data (default: cwd)')

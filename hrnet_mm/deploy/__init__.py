@@ -1,0 +1,17 @@
+"""Inference models and exports: :func:`to_deploy` (BN folded into the convolutions, channels_last, hrnet_mm's
+Winograd kernels, ``torch.compile``; :mod:`.fold`) and ONNX / TorchScript export (:mod:`.export`)."""
+from .fold import (
+    CompiledDeploy,
+    OneDNNConv2d,
+    allocator_tuned,
+    fold_batchnorm,
+    fold_bn_into_conv,
+    fuse_onednn,
+    onednn_available,
+    plain_forward,
+    to_deploy,
+    tune_cpu_allocator,
+)
+
+__all__ = ['to_deploy', 'fold_batchnorm', 'fold_bn_into_conv', 'fuse_onednn', 'plain_forward', 'CompiledDeploy',
+           'OneDNNConv2d', 'onednn_available', 'tune_cpu_allocator', 'allocator_tuned']

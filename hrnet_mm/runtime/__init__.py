@@ -1,0 +1,1 @@
+"""Fixes of the pinned OpenMMLab stack applied when hrnet_mm is imported (:mod:`.compat`)."""
