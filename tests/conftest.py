@@ -54,6 +54,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
+KERNEL_NODES = {'winograd': 'TrainConv3x3', 'norm': 'BatchNormAct'}
+
+
+def kernel_nodes(outputs) -> dict:
+    """How many autograd nodes of each CPU training kernel (``winograd``, ``norm``) the graph behind ``outputs``
+    holds: which kernels a step ran, seen from outside (their C++ autograd nodes carry their names). Nodes inside a
+    gradient checkpoint are not in the graph until the backward pass recomputes them."""
+    counts = dict.fromkeys(KERNEL_NODES, 0)
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for kind, name in KERNEL_NODES.items():
+            counts[kind] += name in node.name()
+        stack.extend(n for n, _ in node.next_functions)
+    return counts
+
+
 @pytest.fixture
 def tiny_extra():
     import copy

@@ -134,9 +134,8 @@ def test_norm_eval_holds_after_train():
 
 def test_with_cp_gives_the_same_outputs_and_gradients():
     torch.manual_seed(0)
-    # channels_last=False: the same layers on both sides (checkpointed blocks run torch's norms, not the fused ones)
-    a = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=False)
-    b = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=True, channels_last=False)
+    a = HRNet(extra=copy.deepcopy(TINY_EXTRA), cpu_kernels=False)
+    b = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=True, cpu_kernels=False)
     randomize_(a)
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 64, 64)
@@ -233,11 +232,11 @@ def test_invalid_specs_raise_a_value_error_naming_the_problem(kwargs, message):
     assert message in str(info.value)
 
 
-def test_channels_last_option_computes_the_same_function():
-    """channels_last=True: NHWC weights and input, same keys, same outputs and gradients (float64, where the two
-    memory layouts must agree to rounding) and the layout survives loading a contiguous checkpoint."""
+def test_channels_last_weights_compute_the_same_function():
+    """``model.to(memory_format=torch.channels_last)``: NHWC weights, same keys, same outputs and gradients (float64,
+    where the two memory layouts must agree to rounding) and the layout survives loading a contiguous checkpoint."""
     ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).double()
-    cl = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True).double()
+    cl = HRNet(extra=copy.deepcopy(TINY_EXTRA)).double().to(memory_format=torch.channels_last)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)
     cl.load_state_dict(ref.state_dict())
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)

@@ -26,8 +26,9 @@ def test_peak_cpu_memory_counts_a_step_allocation():
 def test_channels_last_row_has_the_same_gradients():
     from hrnet_mm.models import HRNet
     ours = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
-    proto = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)
+    proto = HRNet(extra=copy.deepcopy(TINY_EXTRA))
     proto.load_state_dict(ours.state_dict())
+    proto = proto.to(memory_format=torch.channels_last)
     assert proto.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     errs = benchmark.check_gradients({'hrnet_mm': ours, 'hrnet_mm-cl': proto}, torch.randn(2, 3, 64, 64))
     assert errs['hrnet_mm-cl'] < 1e-10

@@ -287,7 +287,7 @@ def test_config_computes_the_peer_model(rel: str, paths: List[Path]):
         if all(t.dim() > 0 for t in child.state_dict().values()):
             randomize_(child, seed=i)
     ours = _fresh(library, _config(path))
-    assert type(ours.backbone) is hrnet_mm.HRNet
+    assert isinstance(ours.backbone, hrnet_mm.HRNet)
     ours.load_state_dict(peer.state_dict(), strict=True)
 
     size = 64

@@ -181,7 +181,7 @@ def test_deploy_whole_task_model(config, library):
 
 
 def test_deploy_channels_last_backbone():
-    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)).eval()
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).to(memory_format=torch.channels_last).eval()
     d = to_deploy(m)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Batch norm + residual + ReLU in one kernel for CPU channels_last training steps (hrnet_mm.ops.fused_norm,
-hrnet_mm/ops/csrc/norm.cpp, HRNet(fused_norm=...)).
+hrnet_mm/ops/csrc/norm.cpp, HRNet(cpu_kernels=True)).
 
 The reference is torch.nn.BatchNorm2d followed by ``+`` and ReLU on the same data, in float64: the kernel sums in
 double and in another order than torch's float32 kernels, so it agrees with both to float32 rounding, not bit for
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY_EXTRA, grads_l2, randomize_, rel_err
+from conftest import TINY_EXTRA, grads_l2, kernel_nodes, randomize_, rel_err
 
 from hrnet_mm.models import HRNet
 from hrnet_mm.models.blocks import _ResidualBlock
@@ -161,38 +161,32 @@ def _train_step(model, x, frozen_norms=False):
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
     outs = model(x)
+    nodes = kernel_nodes(outs)
     sum(o.square().mean() for o in outs).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    return [o.detach() for o in outs], grads, buffers
+    return [o.detach() for o in outs], grads, buffers, nodes
 
 
 @pytest.mark.parametrize('frozen_norms', [False, True])
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_hrnet_training_step_with_fused_norms(kernel, frozen_norms, with_cp):
-    """A whole channels_last training step: outputs, every parameter's gradient and every buffer (running
+    """A whole training step with the CPU kernels and oneDNN convolutions (Winograd held off), so that only the
+    norms' rounding differs from the plain module's: outputs, every parameter's gradient and every buffer (running
     statistics, num_batches_tracked) as with torch's layers, with and without checkpointing (whose recomputation
     updates the running statistics a second time, as it does torch's) and with the norms in eval mode
-    (norm_eval). oneDNN convolutions on both sides, so only the norms' rounding differs."""
-    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True, fused_norm=False, winograd=False,
-                           with_cp=with_cp))
-    ours = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True, fused_norm=True, winograd=False,
-                 with_cp=with_cp)
+    (norm_eval)."""
+    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), cpu_kernels=False, with_cp=with_cp))
+    ours = HRNet(extra=copy.deepcopy(TINY_EXTRA), with_cp=with_cp)
     ours.load_state_dict(ref.state_dict())
-    calls = []
-    apply = fused_norm._apply
-    fused_norm._apply = lambda *a: calls.append(1) or apply(*a)
-    try:
-        x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(5))
+    with winograd.force_algorithm(winograd.ONEDNN):
         a, b = _train_step(ref, x, frozen_norms), _train_step(ours, x, frozen_norms)
-    finally:
-        fused_norm._apply = apply
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ours.modules())
-    # every BN layer ran fused (a checkpointed fusion's twice); with_cp: but the blocks' (the fused norms inside a
-    # checkpoint kept their saved tensors: more memory than without with_cp)
+    # every BN layer ran fused; with_cp: the blocks' run inside checkpoints, out of the graph until the backward
     n_block = sum(isinstance(m, nn.BatchNorm2d) for b in ours.modules() if isinstance(b, _ResidualBlock)
                   for m in b.modules())
-    assert len(calls) >= (n_bn - n_block if with_cp else n_bn)
+    assert a[3]['norm'] == 0 and b[3]['norm'] >= (n_bn - n_block if with_cp else n_bn)
     for ya, yb in zip(a[0], b[0]):
         assert rel_err(yb, ya) < TOL
     assert a[1].keys() == b[1].keys() and a[2].keys() == b[2].keys()
@@ -203,37 +197,23 @@ def test_hrnet_training_step_with_fused_norms(kernel, frozen_norms, with_cp):
 
 
 def test_hrnet_default_step_against_float64(kernel):
-    """The channels_last default (Winograd convolutions and fused norms) against the float64 gradients of the
-    same weights, frozen norms (tools/benchmark.py check_float32_gradients), on maps large enough that no
-    branch has fewer than 12 positions per channel."""
-    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA)))
-    model = HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)
-    assert model.fused_norm and model.winograd
+    """The default (Winograd convolutions and fused norms) against the float64 gradients of the same weights,
+    frozen norms (tools/benchmark.py check_float32_gradients), on maps large enough that no branch has fewer than
+    12 positions per channel."""
+    ref = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), cpu_kernels=False))
+    model = HRNet(extra=copy.deepcopy(TINY_EXTRA))
     model.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(6))
     truth = _train_step(copy.deepcopy(ref).double(), x.double(), frozen_norms=True)[1]
-    ours = _train_step(model, x, frozen_norms=True)[1]
-    assert grads_l2(ours, truth) < 1e-3
+    ours = _train_step(model, x, frozen_norms=True)
+    assert ours[3]['norm'] and grads_l2(ours[1], truth) < 1e-3
 
 
-def test_hrnet_fused_norm_argument_and_scripting(kernel, monkeypatch):
-    """None: on unless channels_last=False; anything but None or a bool is refused; inference and torch.jit.script run
-    torch's layers."""
-    with pytest.raises(TypeError, match='fused_norm must be None or a bool'):
-        HRNet(extra=copy.deepcopy(TINY_EXTRA), fused_norm=1)
-    for kwargs, on in [({}, True), (dict(channels_last=False), False), (dict(channels_last=True), True),
-                       (dict(channels_last=False, fused_norm=True), True),
-                       (dict(channels_last=True, fused_norm=False), False)]:
-        model = HRNet(extra=copy.deepcopy(TINY_EXTRA), **kwargs)
-        assert {m.fused_norm for m in model.modules() if hasattr(m, 'fused_norm')} == {on}, kwargs
-
-    def fail(*args):
-        raise AssertionError('fused kernel ran')
-    monkeypatch.setattr(fused_norm, '_apply', fail)
-    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA), channels_last=True)).eval()
+def test_hrnet_inference_and_scripting_run_torchs_norms(kernel):
+    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
     x = torch.randn(1, 3, 64, 64)
+    ref = model(x)
+    assert kernel_nodes(model(x.clone().requires_grad_()))['norm'] == 0
+    scripted = torch.jit.script(model)
     with torch.no_grad():
-        ref = model(x)
-        scripted = torch.jit.script(model)
         assert all(torch.equal(a, b) for a, b in zip(scripted(x), ref))
-    assert winograd.available()

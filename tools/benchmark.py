@@ -8,10 +8,10 @@ median latency, throughput, peak memory (CUDA; on CPU with ``--memory``), the sp
 includes the compile time of ``hrnet_mm-deploy-compiled``).
 
 Implementations:
-  hrnet_mm            the training-ready module (what configs build, ``channels_last=None``): plain NCHW layers in
-                      inference, and on the CPU a float32 training step in channels_last with the CPU training
-                      kernels (Winograd convolutions, fused batch norm + residual + ReLU), outputs back in NCHW
-  hrnet_mm-nchw       ``HRNet(channels_last=False)``: torch's NCHW layers in training too (train only)
+  hrnet_mm            the module that configs build (``cpu_kernels=True``): plain NCHW layers in inference, and on
+                      the CPU a float32 training step in channels_last with the CPU training kernels (Winograd
+                      convolutions, fused batch norm + residual + ReLU), outputs back in NCHW
+  hrnet_mm-plain      ``HRNet(cpu_kernels=False)``: torch's NCHW layers in training too (train only)
   hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last, prepacked and fused oneDNN
                       convolutions, and on CPU Winograd 3x3 convolutions where they are faster (header field
                       ``winograd=``; its ``prep s`` includes timing the choice per shape) (infer only)
@@ -22,14 +22,12 @@ Implementations:
                       batch-1 latency, checked against hrnet_mm on the device)
   hrnet_mm-deploy-cudagraphs CUDA only, with ``--cuda-graphs``: ``to_deploy(model, compile=True)`` with inductor's
                       CUDA graphs (``triton.cudagraphs``): one graph launch per forward instead of ~300 kernels
-  hrnet_mm-cl         ``HRNet(channels_last=True)``: channels_last weights, the input converted in forward, and
-                      with it the CPU training kernels: Winograd convolutions and the fused batch norm + residual +
-                      ReLU (``winograd=None`` and ``fused_norm=None`` turn them on with channels_last) (train only;
-                      its gradients are checked against hrnet_mm's in float64, and in float32 against float64 with
-                      Winograd forced: the line under the table)
-  hrnet_mm-cl-compiled   ``HRNet(channels_last=True, compile=True)``: the forward through torch.compile
-                      (train only, with ``--compile``; ``prep s`` is its first step, which compiles; its
-                      gradients are checked in float64 like hrnet_mm-cl's, which compiles once more)
+  hrnet_mm-cl         ``HRNet().to(memory_format=torch.channels_last)``: channels_last weights too, with the CPU
+                      training kernels (train only; its gradients are checked against hrnet_mm's in float64, and in
+                      float32 against float64 with Winograd forced: the line under the table)
+  hrnet_mm-cl-compiled   ``torch.compile`` of ``HRNet(cpu_kernels=False)`` with channels_last weights (train only,
+                      with ``--compile``; ``prep s`` is its first step, which compiles; its gradients are checked
+                      in float64 like hrnet_mm-cl's, which compiles once more)
   mmdet, mmseg, mmpose, mmpretrain, timm   the peers' backbones (mmseg fuses with bilinear upsampling, so
                       hrnet_mm is compared with it in its bilinear setting)
 
@@ -204,12 +202,17 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
         for m in impls['hrnet_mm-bilinear'].modules():
             if hasattr(m, 'upsample_mode'):
                 m.upsample_mode, m.align_corners = 'bilinear', False
-    for name, kwargs in (('hrnet_mm-cl', dict(channels_last=True)),
-                         ('hrnet_mm-cl-compiled', dict(channels_last=True, compile=True)),
-                         ('hrnet_mm-nchw', dict(channels_last=False))):
+    for name, kwargs, channels_last, compiled in (('hrnet_mm-cl', {}, True, False),
+                                                  ('hrnet_mm-cl-compiled', dict(cpu_kernels=False), True, True),
+                                                  ('hrnet_mm-plain', dict(cpu_kernels=False), False, False)):
         if name in names:
-            impls[name] = HRNet(arch=case.arch, **kwargs)
-            impls[name].load_state_dict(ours.state_dict(), strict=True)
+            model = HRNet(arch=case.arch, **kwargs)
+            model.load_state_dict(ours.state_dict(), strict=True)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            if compiled:
+                model.compile()  # in place: names and state dict stay the module's
+            impls[name] = model
     for name, kwargs in (('hrnet_mm-deploy', {}), ('hrnet_mm-deploy-compiled', dict(compile=True)),
                          ('hrnet_mm-deploy-streams', dict(fuse=False)),
                          ('hrnet_mm-deploy-cudagraphs', dict(compile=True,
@@ -444,7 +447,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
                  + (['hrnet_mm-deploy-streams'] if args.branch_streams else [])
                  + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else []))
     else:
-        names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl', 'hrnet_mm-nchw'])
+        names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl', 'hrnet_mm-plain'])
                  + (['hrnet_mm-cl-compiled'] if args.compile else []))
     prep: Dict[str, float] = {}
     impls = build_impls(case, names, prep, tune_allocator=args.allocator == 'tuned')
@@ -677,7 +680,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--channels-last', action='store_true', help='run every implementation channels_last')
     parser.add_argument('--compile', action='store_true',
                         help='also time to_deploy(compile=True) (infer row hrnet_mm-deploy-compiled, compiles for '
-                             '~1 min) and HRNet(channels_last=True, compile=True) (train row hrnet_mm-cl-compiled, '
+                             '~1 min) and torch.compile of the channels_last backbone (train row hrnet_mm-cl-compiled, '
                              'compiles for ~3 min per case and dtype)')
     parser.add_argument('--branch-streams', action='store_true',
                         help='CUDA: also time the deploy model with each HR module\'s branches on CUDA streams of '
@@ -686,7 +689,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='CUDA: also time to_deploy(compile=True) with inductor\'s CUDA graphs (infer row '
                              'hrnet_mm-deploy-cudagraphs)')
     parser.add_argument('--no-channels-last-row', action='store_true',
-                        help='leave out the hrnet_mm-cl (channels_last=True) and hrnet_mm-nchw (channels_last=False) '
+                        help='leave out the hrnet_mm-cl (channels_last weights) and hrnet_mm-plain (cpu_kernels=False) '
                              'training rows')
     parser.add_argument('--memory', action='store_true',
                         help='CPU peak memory of every row, and the with_cp memory table of --memory-cases')

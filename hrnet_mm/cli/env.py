@@ -96,7 +96,9 @@ def _build_in_scope(lib: str) -> str:
     except ImportError:
         return 'hrnet_mm models not available yet'
     model = build_in_scope(lib, dict(type='hrnet_mm.HRNet', arch='w18_small'))
-    return f"type='hrnet_mm.HRNet' builds {type(model).__module__}.{type(model).__name__}"
+    cls = getattr(model, 'plain', type(model))  # the architecture's class, not the CPU kernels' subclass
+    kernels = ' with the CPU training kernels' if cls is not type(model) else ''
+    return f"type='hrnet_mm.HRNet' builds {cls.__module__}.{cls.__name__}{kernels}"
 
 
 def collect() -> List[Check]:

@@ -8,10 +8,9 @@ from .fold import (
     fold_bn_into_conv,
     fuse_onednn,
     onednn_available,
-    plain_forward,
     to_deploy,
     tune_cpu_allocator,
 )
 
-__all__ = ['to_deploy', 'fold_batchnorm', 'fold_bn_into_conv', 'fuse_onednn', 'plain_forward', 'CompiledDeploy',
+__all__ = ['to_deploy', 'fold_batchnorm', 'fold_bn_into_conv', 'fuse_onednn', 'CompiledDeploy',
            'OneDNNConv2d', 'onednn_available', 'tune_cpu_allocator', 'allocator_tuned']

@@ -129,9 +129,10 @@ def prepare(model: nn.Module, fold_bn: bool = True) -> Tuple[nn.Module, int]:
     Returns:
         The copy and the number of folded conv+BN pairs.
     """
-    from .fold import fold_batchnorm, plain_forward
+    from ..ops.convert import revert_cpu_kernels
+    from .fold import fold_batchnorm
 
-    m = plain_forward(copy.deepcopy(model).eval())
+    m = revert_cpu_kernels(copy.deepcopy(model).eval())
     for p in m.parameters():
         p.requires_grad_(False)
     return m, (fold_batchnorm(m) if fold_bn else 0)

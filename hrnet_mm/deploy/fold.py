@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from hrnet_mm.ops import winograd as winograd_ops
+from hrnet_mm.ops.convert import revert_cpu_kernels
 
 
 @torch.no_grad()
@@ -341,16 +342,6 @@ def _is_ours(module: nn.Module) -> bool:
     return type(module).__module__.startswith('hrnet_mm.')
 
 
-def plain_forward(model: nn.Module) -> nn.Module:
-    """Turns off, in place, the ``compile`` option of the hrnet_mm modules in ``model`` (deploy, export and
-    tracing need the plain forward; they compile or convert the model themselves)."""
-    for module in model.modules():
-        if _is_ours(module) and getattr(module, 'compile_options', None) is not None:
-            module.compile_options = None
-            module.__dict__.pop('_compiled', None)
-    return model
-
-
 def _fuse_ours(model: nn.Module, winograd: bool = False) -> nn.Module:
     """Applies :func:`fuse_onednn` to the outermost hrnet_mm modules (backbone, necks) inside ``model``."""
     if _is_ours(model):
@@ -411,7 +402,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     """
     m = model if inplace else copy.deepcopy(model)
     m.eval()
-    plain_forward(m)
+    revert_cpu_kernels(m)
     fold_batchnorm(m)
     for p in m.parameters():
         p.requires_grad_(False)

@@ -10,23 +10,18 @@ The blocks run under ``torch.jit.script``: TorchScript cannot look a module up b
 norm layers are reached through :class:`NamedNorms`, whose ``hasattr`` tests TorchScript resolves while
 compiling, and gradient checkpointing is skipped in scripted code (it is a training-time memory saving).
 
-Two flags, set by ``HRNet(winograd=..., fused_norm=...)``, choose the CPU training kernels of an eager training
-step: ``winograd`` the 3x3 convolutions of :func:`hrnet_mm.ops.winograd.train_conv`, ``fused_norm`` the batch norm +
-residual sum + ReLU of :func:`hrnet_mm.ops.fused_norm.norm_act`. Both compute the same function as the plain layers
-and fall back to them wherever they do not apply; scripted code always runs the plain layers.
+Each block has one forward: the residual branch, the shortcut, their sum and a ReLU, with the whole block
+recomputed in the backward pass when ``with_cp`` is set. hrnet_mm's CPU training kernels replace the blocks by
+subclasses with the same parameters (:func:`hrnet_mm.ops.convert_cpu_kernels`); this module knows nothing of them.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
-
-from ..ops import winograd
-from ..ops.fused_norm import norm_act
 
 
 class NamedNorms(nn.Module):
@@ -76,7 +71,7 @@ class NamedNorms(nn.Module):
 
 
 class _ResidualBlock(NamedNorms):
-    """Shared plumbing: norm layer naming, gradient checkpointing and the residual sum."""
+    """What the two blocks share: norm layer naming, the residual sum and gradient checkpointing."""
 
     expansion = 1
     num_norms = 2
@@ -86,9 +81,6 @@ class _ResidualBlock(NamedNorms):
     def __init__(self, with_cp: bool = False) -> None:
         super().__init__()
         self.with_cp = with_cp
-        # CPU training kernels (module docstring), set by HRNet(winograd=..., fused_norm=...)
-        self.winograd = False
-        self.fused_norm = False
         self.relu = nn.ReLU(inplace=True)
 
     def _add_norm(self, index: int, norm_cfg: dict, channels: int) -> None:
@@ -110,40 +102,15 @@ class _ResidualBlock(NamedNorms):
         raise NotImplementedError
 
     def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        """``residual(x) + shortcut(x)``, before the last ReLU."""
         identity = x if self.downsample is None else self.downsample(x)
         return self._residual(x) + identity
 
-    def _conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return winograd.train_conv(conv, x) if self.winograd and self.training else conv(x)
-
-    def _fused_inner(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
-        raise NotImplementedError
-
-    @torch.jit.unused
-    def _norm_relu(self, index: int, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
-        """``relu(norm_index(x))`` by the fused kernel, its ReLU separate when ``checkpointed``
-        (:meth:`_training_forward`)."""
-        if checkpointed:
-            return self.relu(norm_act(self.norm(index), x))
-        return norm_act(self.norm(index), x, relu=True)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, C_in, H, W)`` to ``(N, planes * expansion, H', W')``."""
-        if not torch.jit.is_scripting() and self.training and (self.fused_norm or self.with_cp):
-            return self._training_forward(x)
+        if not torch.jit.is_scripting() and self.with_cp and x.requires_grad:
+            return self.relu(cp.checkpoint(self._inner, x, use_reentrant=False))
         return self.relu(self._inner(x))
-
-    @torch.jit.unused
-    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.with_cp and x.requires_grad):
-            return self._fused_inner(x) if self.fused_norm else self.relu(self._inner(x))
-        # Checkpointed, the fused norms run without their ReLU (a separate in-place ReLU follows): the fused kernel
-        # with its ReLU saves its output, and recomputed inside a checkpoint those outputs stayed alive through the
-        # backward pass (8 checkpointed 64-channel 128x128 conv + norm + ReLU layers: 217 MB at peak, against 104 MB
-        # with torch's norms and 168 MB without checkpointing; a W32 512x512 step 1.21x the memory of with_cp=False
-        # instead of 0.33x). Without the ReLU it saves only its input, as torch's norm does.
-        inner = functools.partial(self._fused_inner, checkpointed=True) if self.fused_norm else self._inner
-        return self.relu(cp.checkpoint(inner, x, use_reentrant=False))
 
 
 class BasicBlock(_ResidualBlock):
@@ -174,18 +141,8 @@ class BasicBlock(_ResidualBlock):
         self.downsample = downsample
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.winograd and self.training:
-            out = self.relu(self._norm1(winograd.train_conv(self.conv1, x)))
-            return self._norm2(winograd.train_conv(self.conv2, out))
         out = self.relu(self._norm1(self.conv1(x)))
         return self._norm2(self.conv2(out))
-
-    @torch.jit.unused
-    def _fused_inner(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
-        """``relu(residual(x) + identity(x))`` with the fused norms (checkpointed: without the last ReLU)."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self._norm_relu(1, self._conv(self.conv1, x), checkpointed)
-        return norm_act(self.norm(2), self._conv(self.conv2, out), residual=identity, relu=not checkpointed)
 
 
 class Bottleneck(_ResidualBlock):
@@ -219,19 +176,8 @@ class Bottleneck(_ResidualBlock):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self._norm1(self.conv1(x)))
-        if not torch.jit.is_scripting() and self.winograd and self.training:
-            out = self.relu(self._norm2(winograd.train_conv(self.conv2, out)))
-        else:
-            out = self.relu(self._norm2(self.conv2(out)))
+        out = self.relu(self._norm2(self.conv2(out)))
         return self._norm3(self.conv3(out))
-
-    @torch.jit.unused
-    def _fused_inner(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
-        """``relu(residual(x) + identity(x))`` with the fused norms (checkpointed: without the last ReLU)."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self._norm_relu(1, self.conv1(x), checkpointed)
-        out = self._norm_relu(2, self._conv(self.conv2, out), checkpointed)
-        return norm_act(self.norm(3), self.conv3(out), residual=identity, relu=not checkpointed)
 
 
 BLOCKS = {'BASIC': BasicBlock, 'BOTTLENECK': Bottleneck}
@@ -239,26 +185,7 @@ BLOCKS = {'BASIC': BasicBlock, 'BOTTLENECK': Bottleneck}
 
 class ConvNorm(nn.Sequential):
     """Convolution, norm and optionally ReLU: an ``nn.Sequential`` (keys ``0``, ``1``, ``2`` as in the official
-    code) whose eager training step can use the CPU training kernels (module docstring)."""
-
-    def __init__(self, *layers: nn.Module) -> None:
-        super().__init__(*layers)
-        self.winograd = False
-        self.fused_norm = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``relu?(norm(conv(x)))``."""
-        if not torch.jit.is_scripting() and self.fused_norm and self.training:
-            return self._fused_forward(x)
-        for layer in self:
-            x = layer(x)
-        return x
-
-    @torch.jit.unused
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self[0]
-        y = winograd.train_conv(conv, x) if self.winograd else conv(x)
-        return norm_act(self[1], y, relu=len(self) > 2)
+    code) of its own type, so that the CPU training kernels can find and replace it."""
 
 
 def conv_norm(conv_cfg: Optional[dict], norm_cfg: Optional[dict], cin: int, cout: int, kernel: int, stride: int,

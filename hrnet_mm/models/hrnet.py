@@ -40,14 +40,28 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops.fused_norm import FUSABLE_NORMS, norm_act
-from ..ops.winograd import cpu_training_step
 from ..registry import MODELS
 from .arch import ArchSpec, StageSpec, resolve
-from .blocks import BLOCKS, ConvNorm, NamedNorms, _ResidualBlock, conv_norm, make_res_layer
+from .blocks import BLOCKS, NamedNorms, _ResidualBlock, conv_norm, make_res_layer
 
 UPSAMPLE_MODES = ('nearest', 'bilinear', 'bicubic')
 MAX_SCRIPTED_STAGES = 6  # stages written out in HRNet._scripted_stages
+
+
+_REMOVED = {
+    'channels_last': 'the CPU training kernels choose channels_last per step; for channels_last weights call '
+                     'model.to(memory_format=torch.channels_last)',
+    'compile': "compile the model with the runner's `compile=True` or torch.compile(model)",
+    'winograd': 'the CPU training kernels are one switch: cpu_kernels=True|False',
+    'fused_norm': 'the CPU training kernels are one switch: cpu_kernels=True|False',
+}
+
+
+def _refuse_removed(kwargs: Mapping[str, Any]) -> None:
+    """Raises one TypeError naming each unknown argument and, for the speed switches that ``cpu_kernels``
+    replaced, what to write instead."""
+    hints = [f'{k}: {_REMOVED[k]}' for k in kwargs if k in _REMOVED]
+    raise TypeError(f'HRNet got unknown arguments {sorted(kwargs)}' + ('; ' + '; '.join(hints) if hints else ''))
 
 
 class HRModule(nn.Module):
@@ -177,52 +191,13 @@ class HRNet(BaseModule, NamedNorms):
         norm_cfg: mmcv norm config for every norm layer.
         norm_eval: Keep every BN layer in eval mode (frozen statistics) during training.
         frozen_stages: Freeze the stem (0) and stages 1..k with their transitions (k); -1 freezes nothing.
-        with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion. Checkpointed
-            blocks run torch's norm layers, not the fused ones (with those the saved tensors were kept: 1.21x the
-            memory of ``with_cp=False`` instead of 0.33x at W32 512x512 batch 2).
+        with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion.
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
-        channels_last: ``None`` (default): run each CPU float32 training step in ``torch.channels_last`` with
-            hrnet_mm's CPU training kernels (``winograd``, ``fused_norm``): the input is converted in forward and
-            the outputs back to the input's memory format, the weights stay as they are, and every other forward
-            (eval mode, no grad, CUDA, other dtypes, autocast, ``torch.compile``, tracing, scripting, ONNX export,
-            a norm layer other than BN, or no C++ compiler for the kernel) runs the plain NCHW layers, whose
-            outputs equal the peers' bit for bit. Measured per training step against the fastest peer on an
-            AVX-512 EPYC (docs/benchmarks.md): 1.1-1.25x at W32 256x192 batch 1, 1.5-1.6x at W18 256x256 batch 2,
-            1.95x at W18 512x1024; the outputs and gradients are those of the same function up to float32
-            rounding, not bit-identical to oneDNN's (relative L2 error against float64 about 4e-5, oneDNN's
-            4e-6). ``True``: keep the weights in channels_last and convert the input to it in every forward
-            (outputs channels_last). ``False``: never; with torch's kernels alone channels_last was 1.11-1.20x
-            per CPU training step on an AVX-512 Xeon but 0.86x at W18 512x1024 on an AVX2 EPYC, whose NHWC
-            convolution and batch-norm backward kernels are the slower ones there.
-        compile: ``torch.compile`` the forward (``True``, or a dict of ``torch.compile`` arguments such as
-            ``dict(mode='max-autotune')``), in training and inference alike. Inductor fuses the norms, ReLUs and
-            sums around the convolutions. The first training step compiles the forward and backward graphs
-            (3-7 minutes on a 2-core CPU); eval mode and new input sizes may compile again. Measured on CPU
-            with ``channels_last=True``, per training step: 1.30x the fastest peer at W18 256x256 batch 2, 1.14x
-            at W32 256x192 batch 1 (docs/benchmarks.md). The compiled function is not part of the module's state:
-            a copy, an unpickled module, :func:`hrnet_mm.deploy.to_deploy`, ONNX export and ``torch.jit.script``
-            use the plain forward.
-        winograd: In a CPU float32 training step, compute the residual blocks' 3x3 stride-1 convolutions with at
-            least 32 channels (forward, input gradient, weight gradient) with hrnet_mm's Winograd kernel where it
-            is faster than oneDNN for the shape and memory format (:func:`hrnet_mm.ops.winograd.train_conv`, timed
-            once per shape). ``None`` (default): on unless ``channels_last=False``; measured 1.10-1.23x per
-            W32 256x192 channels_last step against 0.95-1.08x without it on an AVX2 CPU (docs/benchmarks.md). On
-            NCHW maps the timing includes the copies to channels_last and back, which usually leave oneDNN the
-            faster. The gradients are those of the same
-            function up to float32 rounding, not bit-identical to oneDNN's: relative L2 error against float64
-            about 4e-5 (oneDNN: 4e-6) at W32. Inference, CUDA, other dtypes, autocast, ``torch.compile``,
-            tracing and ``torch.jit.script`` always run the plain convolutions. Without a C++ compiler (or with
-            ``HRNET_MM_WINOGRAD=0``) nothing changes.
-        fused_norm: In a CPU float32 training step on channels_last maps, compute every BN layer together with
-            the residual sum and ReLU after it in one kernel each way (:func:`hrnet_mm.ops.fused_norm.norm_act`):
-            torch's NHWC batch norm is several times slower than its NCHW one at channel counts that are not a
-            multiple of 8 (W18's 18, 36, 72). ``None`` (default): on unless ``channels_last=False`` (measured 1.35x
-            the fastest peer per W18 256x256 batch-2 step with it, 1.18x without; docs/benchmarks.md). It also
-            moves the transitions' 3x3 stride-1 convolutions to Winograd when ``winograd`` is on. Same function:
-            batch or running statistics as each BN layer's mode says, running statistics and
-            ``num_batches_tracked`` updated as torch updates them; the results agree with torch's to float32
-            rounding. Other norm layers, NCHW maps, CUDA, autocast, inference, tracing, ``torch.compile`` and
-            ``torch.jit.script`` use torch's layers.
+        cpu_kernels: Train with hrnet_mm's CPU kernels (:func:`hrnet_mm.ops.convert_cpu_kernels`): in a float32
+            CPU training step the backbone runs in ``torch.channels_last`` with Winograd 3x3 convolutions and batch
+            norms fused with the residual sum and ReLU, and returns its maps in the input's memory format. Same
+            parameters and keys, same function up to float32 rounding; every other forward (eval mode, CUDA, other
+            dtypes, autocast, tracing, export) runs the plain layers. ``False`` builds the plain module.
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
             default (Kaiming normal, fan_out, for convs; ones and zeros for norms).
@@ -250,12 +225,12 @@ class HRNet(BaseModule, NamedNorms):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  zero_init_residual: bool = False,
-                 channels_last: Optional[bool] = None,
-                 compile: Union[bool, Mapping[str, Any]] = False,
-                 winograd: Optional[bool] = None,
-                 fused_norm: Optional[bool] = None,
+                 cpu_kernels: bool = True,
                  pretrained: Optional[str] = None,
-                 init_cfg: Union[dict, List[dict], None] = None) -> None:
+                 init_cfg: Union[dict, List[dict], None] = None,
+                 **removed: Any) -> None:
+        if removed:
+            _refuse_removed(removed)
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('HRNet: give init_cfg or pretrained, not both')
@@ -269,16 +244,8 @@ class HRNet(BaseModule, NamedNorms):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.zero_init_residual = zero_init_residual
-        if channels_last is not None and not isinstance(channels_last, bool):
-            raise TypeError(f'HRNet channels_last must be None, True or False, got {channels_last!r}')
-        self.channels_last = channels_last is True  # always channels_last
-        self.auto_channels_last = channels_last is None  # channels_last in a CPU training step (_auto_step)
-        if isinstance(compile, bool):
-            self.compile_options: Optional[Dict[str, Any]] = {} if compile else None
-        elif isinstance(compile, Mapping):
-            self.compile_options = dict(compile)
-        else:
-            raise TypeError(f'HRNet compile must be a bool or a dict of torch.compile arguments, got {compile!r}')
+        if not isinstance(cpu_kernels, bool):
+            raise TypeError(f'HRNet cpu_kernels must be True or False, got {cpu_kernels!r}')
         num_stages = len(self.arch_spec)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'HRNet frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
@@ -328,23 +295,11 @@ class HRNet(BaseModule, NamedNorms):
         self.out_channels: Tuple[int, ...] = tuple(channels[i] for i in self.out_indices)
         self.out_strides: Tuple[int, ...] = tuple(4 * 2 ** i for i in self.out_indices)
 
-        if winograd is not None and not isinstance(winograd, bool):
-            raise TypeError(f'HRNet winograd must be None or a bool, got {winograd!r}')
-        if fused_norm is not None and not isinstance(fused_norm, bool):
-            raise TypeError(f'HRNet fused_norm must be None or a bool, got {fused_norm!r}')
-        winograd = channels_last is not False if winograd is None else winograd
-        fused_norm = channels_last is not False if fused_norm is None else fused_norm
-        self.winograd = winograd
-        self.fused_norm = fused_norm
-        for m in self.modules():
-            if isinstance(m, (_ResidualBlock, ConvNorm)):
-                m.winograd = winograd
-                m.fused_norm = fused_norm
-
         self._default_init()
         self._freeze_stages()
-        if self.channels_last:  # .to(device), init functions and load_state_dict keep the layout
-            self.to(memory_format=torch.channels_last)
+        if cpu_kernels:
+            from ..ops.convert import convert_cpu_kernels  # ops builds on models: imported when used
+            convert_cpu_kernels(self)
 
     # ----------------------------------------------------------------------------------------- config
     @staticmethod
@@ -502,53 +457,13 @@ class HRNet(BaseModule, NamedNorms):
     def forward(self, x: torch.Tensor):
         """Maps ``(N, in_channels, H, W)`` to a tuple of ``len(out_indices)`` maps (a list when scripted); see
         the module docstring for their sizes."""
-        if not torch.jit.is_scripting():
-            # getattr: modules pickled before the option existed
-            if getattr(self, 'compile_options', None) is not None and not torch.compiler.is_compiling():
-                return self._compiled_forward()(x)
-        return self._forward(x)
+        x = self.relu(self._norm1(self.conv1(x)))
+        x = self.relu(self._norm2(self.conv2(x)))
+        return self.forward_stages(x)
 
-    @torch.jit.unused
-    def _compiled_forward(self):
-        """``torch.compile(self._forward)``, made on first use and kept out of the module's state."""
-        fn = self.__dict__.get('_compiled')
-        if fn is None:
-            fn = self.__dict__['_compiled'] = torch.compile(self._forward, **self.compile_options)
-        return fn
-
-    def __getstate__(self) -> Dict[str, Any]:  # copies and pickles compile again (the function holds ``self``)
-        state = dict(self.__dict__)
-        state.pop('_compiled', None)
-        state.pop('_norms_fusable', None)  # a copy may get other norm layers (revert_sync_batchnorm)
-        return state
-
-    @torch.jit.unused
-    def _auto_step(self, x):  # unannotated: TorchScript resolves the signature of unused methods too
-        """Whether ``channels_last=None`` runs this forward in channels_last: a training step that hrnet_mm's CPU
-        kernels serve (:func:`hrnet_mm.ops.winograd.cpu_training_step`) with every norm layer one the fused kernel
-        takes. Channels_last with torch's own NHWC norms can be slower than NCHW (GN, SyncBN)."""
-        if not (getattr(self, 'auto_channels_last', False) and self.training and cpu_training_step(x)):
-            return False
-        fusable = self.__dict__.get('_norms_fusable')
-        if fusable is None:  # once per train() call: a runner swaps norm layers (SyncBN -> BN) before it
-            fusable = self.__dict__['_norms_fusable'] = all(
-                type(m) in FUSABLE_NORMS for m in self.modules()
-                if isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)))
-        return fusable
-
-    def _forward(self, x: torch.Tensor):
-        restore = False  # convert the outputs back to NCHW
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        elif not torch.jit.is_scripting() and self._auto_step(x):
-            restore = not x.is_contiguous(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        if not torch.jit.is_scripting() and self.fused_norm and self.training:
-            x = norm_act(self.norm1, self.conv1(x), relu=True)
-            x = norm_act(self.norm2, self.conv2(x), relu=True)
-        else:
-            x = self.relu(self._norm1(self.conv1(x)))
-            x = self.relu(self._norm2(self.conv2(x)))
+    def forward_stages(self, x: torch.Tensor):
+        """Stage 1 and the multi-resolution stages: maps the stem's output ``(N, stem_channels, H/4, W/4)`` to the
+        selected branches (the second half of :meth:`forward`)."""
         xs = [self.layer1(x)]
         if torch.jit.is_scripting():
             xs = self._scripted_stages(xs)
@@ -556,13 +471,10 @@ class HRNet(BaseModule, NamedNorms):
             for i in self.out_indices:
                 outs.append(xs[i])
             return outs
-        else:
-            for k in range(1, self.num_stages):
-                # kept branches pass through (or change width); new ones start from the lowest resolution
-                xs = getattr(self, f'stage{k + 1}')(getattr(self, f'transition{k}')(xs))
-            if restore:
-                return tuple(xs[i].contiguous() for i in self.out_indices)
-            return tuple(xs[i] for i in self.out_indices)
+        for k in range(1, self.num_stages):
+            # kept branches pass through (or change width); new ones start from the lowest resolution
+            xs = getattr(self, f'stage{k + 1}')(getattr(self, f'transition{k}')(xs))
+        return tuple(xs[i] for i in self.out_indices)
 
     # ----------------------------------------------------------------------------------------- train
     def _frozen_modules(self) -> List[nn.Module]:
@@ -584,7 +496,6 @@ class HRNet(BaseModule, NamedNorms):
     def train(self, mode: bool = True) -> 'HRNet':
         """Sets the mode, keeping frozen stages in eval mode and, with ``norm_eval``, every BN layer."""
         super().train(mode)
-        self.__dict__.pop('_norms_fusable', None)
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():

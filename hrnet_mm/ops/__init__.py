@@ -1,2 +1,6 @@
-"""hrnet_mm's CPU kernels: Winograd 3x3 convolutions (:mod:`.winograd`) and batch norm fused with the residual sum
-and ReLU (:mod:`.fused_norm`), compiled from ``csrc/`` on first use."""
+"""hrnet_mm's CPU training kernels: Winograd 3x3 convolutions (:mod:`.winograd`) and batch norm fused with the
+residual sum and ReLU (:mod:`.fused_norm`), compiled from ``csrc/``, and the module conversion that puts them
+into a model (:mod:`.convert`)."""
+from .convert import convert_cpu_kernels, revert_cpu_kernels, uses_cpu_kernels
+
+__all__ = ['convert_cpu_kernels', 'revert_cpu_kernels', 'uses_cpu_kernels']
