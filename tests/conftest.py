@@ -75,6 +75,13 @@ def kernel_nodes(outputs) -> dict:
     return counts
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the compiled CPU kernels (the ``kernel`` fixture) carry the ``kernels`` marker."""
+    for item in items:
+        if 'kernel' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.kernels)
+
+
 @pytest.fixture
 def tiny_extra():
     import copy

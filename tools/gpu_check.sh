@@ -6,7 +6,7 @@
 # It installs the wheels into a scratch folder (mmengine, and mmcv without compiled ops: enough for hrnet_mm and
 # timm; mmdet, mmseg, mmpose and mmpretrain need mmcv's ops, so timm is the peer: its HRNet runs the same
 # operations as theirs) and runs the PARTs (default: all three):
-#   tests  tests/test_cuda.py: the deploy model on CUDA, bf16 autocast, branch streams, CUDA graphs (~2 min)
+#   tests  tests/deploy/test_cuda.py: the deploy model on CUDA, bf16 autocast, branch streams, CUDA graphs (~2 min)
 #   fp32   tools/benchmark.py --device cuda: W32 256x192 batch 32 and batch 1, inference, fp32 (~1 min)
 #   bf16   the same with bf16 autocast and channels_last for every row, plus the compiled deploy model, the
 #          branch-streams model and the CUDA-graphs model (compiles; ~6 min)
@@ -39,7 +39,7 @@ bench() { "$PY" tools/benchmark.py --device cuda --mode infer --peers timm --cas
 for part in "${parts[@]}"; do
   echo "== gpu_check: $part"
   case "$part" in
-    tests) "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" || status=1 ;;
+    tests) "$PY" -m pytest -q -p no:cacheprovider tests/deploy/test_cuda.py 2>&1 | tee "$OUT/tests.log" || status=1 ;;
     fp32) bench --json "$OUT/bench_fp32.json" 2>&1 | tee "$OUT/bench_fp32.log" || status=1 ;;
     bf16) bench --dtype bf16 --channels-last --compile --branch-streams --cuda-graphs --json "$OUT/bench_bf16.json" \
             2>&1 | tee "$OUT/bench_bf16.log" || status=1 ;;

@@ -11,7 +11,7 @@ It computes what the modules compute: the batch statistics in training (the runn
 ``num_batches_tracked``, updated as ``torch.nn.BatchNorm2d`` updates them, momentum ``None`` included), the
 running statistics for a layer in eval mode (``norm_eval``, frozen stages), and the gradients of the input,
 weight, bias and residual. The sums run in double, so the results agree with torch's to float32 rounding
-(tests/test_fused_norm.py), not bit for bit.
+(tests/ops/test_fused_norm.py), not bit for bit.
 
 Anything else goes through the modules unchanged: other norm layers (SyncBN itself, GN, ...), NCHW or
 non-float32 inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ``torch.compile`` / ONNX export, or a

@@ -3,7 +3,7 @@
 These are the exact layouts whose parameter counts and GFLOPs the official HRNet repositories publish
 (classification: HRNet + the official ``HRFuseScales`` head + a 1000-way linear classifier; pose: HRNetV1 with a
 1x1 17-keypoint heatmap layer; segmentation: HRNetV2 with the official concat + 1x1 conv (with bias) + BN + ReLU
-and a 1x1 classifier). ``tests/test_counts.py`` checks them against the published numbers and
+and a 1x1 classifier). ``tests/models/test_counts.py`` checks them against the published numbers and
 ``tools/analysis/get_flops.py --arch ... --task ...`` prints them.
 
 Example::

@@ -104,7 +104,7 @@ every published checkpoint below loads with `strict=True`, as a plain file or by
 
 The files are written by `tools/generate_zoo.py` from the rules in `hrnet_mm/zoo/recipes.py` and the peers' installed
 configs and metafiles (`python tools/generate_zoo.py --check` lists what a new peer release changes); do not edit
-them. `tests/test_configs.py` builds every config in its task library, loads the state dict of the model that the
+them. `tests/zoo/test_configs.py` builds every config in its task library, loads the state dict of the model that the
 peer's own config builds with `strict=True` and checks that both give the same outputs.
 
 Run one with the library's tools or hrnet_mm's, e.g.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools' / 'analysis'
 DEMO_SEG = REPO / 'configs' / 'demo' / 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py'
 

@@ -104,7 +104,7 @@ def test_environment_names_the_processor_and_its_vector_isa():
 
 
 def test_branch_streams_patch_every_hr_module_and_keep_the_cpu_forward():
-    # On a GPU the branches run on streams of their own (tests/test_cuda.py); elsewhere the plain forward runs.
+    # On a GPU the branches run on streams of their own (tests/deploy/test_cuda.py); elsewhere the plain forward runs.
     from hrnet_mm.deploy import to_deploy
     from hrnet_mm.models import HRModule, HRNet
     model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()

@@ -103,7 +103,7 @@ def test_default_training_step_with_batch_statistics_matches_the_plain_module(ke
 
 def test_default_runs_the_plain_layers_outside_a_cpu_training_step(kernel):
     """Eval mode, no gradients, float64 and autocast run NCHW through torch's layers: bit for bit the plain
-    module's outputs (the peers' too: tests/test_compat.py), no kernel in the graph."""
+    module's outputs (the peers' too: tests/project/test_compat.py), no kernel in the graph."""
     model, ref = _pair()
     seen = _conv1_formats(model)
     x = torch.randn(1, 3, 64, 64)
@@ -170,7 +170,7 @@ def test_checkpointed_blocks_with_the_fused_norms_save_memory_and_compute_the_sa
     their recomputation and the checkpointed step peaked above the unchecked one), with the same gradients."""
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tools'))
     import benchmark
 
     from hrnet_mm.models.blocks import BasicBlock

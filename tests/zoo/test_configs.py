@@ -30,7 +30,7 @@ from hrnet_mm.registry import build_in_scope
 from hrnet_mm.utils import count_params
 from hrnet_mm.zoo import generate, metafiles, peers, recipes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_ROOT = REPO / 'configs'
 TASK_LIBRARY = {task: library for library, task in recipes.TASKS.items()}
 

@@ -166,7 +166,7 @@ def test_deploy_whole_task_model(config, library):
 
     from hrnet_mm.registry import build_in_scope
 
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     model = build_in_scope(library, Config.fromfile(osp.join(root, config)).model)
     randomize_(model.backbone)
     model.eval()

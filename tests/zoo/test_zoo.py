@@ -241,7 +241,7 @@ def _entry_model_cfg(entry):
 
 def test_backbone_entries_have_the_params_of_their_classifier():
     """Built on the meta device (no weights allocated). The full-model entries are checked against the model their
-    config builds in tests/test_configs.py."""
+    config builds in tests/zoo/test_configs.py."""
     counts, wrong = {}, []
     for entry in [e for e in load_table() if e.kind == 'backbone']:
         cfg = _entry_model_cfg(entry)

@@ -6,8 +6,8 @@ That file, as it is, is the ``load_from`` of the matching hrnet_mm config: mmeng
 config and loads it (``load_or_resume``), the tools' strict check (every weight present with its shape, what
 ``tools/test.py CONFIG CHECKPOINT`` requires) passes, and both models predict on the same input in eval mode.
 Both sides run the same float32 kernels in the same order, so the outputs are equal up to a few ulps; the tolerance
-is a relative error of 1e-5 (see tests/test_parity.py), boxes, scores, labels and keypoints compared with the same
-tolerance.
+is a relative error of 1e-5 (see tests/models/test_parity.py), boxes, scores, labels and keypoints compared with
+the same tolerance.
 
 The official/timm ImageNet layouts round-trip through the converter with equal logits, including the
 bias folding into BN statistics for the mmpretrain head layout.

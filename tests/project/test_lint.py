@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PATHS = ['hrnet_mm', 'tools', 'tests', 'configs', '_hrnet_mm_config_hook.py', 'setup.py']
 
 
