@@ -12,8 +12,9 @@ built before the swap keeps working), only the forward of a float32 CPU training
   and ReLU after it, with :func:`hrnet_mm.ops.fused_norm.norm_act`.
 
 Both kernels compute the same function as the plain layers, up to float32 rounding, and fall back to them wherever
-they do not apply (eval mode, CUDA, other dtypes, autocast, tracing, ``torch.compile``, ONNX export, norm layers
-other than BN, no C++ compiler). :func:`revert_cpu_kernels` restores the plain classes; ``torch.jit.script`` sees
+they do not apply (eval mode, CUDA, other dtypes, autocast, tracing, ONNX export, norm layers other than BN, no C++
+compiler). They are dispatcher operators (``torch.ops.hrnet_mm``) with fake kernels, so ``torch.compile`` traces a
+training step with them in one graph. :func:`revert_cpu_kernels` restores the plain classes; ``torch.jit.script`` sees
 the plain classes too (``__prepare_scriptable__``), as do :func:`hrnet_mm.deploy.to_deploy` and the exports.
 """
 from __future__ import annotations
@@ -128,6 +129,8 @@ class KernelHRNet(_Kernels, HRNet):
     def _norms_fusable(self) -> bool:
         """Whether every norm layer is one :func:`~hrnet_mm.ops.fused_norm.norm_act` fuses; worked out once per
         ``train()`` call (a runner swaps norm layers, SyncBN to BN, before it)."""
+        if torch.compiler.is_compiling():  # traced once per compiled graph: no cache to keep
+            return all(type(m) in FUSABLE_NORMS for m in self.modules() if isinstance(m, _NORMS))
         fusable = self.__dict__.get('_fusable')
         if fusable is None:
             fusable = self.__dict__['_fusable'] = all(

@@ -14,7 +14,7 @@ weight, bias and residual. The sums run in double, so the results agree with tor
 (tests/ops/test_fused_norm.py), not bit for bit.
 
 Anything else goes through the modules unchanged: other norm layers (SyncBN itself, GN, ...), NCHW or
-non-float32 inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ``torch.compile`` / ONNX export, or a
+non-float32 inputs (autocast), CUDA, ``torch.jit.script`` / tracing / ONNX export, or a
 machine where the extension cannot be built.
 """
 from __future__ import annotations
@@ -37,12 +37,11 @@ except ImportError:  # pragma: no cover - an mmengine without it
 def fusable(norm: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`norm_act` runs the fused kernel for this layer and input: a ``torch.nn.BatchNorm2d`` or
     mmengine's ``_BatchNormXd`` (exactly: other subclasses may change the forward; :data:`FUSABLE_NORMS`) on a 4-d
-    float32 channels_last CPU map, outside scripting, tracing, ``torch.compile`` and ONNX export, with the
-    extension available."""
+    float32 channels_last CPU map, outside scripting, tracing and ONNX export, with the extension available
+    (``torch.compile`` traces the operator)."""
     return (type(norm) in FUSABLE_NORMS and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == 'cpu'
             and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and winograd.available())
 
 
@@ -61,8 +60,9 @@ def _run(norm: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[torch.Tensor]
 
 
 def _apply(*args):
-    """The kernel's differentiable function (its autograd node is C++: no Python call per layer backward)."""
-    return winograd._load().batch_norm_act(*args)
+    """The operator ``torch.ops.hrnet_mm.batch_norm_act`` (its autograd node is C++: no Python call per layer
+    backward): the normalised map; the statistics it also returns are for the backward pass."""
+    return torch.ops.hrnet_mm.batch_norm_act(*args)[0]
 
 
 def norm_act(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None,

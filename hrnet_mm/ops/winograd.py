@@ -159,9 +159,13 @@ def _load():
     logger.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
-        return _build(cpp_extension)
+        ext = _build(cpp_extension)
     finally:
         logger.setLevel(level)
+    if ext is not None:  # the build registered the operators torch.ops.hrnet_mm.*: now their fake kernels
+        from . import fake
+        fake.register()
+    return ext
 
 
 def _build(cpp_extension):
@@ -227,6 +231,7 @@ def _stable_sources(directory: str) -> list:
     return paths
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a fact about the machine, decided while tracing
 def available() -> bool:
     """Whether the Winograd kernel is built (or can be built) and enabled."""
     return extension() is not None
@@ -364,10 +369,10 @@ def _train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile
     ``tile``, the weight gradient by ``weight_tile`` (:data:`ONEDNN`, 2 or 4 each), and with ``together`` the two
     gradients side by side, one thread each (where both are Winograd and torch has two intra-op threads; the same
     floats either way). The output and the input gradient keep the input's memory format, the weight gradient the
-    weight's. The autograd node is C++ (``winograd_train_conv``): a Python Function's calls cost about 50 us per
-    layer, forward and backward, which is 2-4% of a W32 training step; its backward is not differentiable
-    (``create_graph=True`` raises)."""
-    return _load().winograd_train_conv(x, weight, tile, weight_tile, together)
+    weight's. The operator ``torch.ops.hrnet_mm.train_conv3x3`` (its autograd node is C++: a Python Function's calls
+    cost about 50 us per layer, forward and backward, which is 2-4% of a W32 training step); its backward is not
+    differentiable (``create_graph=True`` raises)."""
+    return torch.ops.hrnet_mm.train_conv3x3(x, weight, tile, weight_tile, together)
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:
@@ -380,11 +385,12 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 def cpu_training_step(x: torch.Tensor) -> bool:
     """Whether ``x`` enters a step that hrnet_mm's CPU training kernels serve: a 4-d float32 CPU map with
-    gradients being recorded, not under autocast, tracing, ``torch.compile`` or ONNX export, and the kernel
-    available (TorchScript never gets here: the callers are unused when scripted)."""
+    gradients being recorded, not under autocast, tracing or ONNX export, and the kernel available (TorchScript
+    never gets here: the callers are unused when scripted). ``torch.compile`` traces the kernels as the operators
+    they are (their fake kernels: :mod:`hrnet_mm.ops.fake`)."""
     return (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4 and torch.is_grad_enabled()
             and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and available())
+            and not torch.onnx.is_in_onnx_export() and available())
 
 
 def trainable(conv: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -426,16 +432,23 @@ def choose_training_algorithm(x: torch.Tensor, weight: torch.Tensor) -> Tuple[in
     if _FORCED is not None:
         return _FORCED, _FORCED, False
     n, c, h, w = x.shape
-    nchw = not _is_channels_last(x)
-    key = (n, c, h, w, weight.shape[0], torch.get_num_threads(), int(nchw))
+    return _training_choice(n, c, h, w, weight.shape[0], int(not _is_channels_last(x)),
+                            _is_channels_last(weight))
+
+
+@torch.compiler.assume_constant_result  # torch.compile: looked up (or timed) while tracing, a constant in the graph
+def _training_choice(n: int, c: int, h: int, w: int, k: int, nchw: int,
+                     weight_channels_last: bool) -> Tuple[int, int, bool]:
+    key = (n, c, h, w, k, torch.get_num_threads(), nchw)
     choice = _TRAIN_CHOICES.get(key)
     if choice is None:
-        choice = _TRAIN_CHOICES[key] = _read_training_choices().get(key) or _time_training_choice(x, weight, key)
+        choice = _TRAIN_CHOICES[key] = (_read_training_choices().get(key)
+                                        or _time_training_choice(key, weight_channels_last))
     return choice
 
 
-def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int, ...]) -> Tuple[int, int, bool]:
-    n, c, h, w = x.shape
+def _time_training_choice(key: Tuple[int, ...], weight_channels_last: bool) -> Tuple[int, int, bool]:
+    n, c, h, w, k = key[:5]
     nchw = bool(key[-1])
     ext = _load()
     fmt = torch.contiguous_format if nchw else torch.channels_last
@@ -443,8 +456,9 @@ def _time_training_choice(x: torch.Tensor, weight: torch.Tensor, key: Tuple[int,
     gen = torch.Generator().manual_seed(0)  # not the global generator: a run's random draws stay its own
     with torch.no_grad():
         data = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=fmt)
-        grad = torch.randn(n, weight.shape[0], h, w, generator=gen).contiguous(memory_format=fmt)
-        wt = torch.randn(tuple(weight.shape), generator=gen).contiguous(memory_format=_memory_format(weight))
+        grad = torch.randn(n, k, h, w, generator=gen).contiguous(memory_format=fmt)
+        wt = torch.randn(k, c, 3, 3, generator=gen).contiguous(
+            memory_format=torch.channels_last if weight_channels_last else torch.contiguous_format)
         evict = torch.empty(2 * _cache_bytes() // 4)
         tiles = [t for t in TRAIN_TILES if min(h, w) >= t]
 

@@ -1,5 +1,5 @@
-"""``torch.compile`` of hrnet_mm's HRNet: the same results as eager, with and without the CPU training kernels, and
-the kernels' classes stay out of deploy models, exports and TorchScript.
+"""``torch.compile`` of hrnet_mm's HRNet: the same results as eager, and the CPU kernels' classes stay out of deploy
+models, exports and TorchScript.
 
 The fast tests use dynamo's ``eager`` backend (the traced graph run op by op: bit-identical results, no code
 generation) with ``fullgraph=True`` (a graph break fails); the inductor test, which generates and compiles C++ for
@@ -33,11 +33,10 @@ def _grads(model, x):
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize('cpu_kernels', [False, True])
-def test_compiled_forward_and_gradients_equal_the_plain_module(cpu_kernels):
-    """Compiled code runs the plain layers (the kernels step aside while dynamo traces), so both equal the plain
-    module bit for bit, in training and in eval mode."""
-    plain, model = _pair(cpu_kernels=cpu_kernels)
+def test_compiled_forward_and_gradients_equal_the_plain_module():
+    """Dynamo's graph of the plain module, run op by op, equals the module bit for bit, in training and in eval
+    mode (the module with the CPU kernels: tests/ops/test_operators.py)."""
+    plain, model = _pair(cpu_kernels=False)
     compiled = torch.compile(model, **EAGER)
     x = torch.randn(2, 3, 64, 96)
     for mode in ('train', 'eval'):

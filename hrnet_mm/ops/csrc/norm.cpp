@@ -323,18 +323,70 @@ std::vector<at::Tensor> batch_norm_act_backward(const at::Tensor& dy, const at::
 namespace {
 
 c10::optional<at::Tensor> opt(const at::Tensor& t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; }
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
 
-// The autograd node, in C++ so that a training step pays no Python call per layer in either direction.
+// ---- the operator hrnet_mm::batch_norm_act ------------------------------------------------------------------------
+// relu?(batch_norm(x) [+ residual]) of a channels_last float32 map, returning (y, mean, invstd) and updating the
+// running statistics in place (batch_stats). Registered with the dispatcher: CPU kernels for the forward and the
+// backward pass (an operator of its own, so that torch.compile can trace it through its fake kernel,
+// hrnet_mm/ops/fake.py) and an autograd kernel in C++, so that a training step pays no Python call per layer.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool batch_stats, double momentum, double eps, bool relu) {
+  std::vector<at::Tensor> out = batch_norm_act_forward(x, weight, bias, running_mean, running_var, batch_stats,
+                                                       momentum, eps, residual, relu);
+  return {out[0], out[1], out[2]};
+}
+
+// (dx, dweight, dbias, dz), each an empty tensor where not asked for; dz is the residual's gradient with relu.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& y,
+    const c10::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats,
+    bool relu, bool need_dx, bool need_dweight, bool need_dz) {
+  std::vector<at::Tensor> g = batch_norm_act_backward(dy.contiguous(at::MemoryFormat::ChannelsLast), x, y, weight,
+                                                      mean, invstd, batch_stats, relu, need_dx, need_dweight,
+                                                      need_dz);
+  return {or_empty(g[0], x), or_empty(g[1], mean), or_empty(g[2], mean), or_empty(g[3], x)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_batch_norm_act(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool batch_stats, double momentum, double eps, bool relu) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hrnet_mm::batch_norm_act", "")
+                       .typed<decltype(batch_norm_act_cpu)>();
+  return op.call(x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_batch_norm_act_backward(
+    const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& y,
+    const c10::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd, bool batch_stats,
+    bool relu, bool need_dx, bool need_dweight, bool need_dz) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hrnet_mm::batch_norm_act_backward", "")
+                       .typed<decltype(batch_norm_act_backward_cpu)>();
+  return op.call(dy, x, y, weight, mean, invstd, batch_stats, relu, need_dx, need_dweight, need_dz);
+}
+
+// The autograd node: gradients of x, weight, bias and residual.
 struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
   // optional tensors: an undefined at::Tensor cannot be an input of a C++ autograd function
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                            const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
-                            const c10::optional<at::Tensor>& running_var, bool batch_stats, double momentum,
-                            double eps, bool relu) {
-    std::vector<at::Tensor> out = batch_norm_act_forward(x, weight, bias, running_mean, running_var, batch_stats,
-                                                         momentum, eps, residual, relu);
-    ctx->save_for_backward({x, relu ? out[0] : at::Tensor(), weight.value_or(at::Tensor()), out[1], out[2]});
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const c10::optional<at::Tensor>& weight,
+                                                const c10::optional<at::Tensor>& bias,
+                                                const c10::optional<at::Tensor>& residual,
+                                                const c10::optional<at::Tensor>& running_mean,
+                                                const c10::optional<at::Tensor>& running_var, bool batch_stats,
+                                                double momentum, double eps, bool relu) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, mean, invstd] =
+        call_batch_norm_act(x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu);
+    ctx->save_for_backward({x, relu ? y : at::Tensor(), weight.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["batch_stats"] = batch_stats;
     ctx->saved_data["relu"] = relu;
     // needs_input_grad counts the tensor inputs that exist: x, then weight, bias, residual where given
@@ -342,7 +394,8 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     ctx->saved_data["weight"] = given(weight);
     ctx->saved_data["bias"] = given(bias);
     ctx->saved_data["residual"] = given(residual);
-    return out[0];
+    ctx->mark_non_differentiable({mean, invstd});
+    return {y, mean, invstd};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -356,29 +409,45 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     const bool need_db = has_bias && ctx->needs_input_grad(edge++);
     const bool need_dr = has_residual && ctx->needs_input_grad(edge++);
     const at::Tensor dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
-    std::vector<at::Tensor> g = batch_norm_act_backward(dy, saved[0], opt(saved[1]), opt(saved[2]), saved[3],
-                                                        saved[4], ctx->saved_data["batch_stats"].toBool(), relu,
-                                                        need_dx, need_dw || need_db, need_dr);
+    auto [dx, dweight, dbias, dz] =
+        call_batch_norm_act_backward(dy, saved[0], opt(saved[1]), opt(saved[2]), saved[3], saved[4],
+                                     ctx->saved_data["batch_stats"].toBool(), relu, need_dx, need_dw || need_db,
+                                     need_dr && relu);
     at::Tensor dr;
-    if (need_dr) dr = relu ? g[3] : dy;
-    return {g[0], need_dw ? g[1] : at::Tensor(), need_db ? g[2] : at::Tensor(), dr, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (need_dr) dr = relu ? dz : dy;
+    return {need_dx ? dx : at::Tensor(), need_dw ? dweight : at::Tensor(), need_db ? dbias : at::Tensor(), dr,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor batch_norm_act(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-                          const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-                          bool batch_stats, double momentum, double eps, bool relu) {
-  return BatchNormAct::apply(x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps, relu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_autograd(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool batch_stats, double momentum, double eps, bool relu) {
+  auto out = BatchNormAct::apply(x, weight, bias, residual, running_mean, running_var, batch_stats, momentum, eps,
+                                 relu);
+  return {out[0], out[1], out[2]};
 }
 
 }  // namespace
 
-void register_norm(pybind11::module& m) {
-  m.def("batch_norm_act", &batch_norm_act,
-        "relu?(batch_norm(x) [+ residual]) of a channels_last float32 map, differentiable (x, weight, bias, "
-        "residual)");
+}  // namespace hrnet_mm_norm
+
+TORCH_LIBRARY_FRAGMENT(hrnet_mm, m) {
+  m.def("batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool batch_stats, float momentum, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
+  m.def("batch_norm_act_backward(Tensor dy, Tensor x, Tensor? y, Tensor? weight, Tensor mean, Tensor invstd, "
+        "bool batch_stats, bool relu, bool need_dx, bool need_dweight, bool need_dz) -> (Tensor, Tensor, Tensor, "
+        "Tensor)");
 }
 
+TORCH_LIBRARY_IMPL(hrnet_mm, CPU, m) {
+  m.impl("batch_norm_act", &hrnet_mm_norm::batch_norm_act_cpu);
+  m.impl("batch_norm_act_backward", &hrnet_mm_norm::batch_norm_act_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(hrnet_mm, Autograd, m) { m.impl("batch_norm_act", &hrnet_mm_norm::batch_norm_act_autograd); }
+
+namespace hrnet_mm_norm {
+void register_norm(pybind11::module&) {}  // the norm is reached through torch.ops.hrnet_mm
 }  // namespace hrnet_mm_norm

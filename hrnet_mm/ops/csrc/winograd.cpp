@@ -1089,16 +1089,64 @@ std::tuple<at::Tensor, at::Tensor> train_gradients(const at::Tensor& dy, const a
   return train_backward(dy, x, weight, tile, weight_tile, together, true, true);
 }
 
-// The training convolution's autograd node (hrnet_mm.winograd.train_conv), in C++ so that a training step pays no
-// Python call per layer in either direction: conv2d(x, weight, padding=1) with the forward pass and the input
-// gradient by `tile`, the weight gradient by `weight_tile` (0 = oneDNN, 2 or 4 = Winograd), the two gradients side by
-// side with `together` (train_backward). The output and the input gradient keep x's memory format, the weight
-// gradient the weight's.
+// ---- the operator hrnet_mm::train_conv3x3 -------------------------------------------------------------------------
+// conv2d(x, weight, padding=1) with the forward pass and the input gradient by `tile`, the weight gradient by
+// `weight_tile` (0 = oneDNN, 2 or 4 = Winograd), the two gradients side by side with `together` (train_backward).
+// The output and the input gradient keep x's memory format, the weight gradient the weight's. Registered with the
+// dispatcher: a CPU kernel for each pass (the backward is an operator of its own, so that torch.compile can trace
+// it through its fake kernel, hrnet_mm/ops/fake.py) and an autograd kernel in C++, so that a training step pays no
+// Python call per layer in either direction.
+
+// CPU kernel of the forward pass.
+at::Tensor train_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile,
+                             bool together) {
+  check_train_tile(tile, "hrnet_mm::train_conv3x3");
+  check_train_tile(weight_tile, "hrnet_mm::train_conv3x3");
+  const bool nchw = !is_channels_last(x);
+  const at::Tensor y = train_forward(x.contiguous(at::MemoryFormat::ChannelsLast), weight, tile);
+  return nchw ? y.contiguous() : y;
+}
+
+// CPU kernel of the backward pass: (input gradient or an empty tensor, weight gradient or an empty tensor).
+std::tuple<at::Tensor, at::Tensor> train_conv3x3_backward_cpu(const at::Tensor& dy, const at::Tensor& x,
+                                                              const at::Tensor& weight, int64_t tile,
+                                                              int64_t weight_tile, bool together, bool need_dx,
+                                                              bool need_dw) {
+  check_train_tile(tile, "hrnet_mm::train_conv3x3_backward");
+  check_train_tile(weight_tile, "hrnet_mm::train_conv3x3_backward");
+  const bool nchw = !is_channels_last(x);
+  auto [dx, dw] = train_backward(dy.contiguous(at::MemoryFormat::ChannelsLast),
+                                 x.contiguous(at::MemoryFormat::ChannelsLast), weight, tile, weight_tile, together,
+                                 need_dx, need_dw);
+  dx = dx.defined() ? (nchw ? dx.contiguous() : dx) : at::empty({0}, x.options());
+  // oneDNN's weight gradient follows x's layout: the gradient is laid out like the weight, as the fake kernel says
+  dw = dw.defined() ? dw.contiguous(weight.suggest_memory_format()) : at::empty({0}, weight.options());
+  return {dx, dw};
+}
+
+at::Tensor call_train_conv3x3(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile,
+                              bool together) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hrnet_mm::train_conv3x3", "")
+                       .typed<decltype(train_conv3x3_cpu)>();
+  return op.call(x, weight, tile, weight_tile, together);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_train_conv3x3_backward(const at::Tensor& dy, const at::Tensor& x,
+                                                               const at::Tensor& weight, int64_t tile,
+                                                               int64_t weight_tile, bool together, bool need_dx,
+                                                               bool need_dw) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hrnet_mm::train_conv3x3_backward", "")
+                       .typed<decltype(train_conv3x3_backward_cpu)>();
+  return op.call(dy, x, weight, tile, weight_tile, together, need_dx, need_dw);
+}
+
+// The autograd node. x is saved in channels_last (the kernels' layout), once.
 struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             int64_t tile, int64_t weight_tile, bool together) {
-    TORCH_CHECK((tile == 0 || tile == 2 || tile == 4) && (weight_tile == 0 || weight_tile == 2 || weight_tile == 4),
-                "winograd_train_conv: algorithms must be 0 (oneDNN), 2 or 4, got ", tile, " and ", weight_tile);
+    at::AutoDispatchBelowADInplaceOrView guard;
     const bool nchw = !is_channels_last(x);
     const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
     ctx->save_for_backward({xl, weight});
@@ -1106,7 +1154,7 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     ctx->saved_data["weight_tile"] = weight_tile;
     ctx->saved_data["together"] = together;
     ctx->saved_data["nchw"] = nchw;
-    const at::Tensor y = train_forward(xl, weight, tile);
+    const at::Tensor y = call_train_conv3x3(xl, weight, tile, weight_tile, together);
     return nchw ? y.contiguous() : y;
   }
 
@@ -1115,20 +1163,33 @@ struct TrainConv3x3 : public torch::autograd::Function<TrainConv3x3> {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "hrnet_mm Winograd training convolution: its backward is not differentiable (create_graph=True)");
     const auto saved = ctx->get_saved_variables();
-    auto [dx, dw] = train_backward(grads[0].contiguous(at::MemoryFormat::ChannelsLast), saved[0], saved[1],
-                                   ctx->saved_data["tile"].toInt(), ctx->saved_data["weight_tile"].toInt(),
-                                   ctx->saved_data["together"].toBool(), ctx->needs_input_grad(0),
-                                   ctx->needs_input_grad(1));
-    if (dx.defined() && ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
-    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool need_dx = ctx->needs_input_grad(0), need_dw = ctx->needs_input_grad(1);
+    auto [dx, dw] = call_train_conv3x3_backward(
+        grads[0].contiguous(at::MemoryFormat::ChannelsLast), saved[0], saved[1], ctx->saved_data["tile"].toInt(),
+        ctx->saved_data["weight_tile"].toInt(), ctx->saved_data["together"].toBool(), need_dx, need_dw);
+    if (need_dx && ctx->saved_data["nchw"].toBool()) dx = dx.contiguous();
+    return {need_dx ? dx : at::Tensor(), need_dw ? dw : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor winograd_train_conv(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile,
-                               bool together) {
+at::Tensor train_conv3x3_autograd(const at::Tensor& x, const at::Tensor& weight, int64_t tile, int64_t weight_tile,
+                                  bool together) {
   return TrainConv3x3::apply(x, weight, tile, weight_tile, together);
 }
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hrnet_mm, m) {
+  m.def("train_conv3x3(Tensor x, Tensor weight, int tile, int weight_tile, bool together=False) -> Tensor");
+  m.def("train_conv3x3_backward(Tensor dy, Tensor x, Tensor weight, int tile, int weight_tile, bool together, "
+        "bool need_dx, bool need_dw) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(hrnet_mm, CPU, m) {
+  m.impl("train_conv3x3", &train_conv3x3_cpu);
+  m.impl("train_conv3x3_backward", &train_conv3x3_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(hrnet_mm, Autograd, m) { m.impl("train_conv3x3", &train_conv3x3_autograd); }
 
 namespace hrnet_mm_norm {
 void register_norm(pybind11::module& m);  // norm.cpp
@@ -1139,18 +1200,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_conv", &winograd_conv,
         "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
-  m.def("winograd_train_conv", &winograd_train_conv,
-        "conv2d(x, weight, padding=1), differentiable, by oneDNN (0) or Winograd (2, 4): tile for the forward pass "
-        "and the input gradient, weight_tile for the weight gradient; together: the two gradients side by side",
-        py::arg("x"), py::arg("weight"), py::arg("tile"), py::arg("weight_tile"), py::arg("together") = false);
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
   m.def("winograd_train_forward", &train_forward,
-        "winograd_train_conv's forward pass conv2d(x, weight, padding=1) by oneDNN (0) or Winograd (2, 4)");
+        "hrnet_mm::train_conv3x3's forward pass conv2d(x, weight, padding=1) by oneDNN (0) or Winograd (2, 4)");
   m.def("winograd_train_input_grad", &train_input_grad,
-        "winograd_train_conv's input gradient from dy by oneDNN (0) or Winograd (2, 4)");
+        "hrnet_mm::train_conv3x3's input gradient from dy by oneDNN (0) or Winograd (2, 4)");
   m.def("winograd_train_gradients", &train_gradients,
-        "winograd_train_conv's two gradients (input, weight) from dy, side by side or not (together)");
+        "hrnet_mm::train_conv3x3's two gradients (input, weight) from dy, side by side or not (together)");
   m.def("winograd_train_weight_grad", &train_weight_grad,
-        "winograd_train_conv's weight gradient by oneDNN (0) or Winograd (2, 4), laid out like weight");
+        "hrnet_mm::train_conv3x3's weight gradient by oneDNN (0) or Winograd (2, 4), laid out like weight");
 }

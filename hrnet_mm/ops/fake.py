@@ -1,0 +1,70 @@
+"""Fake kernels of hrnet_mm's operators: the shapes, dtypes and memory formats of their outputs without computing
+them, for ``torch.compile`` (FakeTensor tracing) and ``torch.library.opcheck``. Registered once the extension is
+loaded (:func:`hrnet_mm.ops.winograd.extension`)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+_REGISTERED = False
+
+
+def _like(t: torch.Tensor, shape) -> torch.Tensor:
+    """An empty tensor of ``shape`` with ``t``'s dtype and device, channels_last if ``t`` is (4-d)."""
+    out = t.new_empty(shape)
+    if len(shape) == 4 and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+            and not t.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int,
+                  together: bool = False) -> torch.Tensor:
+    """``conv2d(x, weight, padding=1)``: ``(N, K, H, W)`` in ``x``'s memory format."""
+    torch._check(weight.dim() == 4 and weight.shape[2] == 3 and weight.shape[3] == 3)
+    torch._check(x.shape[1] == weight.shape[1])
+    return _like(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def train_conv3x3_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int,
+                           together: bool, need_dx: bool, need_dw: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(input gradient like ``x``, weight gradient like ``weight``); an empty tensor for one not asked for."""
+    dx = _like(x, x.shape) if need_dx else x.new_empty((0,))
+    dw = weight.new_empty(weight.shape).contiguous(memory_format=_format(weight)) if need_dw \
+        else weight.new_empty((0,))
+    return dx, dw
+
+
+def batch_norm_act(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                   running_var: Optional[torch.Tensor], batch_stats: bool, momentum: float, eps: float,
+                   relu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y like ``x``, the per-channel mean and inverse standard deviation used)."""
+    c = x.shape[1]
+    return _like(x, x.shape), x.new_empty((c,)), x.new_empty((c,))
+
+
+def batch_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, y: Optional[torch.Tensor],
+                            weight: Optional[torch.Tensor], mean: torch.Tensor, invstd: torch.Tensor,
+                            batch_stats: bool, relu: bool, need_dx: bool, need_dweight: bool,
+                            need_dz: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx like ``x``, dweight and dbias like ``mean``, dz like ``x``); an empty tensor for one not asked for."""
+    empty = x.new_empty((0,))
+    return (_like(x, x.shape) if need_dx else empty, mean.new_empty(mean.shape) if need_dweight else empty,
+            mean.new_empty(mean.shape) if need_dweight else empty, _like(x, x.shape) if need_dz else empty)
+
+
+def _format(t: torch.Tensor) -> torch.memory_format:
+    cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def register() -> None:
+    """Registers the fake kernels with the dispatcher (once per process; the operators must exist)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    for fn in (train_conv3x3, train_conv3x3_backward, batch_norm_act, batch_norm_act_backward):
+        torch.library.register_fake(f'hrnet_mm::{fn.__name__}')(fn)
+    _REGISTERED = True

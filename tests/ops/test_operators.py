@@ -1,0 +1,91 @@
+"""hrnet_mm's CPU kernels as PyTorch operators (``torch.ops.hrnet_mm``): their schemas, autograd registration and
+fake kernels pass ``torch.library.opcheck``, and ``torch.compile(fullgraph=True)`` traces a whole training step with
+them in one graph that computes what eager mode computes.
+
+References: torch's own checks of custom operators (opcheck: schema and mutation annotations against what the
+kernel does, the autograd kernel, the fake kernel against the real one, AOT dispatch with dynamic shapes), and the
+eager module.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_EXTRA, randomize_
+from torch.library import opcheck
+
+from hrnet_mm.models import HRNet
+from hrnet_mm.ops import winograd
+
+OPS = ('train_conv3x3', 'train_conv3x3_backward', 'batch_norm_act', 'batch_norm_act_backward')
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _passed(report):
+    return all(v == 'SUCCESS' for v in report.values()), report
+
+
+@pytest.mark.parametrize('tile,weight_tile', [(0, 0), (2, 4), (4, 2)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_train_conv3x3_passes_opcheck(kernel, tile, weight_tile, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 7, generator=g)
+    x = (_cl(x) if channels_last else x).requires_grad_()
+    w = torch.randn(12, 8, 3, 3, generator=g, requires_grad=True)
+    assert _passed(opcheck(torch.ops.hrnet_mm.train_conv3x3.default, (x, w, tile, weight_tile, False)))
+    dy = _cl(torch.randn(2, 12, 9, 7, generator=g))
+    args = (dy, _cl(x.detach()), w.detach(), tile, weight_tile, False, True, True)
+    assert _passed(opcheck(torch.ops.hrnet_mm.train_conv3x3_backward.default, args))
+
+
+@pytest.mark.parametrize('batch_stats', [True, False])
+@pytest.mark.parametrize('residual,relu', [(False, False), (True, True)])
+def test_batch_norm_act_passes_opcheck(kernel, batch_stats, residual, relu):
+    """The running statistics are declared mutated (``Tensor(a!)``); opcheck checks the kernel mutates nothing
+    else."""
+    g = torch.Generator().manual_seed(1)
+    x = _cl(torch.randn(2, 5, 6, 4, generator=g)).requires_grad_()
+    w, b = (torch.rand(5, generator=g) + 0.5).requires_grad_(), torch.randn(5, generator=g).requires_grad_()
+    r = _cl(torch.randn(2, 5, 6, 4, generator=g)).requires_grad_() if residual else None
+    args = (x, w, b, r, torch.zeros(5), torch.ones(5), batch_stats, 0.1, 1e-5, relu)
+    assert _passed(opcheck(torch.ops.hrnet_mm.batch_norm_act.default, args))
+
+
+def test_training_step_compiles_into_one_graph_with_the_kernels(kernel, monkeypatch):
+    """``torch.compile(fullgraph=True)`` of a training step with the CPU kernels on (Winograd forced on every
+    width): no graph break, the operators in the graph, and the outputs, gradients and running statistics of
+    eager mode bit for bit (``aot_eager`` runs the traced forward and backward graphs op by op, with the same
+    kernels)."""
+    monkeypatch.setattr(winograd, 'TRAIN_MIN_CHANNELS', 1)
+    eager = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).train()
+    model = copy.deepcopy(eager)
+    seen = set()
+
+    def backend(gm, inputs):
+        seen.update(str(n.target) for n in gm.graph.nodes if n.op == 'call_function')
+        from torch._dynamo.backends.debugging import aot_eager
+        return aot_eager(gm, inputs)
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with winograd.force_algorithm(4):
+        ref = eager(x)
+        ref_grads = torch.autograd.grad(sum(o.square().mean() for o in ref), list(eager.parameters()))
+        outs = compiled(x)
+        grads = torch.autograd.grad(sum(o.square().mean() for o in outs), list(model.parameters()))
+    assert any('train_conv3x3' in t for t in seen) and any('batch_norm_act' in t for t in seen), seen
+    assert all(torch.equal(a, b) for a, b in zip(outs, ref))
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), eager.buffers()))
+
+
+def test_operators_are_registered_with_the_dispatcher(kernel):
+    for name in OPS:
+        op = getattr(torch.ops.hrnet_mm, name).default
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), 'CPU'), name
+    for name in ('train_conv3x3', 'batch_norm_act'):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f'hrnet_mm::{name}', 'Autograd'), name
