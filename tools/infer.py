@@ -145,7 +145,8 @@ def check_weights(model: Any, state: Dict[str, Any], checkpoint: str, config: st
     Raises:
         ToolError: Keys of the model are missing from the checkpoint, or their shapes differ.
     """
-    from hrnet_mm.cli.tool_utils import UserInputError, check_state_fits
+    from hrnet_mm.cli.checkpoint_checks import check_state_fits
+    from hrnet_mm.cli.errors import UserInputError
 
     try:
         check_state_fits(model, state, checkpoint, config)

@@ -253,9 +253,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     tool.import_hrnet_mm()
-    from hrnet_mm.cli import tool_utils
+    from hrnet_mm.cli import checkpoint_checks, console, dataset_checks, errors
 
-    with tool_utils.user_errors('test.py', args.debug, (ToolError, )):
+    with errors.user_errors('test.py', args.debug, (ToolError, )):
         cfg, scope = tool.load_config(args.config, args.cfg_options)
         if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
             raise ToolError(f'checkpoint not found: {args.checkpoint}')
@@ -264,10 +264,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             setup_cache_size_limit_of_dynamo()
         cfg = merge_test_args(cfg, args, scope)
-        tool_utils.check_datasets(cfg, ['test_dataloader'], scope)
-        with tool_utils.quiet_startup(args.verbose):
+        dataset_checks.check_datasets(cfg, ['test_dataloader'], scope)
+        with console.quiet_startup(args.verbose):
             runner = tool.build_runner(cfg, scope)
-        tool_utils.check_checkpoint_fits(runner.model, args.checkpoint, args.config)
+        checkpoint_checks.check_checkpoint_fits(runner.model, args.checkpoint, args.config)
         first = next(runner.model.parameters(), None)
         if first is None or first.device.type == 'cpu':  # freed pages reused from batch to batch
             from hrnet_mm.deploy import tune_cpu_allocator
@@ -276,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         try:
             metrics = runner.test()
         except KeyboardInterrupt:
-            raise tool_utils.Interrupted('interrupted') from None
+            raise errors.Interrupted('interrupted') from None
     if scope == 'mmpretrain' and args.out and args.out_item == 'metrics':
         import mmengine
 

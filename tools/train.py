@@ -6,7 +6,7 @@ mmengine's ``Runner`` (or by ``RUNNERS.build(cfg)`` when the config sets ``runne
 imported first, so its runtime fixes (:mod:`hrnet_mm.runtime.compat`) apply. Works from any working directory;
 relative paths in the config (``data_root``) are relative to the current working directory.
 
-Before the runner is built, the datasets the run reads are checked (:func:`hrnet_mm.cli.tool_utils.check_datasets`):
+Before the runner is built, the datasets the run reads are checked (:func:`hrnet_mm.cli.dataset_checks.check_datasets`):
 a missing or malformed dataset, and any input error the libraries raise while building (missing file, broken
 JSON, unknown type name), is one line ``train.py: error: ...`` with exit status 2 (``--debug`` adds the
 traceback). The console shows one line per logging step; mmengine's environment, config dump and hook order go
@@ -85,12 +85,12 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Tupl
     from mmengine.config import Config
 
     if not osp.isfile(path):
-        from hrnet_mm.cli.tool_utils import config_not_found
+        from hrnet_mm.cli.errors import config_not_found
         raise ToolError(config_not_found(path))
     try:
         cfg = Config.fromfile(path)
     except Exception as exc:  # syntax errors, missing _base_ files, unknown `pkg::` bases
-        from hrnet_mm.cli.tool_utils import missing_base_message
+        from hrnet_mm.cli.errors import missing_base_message
         first_line = (str(exc).strip().splitlines() or [''])[0]
         hint = missing_base_message(first_line)
         raise ToolError(f'cannot read config {path}: {hint or f"{type(exc).__name__}: {first_line}"}') from exc
@@ -300,9 +300,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     args = parse_args(argv)
     import_hrnet_mm()
-    from hrnet_mm.cli import tool_utils
+    from hrnet_mm.cli import checkpoint_checks, console, dataset_checks, errors
 
-    with tool_utils.user_errors('train.py', args.debug, (ToolError, )):
+    with errors.user_errors('train.py', args.debug, (ToolError, )):
         cfg, scope = load_config(args.config, args.cfg_options)
         if scope == 'mmdet':
             from mmdet.utils import setup_cache_size_limit_of_dynamo
@@ -313,14 +313,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         if isinstance(load_from, str) and '://' not in load_from and not osp.isfile(load_from):
             where = '--resume' if args.resume not in (None, 'auto') else 'load_from in the config'
             raise ToolError(f'checkpoint not found: {load_from} ({where})')
-        tool_utils.check_datasets(cfg, train_loaders(cfg), scope)
-        with tool_utils.quiet_startup(args.verbose):
+        dataset_checks.check_datasets(cfg, train_loaders(cfg), scope)
+        with console.quiet_startup(args.verbose):
             runner = build_runner(cfg, scope)
         if isinstance(load_from, str) and not cfg.get('resume', False):
-            summary = tool_utils.check_load_from(runner.model, load_from, args.config)
+            summary = checkpoint_checks.check_load_from(runner.model, load_from, args.config)
             if summary:
                 runner.logger.warning(summary)
-        guard = tool_utils.InterruptGuard()  # a Ctrl-C that a library swallows still stops the run
+        guard = errors.InterruptGuard()  # a Ctrl-C that a library swallows still stops the run
         runner.register_hook(guard.hook(), 'HIGHEST')
         try:
             with guard:
@@ -328,9 +328,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         except (KeyboardInterrupt, Exception) as exc:
             # mmengine turns a Ctrl-C inside some of its steps into another error (e.g. a SyntaxError while it
             # formats the config for a checkpoint); the chain of exceptions still holds the KeyboardInterrupt
-            if not (guard.requested or tool_utils.caused_by_interrupt(exc)):
+            if not (guard.requested or errors.caused_by_interrupt(exc)):
                 raise
-            raise tool_utils.Interrupted(tool_utils.interrupted_message(cfg.work_dir, command_line(argv))) from None
+            raise errors.Interrupted(errors.interrupted_message(cfg.work_dir, command_line(argv))) from None
 
 
 if __name__ == '__main__':

@@ -263,7 +263,7 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training() -> None:
     # would go on; the guard that train.py installs remembers the Ctrl-C and its hook raises it again.
     import signal
 
-    from hrnet_mm.cli.tool_utils import InterruptGuard
+    from hrnet_mm.cli.errors import InterruptGuard
 
     class Finalized:
         def __del__(self):
@@ -299,7 +299,8 @@ def _cfg(path: str, options: Dict[str, object]):
 
 
 def _check(cfg, loaders: List[str], scope: str) -> str:
-    from hrnet_mm.cli.tool_utils import UserInputError, check_datasets
+    from hrnet_mm.cli.dataset_checks import check_datasets
+    from hrnet_mm.cli.errors import UserInputError
 
     with pytest.raises(UserInputError) as info:
         check_datasets(cfg, loaders, scope)
@@ -321,7 +322,7 @@ def test_wrapped_datasets_are_checked(tmp_path: Path) -> None:
     message = _check(cfg, ['train_dataloader'], 'mmdet')
     assert f'dataset folder not found: {tmp_path}/no (train_dataloader.dataset.dataset.datasets.1.data_root)' in message
     cfg.train_dataloader.dataset.dataset.datasets[1] = good
-    from hrnet_mm.cli.tool_utils import check_datasets
+    from hrnet_mm.cli.dataset_checks import check_datasets
 
     check_datasets(cfg, ['train_dataloader'], 'mmdet')  # all good
     cfg.train_dataloader.dataset = ConfigDict(type='ClassBalancedDataset', oversample_thr=0.1,
@@ -371,7 +372,7 @@ def test_imagenet_class_dirs_without_images(tmp_path: Path) -> None:
 
 
 def test_user_error_message_recognises_library_errors() -> None:
-    from hrnet_mm.cli.tool_utils import user_error_message
+    from hrnet_mm.cli.errors import user_error_message
 
     assert 'file not found: a/b.jpg' in user_error_message(FileNotFoundError(2, 'No such file', 'a/b.jpg'))
     with pytest.raises(ValueError) as info:
@@ -391,7 +392,7 @@ def test_user_error_message_recognises_library_errors() -> None:
 
 
 def test_interrupted_message_names_the_checkpoint_and_resume(tmp_path: Path) -> None:
-    from hrnet_mm.cli.tool_utils import interrupted_message
+    from hrnet_mm.cli.errors import interrupted_message
 
     command = ['python', 'tools/train.py', 'cfg.py', '--work-dir', str(tmp_path)]
     assert 'before the first checkpoint' in interrupted_message(str(tmp_path), command)
@@ -403,7 +404,7 @@ def test_interrupted_message_names_the_checkpoint_and_resume(tmp_path: Path) -> 
 
 def test_an_error_raised_while_handling_ctrl_c_counts_as_the_interrupt() -> None:
     """mmengine turns a Ctrl-C during its config formatting (in every checkpoint save) into a SyntaxError."""
-    from hrnet_mm.cli.tool_utils import caused_by_interrupt
+    from hrnet_mm.cli.errors import caused_by_interrupt
 
     def save_checkpoint():
         try:

@@ -25,7 +25,7 @@ from conftest import randomize_, rel_err
 from mmengine.config import Config, ConfigDict
 
 import hrnet_mm
-from hrnet_mm.cli.tool_utils import replace_syncbn
+from hrnet_mm.cli.checkpoint_checks import replace_syncbn
 from hrnet_mm.registry import build_in_scope
 from hrnet_mm.utils import count_params
 from hrnet_mm.zoo import generate, metafiles, peers, recipes

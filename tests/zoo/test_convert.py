@@ -79,7 +79,7 @@ def _runner_model(config: str, checkpoint: str, tmp_path, **cfg_options) -> torc
     check of hrnet_mm's tools passes on it."""
     from mmengine.runner import Runner
 
-    from hrnet_mm.cli.tool_utils import check_checkpoint_fits
+    from hrnet_mm.cli.checkpoint_checks import check_checkpoint_fits
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(dict(load_from=checkpoint, work_dir=str(tmp_path / 'work'), **cfg_options))
     cfg.model.pop('pretrained', None)

@@ -13,7 +13,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 import hrnet_mm  # noqa: E402,F401  (registers the modules and the hrnet_mm:: config prefix)
-from hrnet_mm.cli.tool_utils import replace_syncbn  # noqa: E402
+from hrnet_mm.cli.checkpoint_checks import replace_syncbn  # noqa: E402
 
 LIBRARIES = ('mmdet', 'mmseg', 'mmpose', 'mmpretrain')
 
