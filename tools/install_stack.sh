@@ -61,6 +61,8 @@ step() {  # step NAME CMD...  (runs CMD with its output in a log; readable failu
 want=$(stamp_value)
 if [[ "${FORCE:-0}" != 1 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   say "stack up to date in $VENV (stamp $(cut -c1-12 "$STAMP")); FORCE=1 reinstalls"
+  # the kernels' sources are not in the stamp: a changed kernel is built here, not in a training step
+  step "hrnet_mm CPU kernels (built once per source)" "$PY" -m hrnet_mm.ops.build
   exit 0
 fi
 
@@ -132,6 +134,7 @@ cp "$ROOT/hrnet_mm-config-hook.pth" "$site/"
 # dist location is site-packages, which has no hrnet_mm folder: link it to the source tree.
 ln -sfn "$ROOT/hrnet_mm" "$site/hrnet_mm"
 step "check: imports, mmcv ops, registries" "$PY" -m hrnet_mm.cli.env
+step "hrnet_mm CPU kernels (~1 min, once per source)" "$PY" -m hrnet_mm.ops.build
 
 echo "$want" > "$STAMP"
 say "done in $(( $(date +%s) - started ))s; venv: $VENV"

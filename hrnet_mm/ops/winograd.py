@@ -115,7 +115,8 @@ def _ninja_on_path() -> Optional[str]:
 
 
 def build_name() -> str:
-    """The extension's name on this machine: ``hrnet_mm_winograd_{avx2|generic}_{hash of the source}``."""
+    """The extension's name on this machine: ``hrnet_mm_cpu_kernels_{avx2|generic}_{hash of the source}`` (the
+    Winograd convolutions and the fused batch norm)."""
     return _build_flags()[0]
 
 
@@ -136,7 +137,7 @@ def _build_flags() -> Tuple[str, list]:
             digest.update(f.read())
     digest.update(' '.join(flags).encode())
     digest = digest.hexdigest()[:10]
-    return f'hrnet_mm_winograd_{isa}_{digest}', flags
+    return f'hrnet_mm_cpu_kernels_{isa}_{digest}', flags
 
 
 def enabled() -> bool:
@@ -179,7 +180,7 @@ def _build(cpp_extension):
         directory = build_directory()
         sources = _stable_sources(directory)
         if not os.path.exists(os.path.join(directory, f'{name}.so')):
-            print(f'hrnet_mm: building the Winograd kernel {name} for this machine (once; about a minute)',
+            print(f'hrnet_mm: building the CPU kernels {name} for this machine (once; about a minute)',
                   file=sys.stderr, flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')

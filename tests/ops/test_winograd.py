@@ -240,7 +240,7 @@ def test_deploy_without_winograd(monkeypatch):
 
 def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, monkeypatch):
     name = winograd.build_name()
-    assert name.startswith(('hrnet_mm_winograd_avx2_', 'hrnet_mm_winograd_generic_'))
+    assert name.startswith(('hrnet_mm_cpu_kernels_avx2_', 'hrnet_mm_cpu_kernels_generic_'))
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
     directory = winograd.build_directory()
     assert directory.startswith(str(tmp_path)) and directory.endswith(name)
