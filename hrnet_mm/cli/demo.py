@@ -214,7 +214,8 @@ def smoke(arch: str = 'w18', size: int = 128) -> List[str]:
                 outs = model(x)
                 times.append(time.perf_counter() - t0)
         gflops = count_macs(model, (3, size, size))['total'] / 2 ** 30
-        names = ' + '.join(f'{type(m).__module__.split(".")[0]}.{type(m).__name__}' for m in modules)
+        classes = [getattr(type(m), 'plain', type(m)) for m in modules]  # the architecture, not the CPU kernels'
+        names = ' + '.join(f'{c.__module__.split(".")[0]}.{c.__name__}' for c in classes)
         shapes = ', '.join('x'.join(map(str, o.shape[1:])) for o in outs)
         lines.append(f'{lib:<11} {names:<44} {count_params(model):>11,} {gflops:>7.2f} {min(times) * 1e3:>7.1f}  '
                      f'{shapes}')

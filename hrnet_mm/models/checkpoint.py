@@ -184,10 +184,10 @@ def load_state_dict_checked(module: nn.Module, checkpoint: Mapping, source: str 
     errors = [g for g in ERROR_GROUPS if g in report]
     if errors and strict:
         raise CheckpointMismatchError(
-            f'{text}\nthe checkpoint does not fit {type(module).__name__} ({", ".join(errors)}): is it for '
+            f'{text}\nthe checkpoint does not fit {module._get_name()} ({", ".join(errors)}): is it for '
             'another width, task or architecture? Pass strict=False to load what fits.')
     if not state:
-        raise CheckpointMismatchError(f'{text}\nno key of the checkpoint fits {type(module).__name__}')
+        raise CheckpointMismatchError(f'{text}\nno key of the checkpoint fits {module._get_name()}')
     module.load_state_dict(state, strict=False)
     print_log(text if len(report) > 1 or errors else f'loaded {source}: {len(state)} tensors', logger=logger)
     return report

@@ -38,6 +38,9 @@ class _Kernels:
 
     plain: type
 
+    def _get_name(self) -> str:  # printed as the architecture it computes
+        return self.plain.__name__
+
     def __prepare_scriptable__(self) -> nn.Module:
         """``torch.jit.script`` compiles the plain class: a shallow copy with the same parameters and children
         (the scripting pass then prepares the children in turn; the original module is left as it is)."""
