@@ -662,9 +662,68 @@ def format_memory_table(rows: List[Row]) -> str:
 
 def _write_json(path: str, env: Dict[str, str], args: argparse.Namespace, rows: List[Row],
                 memory_rows: List[Row]) -> None:
+    command = ' '.join(['python tools/benchmark.py', *(a for a in sys.argv[1:])])
     with open(path, 'w') as f:
-        json.dump(dict(environment=env, args=vars(args), rows=[asdict(r) for r in rows],
+        json.dump(dict(command=command, environment=env, args=vars(args), rows=[asdict(r) for r in rows],
                        memory_rows=[asdict(r) for r in memory_rows]), f, indent=2)
+        f.write('\n')
+
+
+def _case_label(name: str) -> str:
+    case = CASES.get(name)
+    if case is None:
+        return name
+    return f'{case.arch.upper()} {case.height}x{case.width}, batch {case.batch}'
+
+
+README_BEGIN, README_END = '<!-- speed table: begin -->\n', '<!-- speed table: end -->'
+
+
+def readme_table(text: str) -> str:
+    """The speed table between the README's markers."""
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f'no {README_BEGIN.strip()} ... {README_END} block')
+    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+
+
+def write_readme_table(path: str, table: str) -> None:
+    """Replaces the README's speed table with ``table``."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    old = readme_table(text)
+    head, rest = text.split(README_BEGIN, 1)
+    rest = rest.split(README_END, 1)[1]
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(f'{head}{README_BEGIN}{table}\n{README_END}{rest}')
+    print(f'{path}: speed table {"unchanged" if old == table.strip() else "updated"}', file=sys.stderr)
+
+
+def format_markdown(result: Dict[str, object]) -> str:
+    """The short speed table of the README from a ``--json`` result: per case, hrnet_mm's speed against the fastest
+    peer HRNet (> 1: faster) for inference (the module, its deploy model) and for a training step, with the
+    fastest peer's time, then the machine and the command that measured it."""
+    rows = [Row(**{k: tuple(v) if k == 'phase_ms' and v else v for k, v in r.items()})
+            for r in result['rows']]  # type: ignore[union-attr]
+    peers = set(PEERS)
+    lines = ['| case | inference: `hrnet_mm.HRNet` | inference: `to_deploy` | training step: `hrnet_mm.HRNet` '
+             '| fastest peer: inference / training step |', '|---|---|---|---|---|']
+    for case in dict.fromkeys(r.case for r in rows):
+        get = {(r.mode, r.impl): r for r in rows if r.case == case}
+
+        def ratio(mode: str, impl: str) -> str:
+            r = get.get((mode, impl))
+            return f'{r.ratio_to_fastest_peer:.2f}x' if r is not None else '-'
+
+        def fastest(mode: str) -> str:
+            times = [r.median_ms for (m, impl), r in get.items() if m == mode and impl in peers]
+            return f'{min(times):.0f} ms' if times else '-'
+
+        lines.append(f'| {_case_label(case)} | {ratio("infer", "hrnet_mm")} | {ratio("infer", "hrnet_mm-deploy")} '
+                     f'| {ratio("train", "hrnet_mm")} | {fastest("infer")} / {fastest("train")} |')
+    env = result.get('environment', {})  # type: ignore[union-attr]
+    machine = ', '.join(f'{k}={env[k]}' for k in ('processor', 'cpu_isa', 'threads', 'torch') if k in env)
+    lines += ['', f'Measured on {machine} by `{result.get("command", "python tools/benchmark.py")}`.']
+    return '\n'.join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -703,7 +762,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                              'and tuned, each in a fresh process, and print that table')
     parser.add_argument('--allocator-child', nargs=3, metavar=('CASE', 'IMPL', 'ALLOCATOR'), help=argparse.SUPPRESS)
     parser.add_argument('--json', help='also write the rows and the environment as JSON here')
+    parser.add_argument('--markdown', metavar='RESULT_JSON',
+                        help='instead: print the README\'s speed table from a --json result and exit')
+    parser.add_argument('--write-readme', metavar='README', help='with --markdown: also write the table into '
+                        'README between its "speed table: begin" and "speed table: end" lines')
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            table = format_markdown(json.load(f))
+        print(table)
+        if args.write_readme:
+            write_readme_table(args.write_readme, table)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.allocator_child:

@@ -114,3 +114,16 @@ def test_docs_run_blocks_execute_as_written(tmp_path):
         assert (work / ckpt).is_file()
         assert (work / 'curves.png').stat().st_size > 10_000
         assert len(list((work / 'pictures').glob('*.png'))) >= 2
+
+
+def test_readme_speed_table_is_generated_from_the_committed_result():
+    """The README's speed table is what ``tools/benchmark.py --markdown`` makes of the committed result file."""
+    import json
+
+    import benchmark
+    with open(osp.join(ROOT, 'docs', 'results', 'benchmark-cpu.json'), encoding='utf-8') as f:
+        result = json.load(f)
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        readme = f.read()
+    assert benchmark.readme_table(readme) == benchmark.format_markdown(result).strip(), (
+        'README.md: run python tools/benchmark.py --markdown docs/results/benchmark-cpu.json --write-readme README.md')
