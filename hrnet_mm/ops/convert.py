@@ -61,10 +61,9 @@ def _norm_relu(norm: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.Te
     return norm_act(norm, x, relu=True)
 
 
-class KernelBasicBlock(_Kernels, BasicBlock):
-    """:class:`~hrnet_mm.models.blocks.BasicBlock` whose training step uses the CPU kernels."""
-
-    plain = BasicBlock
+class _KernelBlock(_Kernels):
+    """The training forward of a residual block with the kernels: ``_kernel_inner``, checkpointed with ``with_cp``
+    (its last ReLU then separate, as :func:`_norm_relu` explains); eval mode runs the plain block."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -74,23 +73,25 @@ class KernelBasicBlock(_Kernels, BasicBlock):
         return self._kernel_inner(x, False)
 
     def _kernel_inner(self, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class KernelBasicBlock(_KernelBlock, BasicBlock):
+    """:class:`~hrnet_mm.models.blocks.BasicBlock` whose training step uses the CPU kernels."""
+
+    plain = BasicBlock
+
+    def _kernel_inner(self, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         """``relu(residual(x) + shortcut(x))`` (checkpointed: without the last ReLU)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = _norm_relu(self.norm(1), train_conv(self.conv1, x), checkpointed)
         return norm_act(self.norm(2), train_conv(self.conv2, out), residual=identity, relu=not checkpointed)
 
 
-class KernelBottleneck(_Kernels, Bottleneck):
+class KernelBottleneck(_KernelBlock, Bottleneck):
     """:class:`~hrnet_mm.models.blocks.Bottleneck` whose training step uses the CPU kernels."""
 
     plain = Bottleneck
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        if self.with_cp and x.requires_grad:
-            return torch.relu_(cp.checkpoint(self._kernel_inner, x, True, use_reentrant=False))
-        return self._kernel_inner(x, False)
 
     def _kernel_inner(self, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         """``relu(residual(x) + shortcut(x))`` (checkpointed: without the last ReLU)."""
