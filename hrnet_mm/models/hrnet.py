@@ -171,20 +171,15 @@ class Transition(nn.ModuleList):
 
 @MODELS.register_module()
 class HRNet(BaseModule, NamedNorms):
-    """HRNet backbone, registered as ``hrnet_mm.HRNet``.
+    """HRNet backbone, registered as ``hrnet_mm.HRNet``: maps ``(N, in_channels, H, W)`` to the branches in
+    ``out_indices`` (module docstring).
 
     Args:
-        arch: A preset name (``w18_small``, ``w18_small_v2``, ``w18``, ``w30``, ``w32``, ``w40``, ``w44``,
-            ``w48``, ``w64``), a dict of stages in the peers' ``extra`` format, or a sequence of
-            :class:`~hrnet_mm.models.arch.StageSpec`. Mutually exclusive with ``extra``.
-        extra: The peers' stage dict (``stage1`` .. ``stageN``), accepted as written in mmdet/mmseg/mmpose
-            configs, including mmpose's ``stage<last>.multiscale_output`` and ``upsample``.
-        out_indices: Branches to return. Default: all branches of the last stage (HRNetV2/V2p input).
-            ``(0,)`` is HRNetV1 (pose): the last module then builds only the fusion into branch 0.
+        arch: A preset (``w18_small``, ``w18_small_v2``, ``w18`` .. ``w64``), a peers' ``extra`` dict or StageSpecs.
+        extra: The peers' stage dict (``stage1`` .. ``stageN``) as written in mmdet/mmseg/mmpose configs.
+        out_indices: Branches to return; default all (HRNetV2/V2p input), ``(0,)`` is HRNetV1 (pose).
         multiscale_output: mmdet's switch; ``False`` means ``out_indices=(0,)``.
-        upsample_cfg: Mode of the upward fusion, ``dict(mode='nearest')`` by default (official code,
-            mmdet, mmpose, mmpretrain, timm). ``dict(mode='bilinear', align_corners=False)`` reproduces
-            mmseg's HRNet.
+        upsample_cfg: The upward fusion's mode: ``nearest`` (default) or mmseg's ``bilinear``.
         in_channels: Input image channels.
         stem_channels: Width of the two stem convolutions (64 in every published model).
         conv_cfg: mmcv conv config for every conv.
@@ -193,14 +188,9 @@ class HRNet(BaseModule, NamedNorms):
         frozen_stages: Freeze the stem (0) and stages 1..k with their transitions (k); -1 freezes nothing.
         with_cp: Gradient checkpointing in every residual block (layer1 included) and every fusion.
         zero_init_residual: Zero the last norm of every residual block, so each starts as the identity.
-        cpu_kernels: Train with hrnet_mm's CPU kernels (:func:`hrnet_mm.ops.convert_cpu_kernels`): in a float32
-            CPU training step the backbone runs in ``torch.channels_last`` with Winograd 3x3 convolutions and batch
-            norms fused with the residual sum and ReLU, and returns its maps in the input's memory format. Same
-            parameters and keys, same function up to float32 rounding; every other forward (eval mode, CUDA, other
-            dtypes, autocast, tracing, export) runs the plain layers. ``False`` builds the plain module.
+        cpu_kernels: Train on the CPU with hrnet_mm's kernels (:func:`hrnet_mm.ops.convert_cpu_kernels`).
         pretrained: Deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
-        init_cfg: mmengine init config. A freshly built module is already initialised like the peers'
-            default (Kaiming normal, fan_out, for convs; ones and zeros for norms).
+        init_cfg: mmengine init config; a new module is initialised like the peers' (Kaiming normal, fan_out).
 
     Attributes:
         arch_spec: The resolved stages.
