@@ -3,9 +3,9 @@
 Most of HRNet's arithmetic is 3x3 stride-1 convolutions on small maps. Direct convolution (oneDNN) already runs
 them near the processor's peak multiply rate, so the remaining speed has to come from doing fewer
 multiplications: Winograd's F(4x4, 3x3) computes 16 outputs of a channel pair with 36 products instead of 144,
-F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is ``hrnet_mm/ops/csrc/winograd.cpp``,
-built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about a minute) and cached
-under ``~/.cache/torch_extensions`` (:func:`build_directory`). Without a compiler, or with
+F(2x2, 3x3) 4 with 16 instead of 36 (Lavin & Gray, CVPR 2016). The kernel is in ``hrnet_mm/ops/csrc/``
+(``forward.cpp``), built once per machine with torch's C++ extension tools (a C++ compiler and ninja; about a
+minute) and cached under ``~/.cache/torch_extensions`` (:func:`build_directory`). Without a compiler, or with
 ``HRNET_MM_WINOGRAD=0`` in the environment, nothing uses it and the deploy model runs oneDNN convolutions only.
 
 Accuracy: the transforms are exact in real arithmetic; in float32 F(4x4, 3x3) is about 10x less exact than direct
@@ -38,7 +38,9 @@ TILES = (2, 4)
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
 _CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
 # one extension: the Winograd convolutions and the fused batch norm of hrnet_mm.ops.fused_norm (norm.cpp)
-_SOURCES = (os.path.join(_CSRC, 'winograd.cpp'), os.path.join(_CSRC, 'norm.cpp'))
+_SOURCES = tuple(os.path.join(_CSRC, f) for f in ('forward.cpp', 'weight_grad.cpp', 'train.cpp', 'norm.cpp',
+                                                  'module.cpp'))
+_HEADERS = tuple(os.path.join(_CSRC, f) for f in ('winograd.h', 'transforms.h', 'gemm.h'))
 _BUILD_ERROR: Optional[str] = None
 
 
@@ -132,7 +134,7 @@ def _build_flags() -> Tuple[str, list]:
     else:
         isa = 'generic'
     digest = hashlib.sha1()
-    for path in _SOURCES:
+    for path in _SOURCES + _HEADERS:
         with open(path, 'rb') as f:
             digest.update(f.read())
     digest.update(' '.join(flags).encode())
@@ -214,7 +216,7 @@ def _stable_sources(directory: str) -> list:
     and ninja rebuilds when a source's path changes, so every checkout and install of the same kernel (an
     editable install, a CI clone, site-packages) shares one build instead of rebuilding in turn."""
     paths = []
-    for source in _SOURCES:
+    for source in _SOURCES + _HEADERS:
         path = os.path.join(directory, os.path.basename(source))
         with open(source, 'rb') as f:
             text = f.read()
@@ -228,7 +230,8 @@ def _stable_sources(directory: str) -> list:
             with open(tmp, 'wb') as f:
                 f.write(text)
             os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
-        paths.append(path)
+        if source in _SOURCES:
+            paths.append(path)
     return paths
 
 

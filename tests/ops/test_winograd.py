@@ -246,16 +246,22 @@ def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, m
     assert directory.startswith(str(tmp_path)) and directory.endswith(name)
     assert torch.__version__.split('+')[0] in directory
     copies = winograd._stable_sources(directory)
-    assert [os.path.basename(c) for c in copies] == ['winograd.cpp', 'norm.cpp']
+    assert [os.path.basename(c) for c in copies] == [os.path.basename(s) for s in winograd._SOURCES]
+    assert 'norm.cpp' in [os.path.basename(c) for c in copies]
     for copy_path, source in zip(copies, winograd._SOURCES):
         assert open(copy_path).read() == open(source).read()
-    copy_path = copies[1]
+    for header in winograd._HEADERS:  # beside the sources, for their #include "..."
+        assert open(os.path.join(directory, os.path.basename(header))).read() == open(header).read()
+    norm = winograd._SOURCES.index(next(s for s in winograd._SOURCES if s.endswith('norm.cpp')))
+    copy_path = copies[norm]
     mtime = os.stat(copy_path).st_mtime_ns
     assert winograd._stable_sources(directory) == copies  # unchanged sources: the copies are not rewritten
     assert os.stat(copy_path).st_mtime_ns == mtime
     other = tmp_path / 'norm.cpp'
     other.write_text('// another kernel\n')
-    monkeypatch.setattr(winograd, '_SOURCES', (winograd._SOURCES[0], str(other)))
+    sources = list(winograd._SOURCES)
+    sources[norm] = str(other)
+    monkeypatch.setattr(winograd, '_SOURCES', tuple(sources))
     assert winograd.build_name() != name  # a changed source never loads the old build
     winograd._stable_sources(directory)
     assert open(copy_path).read() == '// another kernel\n'

@@ -21,7 +21,7 @@
 #include <type_traits>
 #include <vector>
 
-void check_map(const at::Tensor& x, const char* name);  // winograd.cpp: a float32 channels_last 4-D CPU map
+void check_map(const at::Tensor& x, const char* name);  // forward.cpp: a float32 channels_last 4-D CPU map
 
 namespace hrnet_mm_norm {
 namespace {
@@ -447,7 +447,3 @@ TORCH_LIBRARY_IMPL(hrnet_mm, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(hrnet_mm, Autograd, m) { m.impl("batch_norm_act", &hrnet_mm_norm::batch_norm_act_autograd); }
-
-namespace hrnet_mm_norm {
-void register_norm(pybind11::module&) {}  // the norm is reached through torch.ops.hrnet_mm
-}  // namespace hrnet_mm_norm

@@ -1,0 +1,22 @@
+// The Python module of hrnet_mm's CPU kernels: the deploy model's Winograd convolution and the training passes
+// that hrnet_mm.ops.winograd times. The training operators are registered with the dispatcher by train.cpp and
+// norm.cpp (torch.ops.hrnet_mm).
+#include "winograd.h"
+
+using namespace hrnet_mm_winograd;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("winograd_conv", &winograd_conv,
+        "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
+  m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
+  m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
+        "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
+  m.def("winograd_train_forward", &train_forward,
+        "hrnet_mm::train_conv3x3's forward pass conv2d(x, weight, padding=1) by oneDNN (0) or Winograd (2, 4)");
+  m.def("winograd_train_input_grad", &train_input_grad,
+        "hrnet_mm::train_conv3x3's input gradient from dy by oneDNN (0) or Winograd (2, 4)");
+  m.def("winograd_train_gradients", &train_gradients,
+        "hrnet_mm::train_conv3x3's two gradients (input, weight) from dy, side by side or not (together)");
+  m.def("winograd_train_weight_grad", &train_weight_grad,
+        "hrnet_mm::train_conv3x3's weight gradient by oneDNN (0) or Winograd (2, 4), laid out like weight");
+}
