@@ -24,10 +24,11 @@ PYTHON="${PYTHON:-python3.11}"
 MMCV_VERSION=2.1.0
 TORCH_VERSION=2.14.1
 
-# Everything that decides the installed set goes into the stamp.
+# Everything that decides the installed set goes into the stamp, the CPU kernels' sources included (a changed kernel
+# is built by the install, not in a training step).
 stamp_inputs=(requirements.txt hrnet_mm-config-hook.pth requirements/special.txt requirements/tests.txt requirements/build.txt
               requirements/constraints.txt
-              setup.cfg setup.py tools/install_stack.sh)
+              setup.cfg setup.py tools/install_stack.sh hrnet_mm/ops/csrc/*)
 stamp_value() {
   (cd "$ROOT" && cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)
 }
@@ -61,8 +62,6 @@ step() {  # step NAME CMD...  (runs CMD with its output in a log; readable failu
 want=$(stamp_value)
 if [[ "${FORCE:-0}" != 1 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   say "stack up to date in $VENV (stamp $(cut -c1-12 "$STAMP")); FORCE=1 reinstalls"
-  # the kernels' sources are not in the stamp: a changed kernel is built here, not in a training step
-  step "hrnet_mm CPU kernels (built once per source)" "$PY" -m hrnet_mm.ops.build
   exit 0
 fi
 
