@@ -133,12 +133,12 @@ class KernelHRNet(_Kernels, HRNet):
     def _norms_fusable(self) -> bool:
         """Whether every norm layer is one :func:`~hrnet_mm.ops.fused_norm.norm_act` fuses; worked out once per
         ``train()`` call (a runner swaps norm layers, SyncBN to BN, before it)."""
-        if torch.compiler.is_compiling():  # traced once per compiled graph: no cache to keep
-            return all(type(m) in FUSABLE_NORMS for m in self.modules() if isinstance(m, _NORMS))
-        fusable = self.__dict__.get('_fusable')
+        compiling = torch.compiler.is_compiling()  # traced once per compiled graph: no cache to keep
+        fusable = None if compiling else self.__dict__.get('_fusable')
         if fusable is None:
-            fusable = self.__dict__['_fusable'] = all(
-                type(m) in FUSABLE_NORMS for m in self.modules() if isinstance(m, _NORMS))
+            fusable = all(type(m) in FUSABLE_NORMS for m in self.modules() if isinstance(m, _NORMS))
+            if not compiling:
+                self.__dict__['_fusable'] = fusable
         return fusable
 
     def train(self, mode: bool = True) -> 'KernelHRNet':

@@ -13,10 +13,7 @@ _REGISTERED = False
 def _like(t: torch.Tensor, shape) -> torch.Tensor:
     """An empty tensor of ``shape`` with ``t``'s dtype and device, channels_last if ``t`` is (4-d)."""
     out = t.new_empty(shape)
-    if len(shape) == 4 and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
-            and not t.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return out.contiguous(memory_format=_format(t)) if len(shape) == 4 else out
 
 
 def train_conv3x3(x: torch.Tensor, weight: torch.Tensor, tile: int, weight_tile: int,

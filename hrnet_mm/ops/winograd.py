@@ -383,10 +383,6 @@ def _is_channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
-
-
 def cpu_training_step(x: torch.Tensor) -> bool:
     """Whether ``x`` enters a step that hrnet_mm's CPU training kernels serve: a 4-d float32 CPU map with
     gradients being recorded, not under autocast, tracing or ONNX export, and the kernel available (TorchScript
