@@ -33,6 +33,21 @@ def train_conv3x3_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     return dx, dw
 
 
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[torch.Tensor],
+                     residual: Optional[torch.Tensor], relu: bool, tile: int) -> torch.Tensor:
+    """The deploy convolution ``relu?(conv3x3(x) + bias [+ residual])``: ``(N, out_channels, H, W)``
+    channels_last; ``u`` is the packed transformed weight ``((tile + 2)^2, C, out_channels rounded up to 8)``."""
+    torch._check(u.dim() == 3 and u.shape[0] == (tile + 2) ** 2 and u.shape[1] == x.shape[1])
+    return x.new_empty((x.shape[0], out_channels, x.shape[2], x.shape[3])).contiguous(
+        memory_format=torch.channels_last)
+
+
+def winograd_conv3x3_add_(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[torch.Tensor],
+                          residual: torch.Tensor, relu: bool, tile: int) -> None:
+    """:func:`winograd_conv3x3` written into ``residual``: nothing returned."""
+    torch._check(residual.shape[1] == out_channels)
+
+
 def batch_norm_act(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                    running_var: Optional[torch.Tensor], batch_stats: bool, momentum: float, eps: float,
@@ -62,6 +77,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    for fn in (train_conv3x3, train_conv3x3_backward, batch_norm_act, batch_norm_act_backward):
+    for fn in (winograd_conv3x3, winograd_conv3x3_add_, train_conv3x3, train_conv3x3_backward, batch_norm_act,
+               batch_norm_act_backward):
         torch.library.register_fake(f'hrnet_mm::{fn.__name__}')(fn)
     _REGISTERED = True

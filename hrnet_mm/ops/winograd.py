@@ -256,10 +256,12 @@ def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[tor
 
     Runs the loaded build whatever ``HRNET_MM_WINOGRAD`` says now: the variable decides new choices
     (:func:`available`), so a model that chose a tile keeps working, and the hot path reads no environment."""
-    ext = _load()
-    if ext is None:
+    if _load() is None:
         raise RuntimeError(f'hrnet_mm Winograd kernel unavailable: {_BUILD_ERROR}')
-    return ext.winograd_conv(x, u, out_channels, bias, residual, relu, tile, inplace)
+    if inplace:
+        torch.ops.hrnet_mm.winograd_conv3x3_add_(x, u, out_channels, bias, residual, relu, tile)
+        return residual
+    return torch.ops.hrnet_mm.winograd_conv3x3(x, u, out_channels, bias, residual, relu, tile)
 
 
 _CHOICES: Dict[Tuple[int, ...], int] = {}

@@ -18,7 +18,8 @@ from torch.library import opcheck
 from hrnet_mm.models import HRNet
 from hrnet_mm.ops import winograd
 
-OPS = ('train_conv3x3', 'train_conv3x3_backward', 'batch_norm_act', 'batch_norm_act_backward')
+OPS = ('winograd_conv3x3', 'winograd_conv3x3_add_', 'train_conv3x3', 'train_conv3x3_backward', 'batch_norm_act',
+       'batch_norm_act_backward')
 
 
 def _cl(t):
@@ -40,6 +41,27 @@ def test_train_conv3x3_passes_opcheck(kernel, tile, weight_tile, channels_last):
     dy = _cl(torch.randn(2, 12, 9, 7, generator=g))
     args = (dy, _cl(x.detach()), w.detach(), tile, weight_tile, False, True, True)
     assert _passed(opcheck(torch.ops.hrnet_mm.train_conv3x3_backward.default, args))
+
+
+@pytest.mark.parametrize('tile', [2, 4])
+@pytest.mark.parametrize('residual,relu', [(False, False), (True, True)])
+def test_deploy_winograd_conv_passes_opcheck_and_equals_conv2d(kernel, tile, residual, relu):
+    """The deploy model's convolution: ``winograd_conv3x3`` returns a new tensor, ``winograd_conv3x3_add_`` writes
+    into the residual it declares mutated; both equal ``relu?(conv2d + bias + residual)`` to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    x, w = _cl(torch.randn(2, 8, 9, 7, generator=g)), torch.randn(12, 8, 3, 3, generator=g)
+    b = torch.randn(12, generator=g)
+    r = _cl(torch.randn(2, 12, 9, 7, generator=g)) if residual else None
+    u = winograd.prepare_weight(w, tile)
+    args = (x, u, 12, b, r, relu, tile)
+    assert _passed(opcheck(torch.ops.hrnet_mm.winograd_conv3x3.default, args))
+    expected = torch.nn.functional.conv2d(x, w, b, padding=1) + (r if residual else 0)
+    expected = expected.relu() if relu else expected
+    torch.testing.assert_close(torch.ops.hrnet_mm.winograd_conv3x3(*args), expected, rtol=1e-4, atol=1e-4)
+    if residual:
+        assert _passed(opcheck(torch.ops.hrnet_mm.winograd_conv3x3_add_.default, (x, u, 12, b, r.clone(), relu, tile)))
+        torch.ops.hrnet_mm.winograd_conv3x3_add_(*args)
+        torch.testing.assert_close(r, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('batch_stats', [True, False])

@@ -182,7 +182,7 @@ def test_gradients_side_by_side_are_the_same_floats(kernel, tile, weight_tile, s
 @pytest.mark.parametrize('shape', [(1, 40, 4, 6, 72), (2, 33, 3, 5, 24), (1, 64, 8, 6, 64)])
 def test_low_resolution_convolution_transforms_the_weight_inside_the_products(kernel, tile, flip, w_cl, shape):
     """Maps with fewer tiles than output channels transform the training weight a panel at a time inside the
-    products (run_raw) instead of packing it whole first (winograd_weight + winograd_conv): the same sums in the
+    products (run_raw) instead of packing it whole first (winograd_weight + winograd_conv3x3): the same sums in the
     same order, so the same bits, for the forward pass and the turned-weight convolution of the input gradient,
     with 8-column last panels (72, 24, 40 columns) and channel counts that are not multiples of 8."""
     n, c, h, w_, k = shape
@@ -192,7 +192,8 @@ def test_low_resolution_convolution_transforms_the_weight_inside_the_products(ke
     rows, cols = (k, c) if flip else (c, k)
     x = _cl(torch.randn(n, rows, h, w_, generator=g))
     raw = kernel.winograd_train_input_grad(x, x, w, tile) if flip else kernel.winograd_train_forward(x, w, tile)
-    packed = kernel.winograd_conv(x, kernel.winograd_weight(w, tile, flip), cols, None, None, False, tile, False)
+    u = kernel.winograd_weight(w, tile, flip)
+    packed = torch.ops.hrnet_mm.winograd_conv3x3(x, u, cols, None, None, False, tile)
     assert torch.equal(raw, packed)
     ref = F.conv2d(x.double(), (w.transpose(0, 1).flip(2, 3) if flip else w).double(), padding=1)
     assert rel_err(raw, ref) < TOL[tile]

@@ -177,3 +177,31 @@ at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile, bool flip) {
   else pack_transformed<2>(rw, U.data_ptr<float>());
   return U;
 }
+
+// The deploy model's convolution as operators: hrnet_mm::winograd_conv3x3 returns a new tensor;
+// hrnet_mm::winograd_conv3x3_add_ writes relu?(conv3x3(x) + bias + residual) into residual (declared mutated).
+namespace {
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& U, int64_t K,
+                                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                                bool relu, int64_t tile) {
+  return winograd_conv(x, U, K, bias, residual, relu, tile, false);
+}
+
+void winograd_conv3x3_add_cpu(const at::Tensor& x, const at::Tensor& U, int64_t K,
+                              const c10::optional<at::Tensor>& bias, const at::Tensor& residual, bool relu,
+                              int64_t tile) {
+  winograd_conv(x, U, K, bias, residual, relu, tile, true);
+}
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hrnet_mm, m) {
+  m.def("winograd_conv3x3(Tensor x, Tensor u, int out_channels, Tensor? bias, Tensor? residual, bool relu, "
+        "int tile) -> Tensor");
+  m.def("winograd_conv3x3_add_(Tensor x, Tensor u, int out_channels, Tensor? bias, Tensor(a!) residual, "
+        "bool relu, int tile) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(hrnet_mm, CPU, m) {
+  m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+  m.impl("winograd_conv3x3_add_", &winograd_conv3x3_add_cpu);
+}

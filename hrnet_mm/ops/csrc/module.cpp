@@ -1,13 +1,11 @@
-// The Python module of hrnet_mm's CPU kernels: the deploy model's Winograd convolution and the training passes
-// that hrnet_mm.ops.winograd times. The training operators are registered with the dispatcher by train.cpp and
-// norm.cpp (torch.ops.hrnet_mm).
+// The Python module of hrnet_mm's CPU kernels: the weight transform and the training passes that
+// hrnet_mm.ops.winograd times one by one. The operators (torch.ops.hrnet_mm) are registered with the dispatcher by
+// forward.cpp (the deploy convolution), train.cpp and norm.cpp.
 #include "winograd.h"
 
 using namespace hrnet_mm_winograd;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("winograd_conv", &winograd_conv,
-        "relu?(conv3x3(x) + bias [+ residual]) by Winograd F(tile x tile, 3x3), stride 1, zero padding 1");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");
