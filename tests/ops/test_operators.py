@@ -111,3 +111,30 @@ def test_operators_are_registered_with_the_dispatcher(kernel):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), 'CPU'), name
     for name in ('train_conv3x3', 'batch_norm_act'):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f'hrnet_mm::{name}', 'Autograd'), name
+
+
+@pytest.mark.slow
+def test_training_step_compiles_with_inductor_around_the_kernels(kernel, monkeypatch):
+    """``torch.compile(backend='inductor', fullgraph=True)`` of a training step with the CPU kernels on: inductor
+    generates code for everything else and calls the operators as extern kernels (they are in its generated code);
+    outputs, gradients and running statistics equal eager mode to float32 rounding (inductor may fuse and reorder
+    the elementwise work around them). Compiles for about a minute on 2 cores."""
+    from torch._inductor.utils import run_and_get_code
+    monkeypatch.setattr(winograd, 'TRAIN_MIN_CHANNELS', 1)
+    eager = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).train()
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, backend='inductor', fullgraph=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+    def step(net):
+        outs = net(x)
+        return outs, torch.autograd.grad(sum(o.square().mean() for o in outs), list(net.parameters()))
+
+    with winograd.force_algorithm(4):
+        ref, ref_grads = step(eager)
+        (outs, grads), code = run_and_get_code(step, compiled)
+    code = '\n'.join(code)
+    assert 'hrnet_mm.train_conv3x3' in code and 'hrnet_mm.batch_norm_act' in code
+    assert 'hrnet_mm.train_conv3x3_backward' in code and 'hrnet_mm.batch_norm_act_backward' in code
+    for a, b in zip((*outs, *grads, *model.buffers()), (*ref, *ref_grads, *eager.buffers())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
