@@ -24,7 +24,9 @@ except ImportError:  # the package is imported from a source tree that was not i
     _config_utils.MODULE2PACKAGE.setdefault('hrnet_mm', 'hrnet_mm')
 
 from . import zoo  # noqa: E402,F401  (registers the hrnet_mm:// checkpoint scheme with mmengine)
+from .apis import get_inferencer, get_model, list_models  # noqa: E402
 from .models import HRFuseScales, HRNet, HRNetV2Neck, HRNetV2pNeck  # noqa: E402  (registers the modules)
 from .registry import MODELS  # noqa: E402
 
-__all__ = ['__version__', 'HRNet', 'HRNetV2Neck', 'HRNetV2pNeck', 'HRFuseScales', 'MODELS']
+__all__ = ['__version__', 'HRNet', 'HRNetV2Neck', 'HRNetV2pNeck', 'HRFuseScales', 'MODELS', 'list_models',
+           'get_model', 'get_inferencer']

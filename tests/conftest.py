@@ -1,8 +1,10 @@
 """Shared fixtures and helpers of the hrnet_mm test suite (CPU, small widths, 64-160 px inputs)."""
 from __future__ import annotations
 
+import http.server
 import os
 import sys
+import threading
 
 import pytest
 import torch
@@ -104,3 +106,50 @@ def kernel():
 
 def pytest_configure(config):
     sys.path.insert(0, ROOT)
+
+
+class FileServer:
+    """Serves ``files`` ({path: bytes}); ``modes`` ({path: [mode, ...]}) make the next requests misbehave:
+    ``'truncate'`` sends half the body with the full Content-Length and closes, ``'html'`` an error page."""
+
+    def __init__(self):
+        self.files, self.modes, self.hits = {}, {}, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                server.hits.append(self.path)
+                data = server.files.get(self.path)
+                mode = server.modes.get(self.path, []).pop(0) if server.modes.get(self.path) else 'ok'
+                if data is None:
+                    self.send_error(404)
+                    return
+                if mode == 'html':
+                    data = b'<!DOCTYPE html><html><body>503 Service Unavailable</body></html>'
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2] if mode == 'truncate' else data)
+                self.wfile.flush()
+                if mode == 'truncate':
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    """A :class:`FileServer` on 127.0.0.1 for the test."""
+    s = FileServer()
+    yield s
+    s.close()

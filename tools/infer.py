@@ -1,30 +1,33 @@
-"""Run any hrnet_mm config on images with its task library's own inferencer and visualizer; write PNG files.
+"""Run an hrnet_mm model on images with its task library's own inferencer and visualizer; write PNG files.
 
-The task library is picked from the config's ``default_scope``, as in ``tools/train.py``:
+The model is a weights-table name (``python -m hrnet_mm list``; its published weights are downloaded once, see
+``docs/model_zoo.md``) or a config file followed by its checkpoint. The task library is picked from the config's
+``default_scope``, and the inferencer comes from :func:`hrnet_mm.get_inferencer`:
 
-* ``mmdet``: ``mmdet.apis.DetInferencer`` draws the boxes (and masks, if the model predicts them) scoring at
-  least ``--score-thr``;
-* ``mmseg``: ``mmseg.apis.MMSegInferencer`` overlays the segmentation map (with class names);
-* ``mmpose`` (top-down): ``mmpose.apis.inference_topdown`` with the whole image as the person box, drawn by the
-  config's ``PoseLocalVisualizer`` with the dataset meta (skeleton; keypoints scoring below ``--score-thr`` are
-  left out);
-* ``mmpretrain``: ``mmpretrain.apis.ImageClassificationInferencer``; the ``--topk`` classes with their scores are
-  written on the image by mmpretrain's ``UniversalVisualizer``.
+* ``mmdet``: ``DetInferencer`` draws the boxes (and masks, if the model predicts them) scoring at least
+  ``--score-thr``;
+* ``mmseg``: ``MMSegInferencer`` overlays the segmentation map (with class names);
+* ``mmpose``: ``Pose2DInferencer``. A top-down model runs on every person that ``--det-model`` finds (default:
+  hrnet_mm's Faster R-CNN HRNetV2p-W32 on COCO; ``--det-model whole_image`` takes the whole image as the one
+  box); bottom-up models (DEKR, CID, AE) need no detector. All skeletons are drawn with the dataset meta
+  (keypoints scoring below ``--score-thr`` left out);
+* ``mmpretrain``: ``ImageClassificationInferencer``; the ``--topk`` classes with their scores are written on the
+  image by mmpretrain's ``UniversalVisualizer``.
 
 Each input ``DIR/name.ext`` gives ``OUT_DIR/name.png`` (``name_1.png``, ... when names repeat), of the same size
-as the input image. Nothing is downloaded: the weights come from CHECKPOINT, and text is drawn with OpenCV's or
-matplotlib's bundled fonts. User errors (missing config or checkpoint, a checkpoint of another model,
-unsupported or uninstalled scope, unreadable image, folder without images, no CUDA) are reported as one line
-with exit status 2; ``--debug`` shows the traceback instead.
+as the input image; ``--pred-out FILE.json`` also writes detection and pose predictions in the COCO results
+format (``image_id`` is the input's 1-based position, ``file_name`` its path). User errors (unknown model name,
+missing config or checkpoint, a file that is not a checkpoint, a checkpoint of another model, offline without the
+weights in the cache, unsupported or uninstalled scope, unreadable image, folder without images, no CUDA) are
+reported as one line with exit status 2; ``--debug`` shows the traceback instead.
 
 Examples::
 
+    python tools/infer.py td-hm_hrnet-w32_8xb64-210e_coco-256x192 people.jpg --out-dir vis --pred-out vis/kpts.json
     python tools/infer.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py work/epoch_8.pth \\
         data/demo/coco/val --out-dir vis --score-thr 0.5
-    python tools/infer.py configs/demo/fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py work/iter_300.pth \\
-        a.png b.png --out-dir vis
     python tools/infer.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py work/epoch_12.pth \\
-        person.jpg --out-dir vis --device cuda
+        people.jpg --out-dir vis --det-model DET_CONFIG --det-checkpoint det.pth
     python tools/infer.py configs/demo/hrnet-tiny_1xb8-6e_demo-imagenet.py work/epoch_6.pth \\
         data/demo/imagenet/val --out-dir vis --topk 3
 """
@@ -35,8 +38,7 @@ import contextlib
 import os
 import os.path as osp
 import sys
-import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -115,131 +117,75 @@ def output_names(images: List[str], out_dir: str) -> List[str]:
     return names
 
 
-def load_state_dict(checkpoint: str) -> Dict[str, Any]:
-    """Loads a checkpoint's state dict on CPU (``state_dict`` of an mmengine checkpoint, or a bare state dict).
+def coco_results(prediction: Dict[str, Any], image_id: int, file_name: str, scope: str) -> List[Dict[str, Any]]:
+    """One image's predictions in the COCO results format (what ``COCO.loadRes`` reads), ``file_name`` added.
 
-    Raises:
-        ToolError: The file is missing or is not a PyTorch checkpoint.
+    Args:
+        prediction: The inferencer's prediction of the image (``predictions[0]``; for pose, the list of people).
+        image_id: The image's id (its 1-based position among the inputs).
+        file_name: The image file.
+        scope: ``mmdet`` (boxes: ``category_id`` is the class index + 1) or ``mmpose`` (people, ``category_id``
+            1, ``keypoints`` as ``[x, y, score] * K``, ``score`` the mean keypoint score times the box score).
     """
-    from mmengine.runner.checkpoint import _load_checkpoint
-
-    if not osp.isfile(checkpoint):
-        raise ToolError(f'checkpoint file not found: {checkpoint}')
-    try:
-        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [''])[0]
-        raise ToolError(f'cannot load checkpoint {checkpoint}: {type(exc).__name__}: {first_line}') from exc
-    if not isinstance(ckpt, dict):
-        raise ToolError(f'cannot load checkpoint {checkpoint}: not a state dict')
-    state = ckpt.get('state_dict', ckpt)
-    return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-
-
-def check_weights(model: Any, state: Dict[str, Any], checkpoint: str, config: str) -> None:
-    """Checks that ``state`` fills every parameter and buffer of ``model`` with the right shapes.
-
-    The inferencers load weights non-strictly (only warnings), so a checkpoint of another model would silently
-    give a partly random model; this turns that into an error.
-
-    Raises:
-        ToolError: Keys of the model are missing from the checkpoint, or their shapes differ.
-    """
-    from hrnet_mm.cli.checkpoint_checks import check_state_fits
-    from hrnet_mm.cli.errors import UserInputError
-
-    try:
-        check_state_fits(model, state, checkpoint, config)
-    except UserInputError as exc:
-        raise ToolError(str(exc)) from None
+    results = []
+    if scope == 'mmdet':
+        for label, score, (x0, y0, x1, y1) in zip(prediction['labels'], prediction['scores'], prediction['bboxes']):
+            results.append(dict(image_id=image_id, file_name=file_name, category_id=int(label) + 1,
+                                bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                                score=round(float(score), 5)))
+    else:
+        for person in prediction:
+            kpts, scores = np.asarray(person['keypoints']), np.asarray(person['keypoint_scores'])
+            flat = np.concatenate([kpts, scores[:, None]], axis=1).reshape(-1)
+            (x0, y0, x1, y1), box_score = person['bbox'][0], float(np.ravel(person.get('bbox_score', 1.0))[0])
+            results.append(dict(image_id=image_id, file_name=file_name, category_id=1,
+                                keypoints=[round(float(v), 3) for v in flat],
+                                bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                                score=round(float(scores.mean()) * box_score, 5)))
+    return results
 
 
 class Predictor:
-    """Per-library inference and drawing: ``predictor(path) -> RGB uint8 image`` of the input's size."""
+    """Per-library inference and drawing with the library's own inferencer (:func:`hrnet_mm.get_inferencer`):
+    ``predictor(path) -> (RGB uint8 image of the input's size, prediction)``."""
 
-    def __init__(self, cfg: Any, scope: str, checkpoint: str, args: argparse.Namespace) -> None:
-        state = load_state_dict(checkpoint)
+    def __init__(self, args: argparse.Namespace) -> None:
+        from hrnet_mm.apis import get_inferencer
+
         self.args = args
-        build: Dict[str, Callable[[Any, str], Any]] = {
-            'mmdet': self._build_det, 'mmseg': self._build_seg, 'mmpose': self._build_pose,
-            'mmpretrain': self._build_cls}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            model = build[scope](cfg, checkpoint)
-        check_weights(model, state, checkpoint, args.config)
+        det = dict(det_model=args.det_model, det_weights=args.det_checkpoint or True,
+                   det_cat_ids=args.det_cat_ids) if args.det_model else {}
+        self.inferencer = get_inferencer(args.model, args.checkpoint or True, args.device, **det)
+        self.scope = self.inferencer.source.scope
+        if self.scope == 'mmpretrain':
+            from mmpretrain.visualization import UniversalVisualizer
+            self.visualizer = UniversalVisualizer(name=f'hrnet_mm_infer_{id(self)}')
+        if self.scope == 'mmpose':
+            _scalar_radius(self.inferencer.visualizer)
         self.run = {'mmdet': self._run_det, 'mmseg': self._run_seg, 'mmpose': self._run_pose,
-                    'mmpretrain': self._run_cls}[scope]
+                    'mmpretrain': self._run_cls}[self.scope]
 
-    def __call__(self, path: str) -> np.ndarray:
+    def __call__(self, path: str) -> Tuple[np.ndarray, Any]:
         return self.run(path)
 
-    # mmdet
-    def _build_det(self, cfg: Any, checkpoint: str) -> Any:
-        from mmdet.apis import DetInferencer
-
-        self.inferencer = DetInferencer(model=cfg, weights=checkpoint, device=self.args.device, show_progress=False)
-        return self.inferencer.model
-
-    def _run_det(self, path: str) -> np.ndarray:
+    def _run_det(self, path: str) -> Tuple[np.ndarray, Any]:
         result = self.inferencer(path, return_vis=True, no_save_vis=True, no_save_pred=True,
                                  pred_score_thr=self.args.score_thr)
-        return result['visualization'][0]
+        pred = result['predictions'][0]
+        keep = [i for i, s in enumerate(pred['scores']) if s >= self.args.score_thr]
+        pred = {k: [pred[k][i] for i in keep] for k in ('labels', 'scores', 'bboxes')}
+        return result['visualization'][0], pred
 
-    # mmseg
-    def _build_seg(self, cfg: Any, checkpoint: str) -> Any:
-        from mmseg.apis import MMSegInferencer
-
-        self.inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=self.args.device)
-        self.inferencer.show_progress = False  # one progress bar: ours
-        return self.inferencer.model
-
-    def _run_seg(self, path: str) -> np.ndarray:
+    def _run_seg(self, path: str) -> Tuple[np.ndarray, Any]:
         vis = self.inferencer(path, return_vis=True, show=False, out_dir='')['visualization']
-        return vis[0] if isinstance(vis, list) else vis  # mmseg unpacks the list of a single image
+        return (vis[0] if isinstance(vis, list) else vis), None  # mmseg unpacks the list of a single image
 
-    # mmpose
-    def _build_pose(self, cfg: Any, checkpoint: str) -> Any:
-        from mmpose.apis import init_model
-        from mmpose.registry import VISUALIZERS
+    def _run_pose(self, path: str) -> Tuple[np.ndarray, Any]:
+        result = next(self.inferencer(path, return_vis=True, draw_bbox=True, kpt_thr=self.args.score_thr,
+                                      bbox_thr=self.args.bbox_thr, show=False))
+        return result['visualization'][0], result['predictions'][0]
 
-        self.model = init_model(cfg, checkpoint, device=self.args.device)
-        vis_cfg = cfg.get('visualizer', None) or dict(type='PoseLocalVisualizer')
-        vis_cfg = dict(vis_cfg, name=f'hrnet_mm_infer_{id(self)}', vis_backends=None, save_dir=None)
-        self.visualizer = VISUALIZERS.build(vis_cfg)
-        draw_circles = self.visualizer.draw_circles
-
-        def draw_circles_scalar_radius(center: Any, radius: Any, *args: Any, **kwargs: Any) -> Any:
-            # mmpose 1.3.2 passes radius=np.array([r]) and its OpenCV backend calls int() on it, which NumPy 2
-            # rejects (TypeError); hand it the scalar.
-            if np.size(radius) == 1:
-                radius = float(np.asarray(radius).reshape(-1)[0])
-            return draw_circles(center, radius, *args, **kwargs)
-
-        self.visualizer.draw_circles = draw_circles_scalar_radius
-        self.visualizer.set_dataset_meta(self.model.dataset_meta)
-        return self.model
-
-    def _run_pose(self, path: str) -> np.ndarray:
-        from mmpose.apis import inference_topdown
-        from mmpose.structures import merge_data_samples
-
-        samples = inference_topdown(self.model, path, bboxes=None)  # the whole image is the person box
-        img = read_image(path)[..., ::-1]
-        self.visualizer.add_datasample('result', img, data_sample=merge_data_samples(samples), draw_gt=False,
-                                       draw_bbox=True, draw_heatmap=False, kpt_thr=self.args.score_thr,
-                                       show=False)
-        return self.visualizer.get_image()
-
-    # mmpretrain
-    def _build_cls(self, cfg: Any, checkpoint: str) -> Any:
-        from mmpretrain.apis import ImageClassificationInferencer
-        from mmpretrain.visualization import UniversalVisualizer
-
-        self.inferencer = ImageClassificationInferencer(model=cfg, pretrained=checkpoint, device=self.args.device)
-        self.visualizer = UniversalVisualizer(name=f'hrnet_mm_infer_{id(self)}')
-        return self.inferencer.model
-
-    def _run_cls(self, path: str) -> np.ndarray:
+    def _run_cls(self, path: str) -> Tuple[np.ndarray, Any]:
         import torch
 
         # The inferencer's own preprocess and forward, without its __call__'s progress bar (on stdout).
@@ -248,18 +194,58 @@ class Predictor:
         sample.set_pred_label(torch.topk(sample.pred_score, topk).indices)
         img = read_image(path)[..., ::-1]
         return self.visualizer.visualize_cls(img, sample, classes=self.inferencer.classes, draw_gt=False,
-                                             draw_pred=True, draw_score=True, show=False)
+                                             draw_pred=True, draw_score=True, show=False), None
+
+
+def _scalar_radius(visualizer: Any) -> None:
+    """mmpose 1.3.2 passes ``radius=np.array([r])`` and its OpenCV backend calls ``int()`` on it, which NumPy 2
+    rejects (TypeError); hand it the scalar."""
+    draw_circles = visualizer.draw_circles
+
+    def draw_circles_scalar_radius(center: Any, radius: Any, *args: Any, **kwargs: Any) -> Any:
+        if np.size(radius) == 1:
+            radius = float(np.asarray(radius).reshape(-1)[0])
+        return draw_circles(center, radius, *args, **kwargs)
+
+    visualizer.draw_circles = draw_circles_scalar_radius
+
+
+def split_model_args(args: argparse.Namespace) -> None:
+    """``MODEL [CHECKPOINT] INPUTS...``: a config file takes the checkpoint after it (unless ``--checkpoint`` is
+    given or the next input is an image or a folder: then the weights table's weights of the config); a name
+    takes its published weights."""
+    from hrnet_mm.apis.models import is_config_file
+
+    rest = list(args.inputs)
+    first = rest[0] if rest else ''
+    if (is_config_file(args.model) or args.model.endswith('.py')) and args.checkpoint is None \
+            and not first.lower().endswith(IMAGE_EXTENSIONS) and not osp.isdir(first):
+        args.checkpoint = rest.pop(0)
+    if not rest:
+        raise ToolError('no images or folders given (usage: infer.py MODEL [CHECKPOINT] IMAGES... --out-dir DIR)')
+    args.inputs = rest
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command line of ``tools/infer.py``."""
-    parser = argparse.ArgumentParser(prog=PROG, description='Run an hrnet_mm config on images with its task '
-                                     'library (' + ', '.join(SUPPORTED_SCOPES) + ', picked by default_scope) and '
-                                     'write the drawn predictions as PNG files')
-    parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file of that config')
-    parser.add_argument('images', nargs='+', help='image files and/or folders (all images inside, recursively)')
+    parser = argparse.ArgumentParser(prog=PROG, description='Run an hrnet_mm model (a weights-table name, or a '
+                                     'config with its checkpoint) on images with its task library ('
+                                     + ', '.join(SUPPORTED_SCOPES) + ') and write the drawn predictions as PNG files')
+    parser.add_argument('model', help='model name (`python -m hrnet_mm list`) or config file')
+    parser.add_argument('inputs', nargs='+', metavar='[CHECKPOINT] IMAGES',
+                        help='for a config: its checkpoint file, then image files and/or folders (all images inside, '
+                             'recursively)')
     parser.add_argument('--out-dir', required=True, help='folder for the PNG files (created)')
+    parser.add_argument('--checkpoint', help='weights file (default: the positional CHECKPOINT, or the published '
+                        'weights of a model name)')
+    parser.add_argument('--det-model', help='top-down pose: person detector, a model name or an mmdet config '
+                        '(default: faster-rcnn_hrnetv2p-w32-1x_coco); "whole_image" to take the whole image as '
+                        'the one person box')
+    parser.add_argument('--det-checkpoint', help="the detector's weights file (default: a name's published weights)")
+    parser.add_argument('--det-cat-ids', type=int, nargs='+', default=None,
+                        help="the detector's class indices that are people (default 0)")
+    parser.add_argument('--bbox-thr', type=float, default=0.3, help='top-down pose: lowest person box score')
+    parser.add_argument('--pred-out', help='detection, pose: also write the predictions as COCO-format results JSON')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu', help='device (default: cpu)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest box score drawn; pose: lowest keypoint score drawn (default 0.3)')
@@ -272,7 +258,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> List[str]:
-    """Runs inference on all images and writes the PNG files.
+    """Runs inference on all images and writes the PNG files (and ``--pred-out``).
 
     Args:
         args: Parsed command line.
@@ -283,30 +269,44 @@ def run(args: argparse.Namespace) -> List[str]:
     Raises:
         ToolError: A user error (see the module docstring).
     """
+    import json
+
     import mmcv
     import torch
     from mmengine.utils import track_iter_progress
 
-    cfg, scope = load_config(args.config)
-    if not osp.isfile(args.checkpoint):
-        raise ToolError(f'checkpoint file not found: {args.checkpoint}')
+    from hrnet_mm.apis.models import ModelNotFoundError, resolve
+    from hrnet_mm.models.checkpoint import CheckpointMismatchError
+
+    split_model_args(args)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ToolError('--device cuda: no CUDA device is available')
-    if args.device == 'cpu':  # reuse freed pages between images instead of faulting them in again
-        from hrnet_mm.deploy import tune_cpu_allocator
-        tune_cpu_allocator()
-    images = collect_images(args.images, args.out_dir)
+    images = collect_images(args.inputs, args.out_dir)
     for path in images:  # fail before building the model
         read_image(path)
-    written = []
-    # The libraries' messages (checkpoint loading, progress bars) go to stderr: stdout lists the written files.
+    try:
+        if osp.isfile(args.model):
+            load_config(args.model)  # a config's read errors and scope, as the other tools report them
+        scope = resolve(args.model, pretrained=False).scope
+        if args.pred_out and scope not in ('mmdet', 'mmpose'):
+            raise ToolError(f'--pred-out: COCO-format results are written for detection and pose models, not {scope}')
+        if args.device == 'cpu':  # reuse freed pages between images instead of faulting them in again
+            from hrnet_mm.deploy import tune_cpu_allocator
+            tune_cpu_allocator()
+        # The libraries' messages (checkpoint loading, progress bars) go to stderr: stdout lists the written files.
+        with contextlib.redirect_stdout(sys.stderr):
+            predictor = Predictor(args)
+    except (ModelNotFoundError, CheckpointMismatchError, ValueError) as exc:
+        if args.debug:
+            raise
+        raise ToolError(str(exc)) from None
+    written, results = [], []
+    os.makedirs(args.out_dir, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):
-        predictor = Predictor(cfg, scope, args.checkpoint, args)
-        os.makedirs(args.out_dir, exist_ok=True)
-        for path, out_file in track_iter_progress(list(zip(images, output_names(images, args.out_dir))),
-                                                  file=sys.stderr):
+        pairs = list(zip(images, output_names(images, args.out_dir)))
+        for image_id, (path, out_file) in enumerate(track_iter_progress(pairs, file=sys.stderr), 1):
             try:
-                drawn = predictor(path)
+                drawn, pred = predictor(path)
             except ToolError:
                 raise
             except Exception as exc:
@@ -316,6 +316,14 @@ def run(args: argparse.Namespace) -> List[str]:
                 raise ToolError(f'inference failed on {path}: {type(exc).__name__}: {first_line}') from exc
             mmcv.imwrite(np.ascontiguousarray(drawn[..., ::-1]), out_file)
             written.append(out_file)
+            if args.pred_out:
+                results += coco_results(pred, image_id, path, predictor.scope)
+    if args.pred_out:
+        tmp = args.pred_out + '.part'
+        with open(tmp, 'w') as f:
+            json.dump(results, f)
+        os.replace(tmp, args.pred_out)
+        written.append(args.pred_out)
     return written
 
 
@@ -340,7 +348,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         fail(PROG, f'{type(exc).__name__}: {first_line} (run with --debug for the traceback)')
     for out_file in written:
         print(out_file)
-    print(f'{len(written)} image(s) written to {args.out_dir}')
+    images = [f for f in written if f != args.pred_out]
+    print(f'{len(images)} image(s) written to {args.out_dir}')
 
 
 if __name__ == '__main__':

@@ -156,7 +156,8 @@ def _pictures(task: DemoTask, cfg: str, ckpt: str, root: str, work_dir: str) -> 
     """PNGs of the predictions on two held-out images and of the training curves; returns their paths."""
     images = sorted(glob.glob(os.path.join(root, 'data', 'demo', task.data, task.images)))[:2]
     out_dir = os.path.join(work_dir, 'pictures')
-    _run([sys.executable, _tool('infer.py'), cfg, ckpt, *images, '--out-dir', out_dir],
+    whole = ['--det-model', 'whole_image'] if task.name == 'pose' else []  # the demo's images are crops
+    _run([sys.executable, _tool('infer.py'), cfg, ckpt, *images, '--out-dir', out_dir, *whole],
          os.path.join(work_dir, 'infer.log'), root)
     curves = os.path.join(out_dir, 'training_curves.png')
     _run([sys.executable, _tool(os.path.join('analysis', 'plot_curves.py')), work_dir, '--out', curves],

@@ -173,5 +173,5 @@ def get_entry(name: str, path: Optional[str] = None) -> ZooEntry:
         if key in (entry.name, entry.config[len('configs/'):-3], osp.basename(entry.config)[:-3]):
             return entry
     close = closest(key.split('/')[-1], [e.name for e in table])
-    hint = f'; did you mean {close}?' if close else '; `mim search hrnet_mm` lists them'
+    hint = f'; did you mean {", ".join(close)}?' if close else '; `mim search hrnet_mm` lists them'
     raise KeyError(f'no hrnet_mm weights called {name!r}{hint}')

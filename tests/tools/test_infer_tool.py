@@ -118,7 +118,8 @@ def test_pose_infer(tmp_path):
     ckpt = _train(tmp_path, 'coco-keypoints', POSE_CONFIG,
                   ['train_cfg.max_epochs=1', 'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1'])
     images = _val_images(tmp_path, 'data/demo/coco_keypoints/val/*.jpg')[:2]
-    proc = _infer(tmp_path, POSE_CONFIG, ckpt, *images, '--out-dir', 'vis', '--score-thr', '0')
+    proc = _infer(tmp_path, POSE_CONFIG, ckpt, *images, '--out-dir', 'vis', '--score-thr', '0',
+                  '--det-model', 'whole_image')
     assert proc.returncode == 0, proc.stderr[-4000:]
     _check_outputs(tmp_path, images, 'vis', proc)
 
@@ -181,8 +182,12 @@ def test_missing_checkpoint(tmp_path, image):
 
 
 def test_checkpoint_not_loadable(tmp_path, image):
-    # not a checkpoint at all: a load error
-    _assert_error(_infer(tmp_path, SEG_CONFIG, image, image, '--out-dir', 'vis'), 'cannot load checkpoint')
+    (tmp_path / 'page.pth').write_text('<!DOCTYPE html><html><body>404 Not Found</body></html>')
+    _assert_error(_infer(tmp_path, SEG_CONFIG, 'page.pth', image, '--out-dir', 'vis'),
+                  'page.pth: the file is an HTML/XML page, not a checkpoint')
+    (tmp_path / 'noise.pth').write_bytes(b'PK\x03\x04' + bytes(range(256)) * 4)  # a damaged zip
+    _assert_error(_infer(tmp_path, SEG_CONFIG, '--checkpoint', 'noise.pth', image, '--out-dir', 'vis'),
+                  'noise.pth: cannot be read as a checkpoint')
 
 
 def test_checkpoint_of_another_model(tmp_path, image):

@@ -8,10 +8,8 @@ that cannot be fetched offline; the real table is checked for its parameters aga
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
-import threading
 
 import pytest
 import torch
@@ -25,52 +23,6 @@ from hrnet_mm.registry import build_in_scope
 from hrnet_mm.utils import count_params
 from hrnet_mm.zoo import hub
 from hrnet_mm.zoo.weights import get_entry, load_table
-
-
-class _Server:
-    """Serves ``files`` ({path: bytes}); ``modes`` ({path: [mode, ...]}) make the next requests misbehave:
-    ``'truncate'`` sends half the body with the full Content-Length and closes, ``'html'`` an error page."""
-
-    def __init__(self):
-        self.files, self.modes, self.hits = {}, {}, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.hits.append(self.path)
-                data = server.files.get(self.path)
-                mode = server.modes.get(self.path, []).pop(0) if server.modes.get(self.path) else 'ok'
-                if data is None:
-                    self.send_error(404)
-                    return
-                if mode == 'html':
-                    data = b'<!DOCTYPE html><html><body>503 Service Unavailable</body></html>'
-                self.send_response(200)
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[:len(data) // 2] if mode == 'truncate' else data)
-                self.wfile.flush()
-                if mode == 'truncate':
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    s = _Server()
-    yield s
-    s.close()
 
 
 def _checkpoint_bytes(seed=0):
@@ -216,7 +168,7 @@ def test_table_lists_every_published_checkpoint_with_weights_and_metrics():
 
 def test_unknown_names_suggest_the_closest():
     with pytest.raises(KeyError, match="no hrnet_mm weights called 'faster-rcnn_hrnetv2p-w32_1x_coco'; did you mean "
-                                       r"\['faster-rcnn_hrnetv2p-w32-1x_coco'"):
+                                       "faster-rcnn_hrnetv2p-w32-1x_coco"):
         get_entry('faster-rcnn_hrnetv2p-w32_1x_coco')
 
 
