@@ -67,12 +67,28 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines() or [''])[0]
 
 
+def _built_from_config(exc: BaseException) -> Optional[str]:
+    """The class that mmengine's ``build_from_cfg`` was building when ``exc`` was raised (the innermost one), or
+    ``None`` when it was raised elsewhere."""
+    name, tb = None, exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == 'build_from_cfg' and 'mmengine' in code.co_filename:
+            local = tb.tb_frame.f_locals
+            cls = local.get('obj_cls')
+            name = getattr(cls, '__name__', None) or str(local.get('obj_type', name))
+        tb = tb.tb_next
+    return name
+
+
 def user_error_message(exc: BaseException) -> Optional[str]:
     """One line for an exception that is clearly caused by the user's input, else ``None``.
 
     Recognised: :class:`UserInputError`, missing files (``FileNotFoundError``, ``IsADirectoryError``), broken
-    JSON (``json.JSONDecodeError``) and names missing from a registry (mmengine's ``KeyError('X is not in the
-    ... registry')``); the exception's cause chain is searched too.
+    JSON (``json.JSONDecodeError``), names missing from a registry (mmengine's ``KeyError('X is not in the
+    ... registry')``) and a ``ValueError``/``TypeError``/``AssertionError`` raised while mmengine builds an object
+    from the config (a wrong argument, such as ``model.backbone.arch=w33``); the exception's cause chain is
+    searched too.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -90,6 +106,10 @@ def user_error_message(exc: BaseException) -> Optional[str]:
         if isinstance(exc, KeyError) and 'is not in the' in _first_line(exc) and 'registry' in _first_line(exc):
             line = _first_line(exc).split('. Please check')[0]
             return f'{line}: check the type names in the config and its custom_imports'
+        built = _built_from_config(exc) if isinstance(exc, (ValueError, TypeError, AssertionError)) else None
+        if built is not None:
+            return f'cannot build {built} from the config: {_first_line(exc) or type(exc).__name__}; fix the ' \
+                   'config or --cfg-options'
         exc = exc.__cause__ or exc.__context__
     return None
 

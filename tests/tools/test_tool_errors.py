@@ -442,3 +442,15 @@ def test_load_from_summarizes_what_fits_and_refuses_what_does_not(cls_cwd: Path)
     out = proc.stdout + proc.stderr
     assert f'load_from other_head.pth: {len(state) - 1} of {len(state)} weights load; 1 with other shapes' in out, out
     assert f'e.g. {head}: checkpoint (7, ' in out
+
+
+@pytest.mark.parametrize('option,expected', [
+    ('model.backbone.arch=w33', "cannot build HRNet from the config: unknown HRNet arch 'w33'; valid presets: "),
+    ('model.backbone.widths=1', "cannot build HRNet from the config: HRNet got unknown arguments ['widths']"),
+    ('optim_wrapper.optimizer.lr=-1', 'cannot build Adam from the config: Invalid learning rate: -1')])
+def test_a_wrong_argument_in_the_config_is_one_line(tmp_path: Path, option: str, expected: str) -> None:
+    """An argument the model or optimizer refuses (here through --cfg-options) is one line naming the class."""
+    subprocess.run([sys.executable, '-m', 'hrnet_mm.datasets', 'imagenet', str(tmp_path / 'data/demo/imagenet'),
+                    '--train', '4', '--val', '2'], check=True, capture_output=True, timeout=300)
+    proc = _tool(tmp_path, TRAIN, CLS, '--work-dir', 'work', '--cfg-options', option)
+    _one_line_error(proc, 'train.py', expected)
