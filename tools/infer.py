@@ -1,6 +1,6 @@
-"""Run an hrnet_mm model on images with its task library's own inferencer and visualizer; write PNG files.
+"""Run an hrnet_mm model on images and videos with its task library's own inferencer and visualizer.
 
-The model is a weights-table name (``python -m hrnet_mm list``; its published weights are downloaded once, see
+The model is a weights-table name (``hrnet-mm list``; its published weights are downloaded once, see
 ``docs/model_zoo.md``) or a config file followed by its checkpoint. The task library is picked from the config's
 ``default_scope``, and the inferencer comes from :func:`hrnet_mm.get_inferencer`:
 
@@ -14,16 +14,23 @@ The model is a weights-table name (``python -m hrnet_mm list``; its published we
 * ``mmpretrain``: ``ImageClassificationInferencer``; the ``--topk`` classes with their scores are written on the
   image by mmpretrain's ``UniversalVisualizer``.
 
-Each input ``DIR/name.ext`` gives ``OUT_DIR/name.png`` (``name_1.png``, ... when names repeat), of the same size
-as the input image; ``--pred-out FILE.json`` also writes detection and pose predictions in the COCO results
-format (``image_id`` is the input's 1-based position, ``file_name`` its path). User errors (unknown model name,
-missing config or checkpoint, a file that is not a checkpoint, a checkpoint of another model, offline without the
-weights in the cache, unsupported or uninstalled scope, unreadable image, folder without images, no CUDA) are
-reported as one line with exit status 2; ``--debug`` shows the traceback instead.
+Each input image ``DIR/name.ext`` gives ``OUT_DIR/name.png`` (``name_1.png``, ... when names repeat), of the same
+size as the input image; each video (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ...; read with OpenCV) gives
+``OUT_DIR/name.mp4`` with every frame drawn, at the input's frame rate, written to a temporary file and renamed
+when complete. A progress bar runs on stderr and the frames per second are reported at the end.
+``--pred-out FILE.json`` also writes detection and pose predictions in the COCO results format (``image_id`` is
+the 1-based position of the image or frame among all inputs, ``file_name`` the image's path or
+``VIDEO#FRAME``).
+
+User errors (unknown model name, missing config or checkpoint, a file that is not a checkpoint, a checkpoint of
+another model, offline without the weights in the cache, unsupported or uninstalled scope, unreadable image, a
+video OpenCV cannot open or decode, folder without images, no CUDA) are reported as one line with exit status 2;
+``--debug`` shows the traceback instead.
 
 Examples::
 
     python tools/infer.py td-hm_hrnet-w32_8xb64-210e_coco-256x192 people.jpg --out-dir vis --pred-out vis/kpts.json
+    python tools/infer.py td-hm_hrnet-w32_8xb64-210e_coco-256x192 dance.mp4 --out-dir vis   # vis/dance.mp4
     python tools/infer.py configs/demo/faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py work/epoch_8.pth \\
         data/demo/coco/val --out-dir vis --score-thr 0.5
     python tools/infer.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py work/epoch_12.pth \\
@@ -38,6 +45,7 @@ import contextlib
 import os
 import os.path as osp
 import sys
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -50,7 +58,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '
 
 
 def collect_images(inputs: List[str], out_dir: Optional[str] = None) -> List[str]:
-    """Expands image files and folders (all images inside, recursively, sorted) into a list of image files.
+    """Expands image and video files and folders (all images inside, recursively, sorted) into a list of files.
 
     Args:
         inputs: Image files and folders from the command line.
@@ -105,15 +113,15 @@ def read_image(path: str) -> np.ndarray:
     return img
 
 
-def output_names(images: List[str], out_dir: str) -> List[str]:
-    """``OUT_DIR/<stem>.png`` for each image, with ``_1``, ``_2``, ... added where stems repeat."""
+def output_names(images: List[str], out_dir: str, suffix: str = '.png') -> List[str]:
+    """``OUT_DIR/<stem><suffix>`` for each input, with ``_1``, ``_2``, ... added where stems repeat."""
     used: Dict[str, int] = {}
     names = []
     for path in images:
         stem = osp.splitext(osp.basename(path))[0]
         count = used.get(stem, 0)
         used[stem] = count + 1
-        names.append(osp.join(out_dir, f'{stem}.png' if count == 0 else f'{stem}_{count}.png'))
+        names.append(osp.join(out_dir, f'{stem}{suffix}' if count == 0 else f'{stem}_{count}{suffix}'))
     return names
 
 
@@ -147,7 +155,8 @@ def coco_results(prediction: Dict[str, Any], image_id: int, file_name: str, scop
 
 class Predictor:
     """Per-library inference and drawing with the library's own inferencer (:func:`hrnet_mm.get_inferencer`):
-    ``predictor(path) -> (RGB uint8 image of the input's size, prediction)``."""
+    ``predictor(bgr) -> (RGB uint8 image of the input's size, prediction)`` for a BGR ``uint8`` image (a file
+    read by :func:`read_image` or a video frame)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from hrnet_mm.apis import get_inferencer
@@ -165,36 +174,40 @@ class Predictor:
         self.run = {'mmdet': self._run_det, 'mmseg': self._run_seg, 'mmpose': self._run_pose,
                     'mmpretrain': self._run_cls}[self.scope]
 
-    def __call__(self, path: str) -> Tuple[np.ndarray, Any]:
-        return self.run(path)
+    def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
+        return self.run(bgr)
 
-    def _run_det(self, path: str) -> Tuple[np.ndarray, Any]:
-        result = self.inferencer(path, return_vis=True, no_save_vis=True, no_save_pred=True,
-                                 pred_score_thr=self.args.score_thr)
-        pred = result['predictions'][0]
-        keep = [i for i, s in enumerate(pred['scores']) if s >= self.args.score_thr]
-        pred = {k: [pred[k][i] for i in keep] for k in ('labels', 'scores', 'bboxes')}
-        return result['visualization'][0], pred
+    # mmdet's and mmseg's inferencers predict on an array as BGR but draw it as RGB: predict, then draw the RGB copy.
+    def _run_det(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
+        inf, thr = self.inferencer, self.args.score_thr
+        (sample,) = inf(bgr, return_datasamples=True, no_save_vis=True, no_save_pred=True)['predictions']
+        drawn = inf.visualize([np.ascontiguousarray(bgr[..., ::-1])], [sample], return_vis=True, no_save_vis=True,
+                              pred_score_thr=thr)[0]
+        pred = inf.pred2dict(sample)
+        keep = [i for i, s in enumerate(pred['scores']) if s >= thr]
+        return drawn, {k: [pred[k][i] for i in keep] for k in ('labels', 'scores', 'bboxes')}
 
-    def _run_seg(self, path: str) -> Tuple[np.ndarray, Any]:
-        vis = self.inferencer(path, return_vis=True, show=False, out_dir='')['visualization']
-        return (vis[0] if isinstance(vis, list) else vis), None  # mmseg unpacks the list of a single image
+    def _run_seg(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
+        inf = self.inferencer
+        sample = inf(bgr, return_datasamples=True, out_dir='')  # mmseg returns the data sample of a single image
+        drawn = inf.visualize([np.ascontiguousarray(bgr[..., ::-1])], [sample], return_vis=True, img_out_dir='')
+        return drawn[0], None
 
-    def _run_pose(self, path: str) -> Tuple[np.ndarray, Any]:
-        result = next(self.inferencer(path, return_vis=True, draw_bbox=True, kpt_thr=self.args.score_thr,
+    def _run_pose(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
+        result = next(self.inferencer(bgr, return_vis=True, draw_bbox=True, kpt_thr=self.args.score_thr,
                                       bbox_thr=self.args.bbox_thr, show=False))
         return result['visualization'][0], result['predictions'][0]
 
-    def _run_cls(self, path: str) -> Tuple[np.ndarray, Any]:
+    def _run_cls(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
         import torch
 
         # The inferencer's own preprocess and forward, without its __call__'s progress bar (on stdout).
-        (sample,) = self.inferencer.forward(next(iter(self.inferencer.preprocess([path]))))
+        (sample,) = self.inferencer.forward(next(iter(self.inferencer.preprocess([bgr]))))
         topk = min(self.args.topk, sample.pred_score.numel())
         sample.set_pred_label(torch.topk(sample.pred_score, topk).indices)
-        img = read_image(path)[..., ::-1]
-        return self.visualizer.visualize_cls(img, sample, classes=self.inferencer.classes, draw_gt=False,
-                                             draw_pred=True, draw_score=True, show=False), None
+        return self.visualizer.visualize_cls(np.ascontiguousarray(bgr[..., ::-1]), sample,
+                                             classes=self.inferencer.classes, draw_gt=False, draw_pred=True,
+                                             draw_score=True, show=False), None
 
 
 def _scalar_radius(visualizer: Any) -> None:
@@ -215,11 +228,12 @@ def split_model_args(args: argparse.Namespace) -> None:
     given or the next input is an image or a folder: then the weights table's weights of the config); a name
     takes its published weights."""
     from hrnet_mm.apis.models import is_config_file
+    from hrnet_mm.cli.video import VIDEO_EXTENSIONS
 
     rest = list(args.inputs)
     first = rest[0] if rest else ''
     if (is_config_file(args.model) or args.model.endswith('.py')) and args.checkpoint is None \
-            and not first.lower().endswith(IMAGE_EXTENSIONS) and not osp.isdir(first):
+            and not first.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS) and not osp.isdir(first):
         args.checkpoint = rest.pop(0)
     if not rest:
         raise ToolError('no images or folders given (usage: infer.py MODEL [CHECKPOINT] IMAGES... --out-dir DIR)')
@@ -231,11 +245,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description='Run an hrnet_mm model (a weights-table name, or a '
                                      'config with its checkpoint) on images with its task library ('
                                      + ', '.join(SUPPORTED_SCOPES) + ') and write the drawn predictions as PNG files')
-    parser.add_argument('model', help='model name (`python -m hrnet_mm list`) or config file')
-    parser.add_argument('inputs', nargs='+', metavar='[CHECKPOINT] IMAGES',
-                        help='for a config: its checkpoint file, then image files and/or folders (all images inside, '
-                             'recursively)')
-    parser.add_argument('--out-dir', required=True, help='folder for the PNG files (created)')
+    parser.add_argument('model', help='model name (`hrnet-mm list`) or config file')
+    parser.add_argument('inputs', nargs='+', metavar='[CHECKPOINT] INPUTS',
+                        help='for a config: its checkpoint file, then image files, folders (all images inside, '
+                             'recursively) and/or video files')
+    parser.add_argument('--out-dir', required=True, help='folder for the PNG and MP4 files (created)')
     parser.add_argument('--checkpoint', help='weights file (default: the positional CHECKPOINT, or the published '
                         'weights of a model name)')
     parser.add_argument('--det-model', help='top-down pose: person detector, a model name or an mmdet config '
@@ -273,17 +287,22 @@ def run(args: argparse.Namespace) -> List[str]:
 
     import mmcv
     import torch
-    from mmengine.utils import track_iter_progress
+    from mmengine.utils import ProgressBar, track_iter_progress
 
     from hrnet_mm.apis.models import ModelNotFoundError, resolve
+    from hrnet_mm.cli.errors import UserInputError
+    from hrnet_mm.cli.video import VideoWriter, is_video, probe, read_video
     from hrnet_mm.models.checkpoint import CheckpointMismatchError
 
     split_model_args(args)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ToolError('--device cuda: no CUDA device is available')
-    images = collect_images(args.inputs, args.out_dir)
-    for path in images:  # fail before building the model
-        read_image(path)
+    inputs = collect_images(args.inputs, args.out_dir)
+    for path in inputs:  # fail before building the model
+        try:
+            probe(path) if is_video(path) else read_image(path)
+        except UserInputError as exc:
+            raise ToolError(str(exc)) from None
     try:
         if osp.isfile(args.model):
             load_config(args.model)  # a config's read errors and scope, as the other tools report them
@@ -300,24 +319,44 @@ def run(args: argparse.Namespace) -> List[str]:
         if args.debug:
             raise
         raise ToolError(str(exc)) from None
-    written, results = [], []
     os.makedirs(args.out_dir, exist_ok=True)
-    with contextlib.redirect_stdout(sys.stderr):
-        pairs = list(zip(images, output_names(images, args.out_dir)))
-        for image_id, (path, out_file) in enumerate(track_iter_progress(pairs, file=sys.stderr), 1):
-            try:
-                drawn, pred = predictor(path)
-            except ToolError:
+    written, results, frames, image_id = [], [], 0, 0
+    start = time.perf_counter()
+
+    def predict(bgr: np.ndarray, name: str) -> np.ndarray:
+        nonlocal image_id
+        image_id += 1
+        try:
+            drawn, pred = predictor(bgr)
+        except Exception as exc:
+            if args.debug:
                 raise
-            except Exception as exc:
-                if args.debug:
-                    raise
-                first_line = (str(exc).strip().splitlines() or [''])[0]
-                raise ToolError(f'inference failed on {path}: {type(exc).__name__}: {first_line}') from exc
-            mmcv.imwrite(np.ascontiguousarray(drawn[..., ::-1]), out_file)
+            first_line = (str(exc).strip().splitlines() or [''])[0]
+            raise ToolError(f'inference failed on {name}: {type(exc).__name__}: {first_line}') from exc
+        if args.pred_out:
+            results.extend(coco_results(pred, image_id, name, predictor.scope))
+        return np.ascontiguousarray(drawn[..., ::-1])
+
+    with contextlib.redirect_stdout(sys.stderr):
+        images = [p for p in inputs if not is_video(p)]
+        for path, out_file in track_iter_progress(list(zip(images, output_names(images, args.out_dir))),
+                                                  file=sys.stderr) if images else ():
+            mmcv.imwrite(predict(read_image(path), path), out_file)
             written.append(out_file)
-            if args.pred_out:
-                results += coco_results(pred, image_id, path, predictor.scope)
+            frames += 1
+        for path, out_file in zip(inputs, output_names(inputs, args.out_dir, '.mp4')):
+            if not is_video(path):
+                continue
+            info = probe(path)
+            progress = ProgressBar(info.frames or 0, file=sys.stderr)
+            with VideoWriter(out_file, info.fps, info.width, info.height) as video:
+                for index, frame in enumerate(read_video(path)):
+                    video.write(predict(frame, f'{path}#{index}'))
+                    progress.update()
+            written.append(out_file)
+            frames += video.frames
+    seconds = time.perf_counter() - start
+    print(f'{frames} frame(s) in {seconds:.1f} s: {frames / max(seconds, 1e-9):.2f} frames/s', file=sys.stderr)
     if args.pred_out:
         tmp = args.pred_out + '.part'
         with open(tmp, 'w') as f:
