@@ -1,8 +1,8 @@
-"""``python -m hrnet_mm.datasets KIND OUT_DIR`` writes one synthetic dataset in its real on-disk format (KIND: coco,
-coco-keypoints, cityscapes, imagenet, coco-keypoints-multi, cofw, onehand10k); ``python -m hrnet_mm.datasets all
-OUT_ROOT`` writes the first four under ``OUT_ROOT/data/demo/{coco,coco_keypoints,cityscapes,imagenet}``, the data
-roots of the four ``make demo`` configs. Every kind's folder under ``data/demo/`` is the data root of its
-``configs/demo`` config."""
+"""``python -m hrnet_mm.datasets KIND OUT_DIR`` writes one synthetic dataset in its real on-disk format (KIND:
+coco, coco-keypoints, cityscapes, imagenet, coco-keypoints-multi, coco-people, cofw, onehand10k);
+``python -m hrnet_mm.datasets all OUT_ROOT`` writes the first four under
+``OUT_ROOT/data/demo/{coco,coco_keypoints,cityscapes,imagenet}``, the data roots of the four ``make demo``
+configs. Every kind's folder under ``data/demo/`` is the data root of its ``configs/demo`` config."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,14 @@ def make_coco_keypoints_multi(root: str, splits: Dict[str, int], seed: int = 0):
                                person_height=(70, 110))
 
 
+def make_coco_people(root: str, splits: Dict[str, int], seed: int = 0):
+    """COCO person keypoints with two to four people in every 160x320 image: the scenes of the detector-to-pose
+    pipeline (a person detector trains on their boxes; a top-down pose model trained on ``coco-keypoints`` runs on
+    each box it finds)."""
+    return make_coco_keypoints(root, splits, size=(160, 320), seed=seed, min_persons=2, max_persons=4,
+                               person_height=(80, 120))
+
+
 # kind: (generator, folder under data/demo, default train count, default val count, what a count means, split
 # names: the set's own (COFW and OneHand10K call their second split "test"))
 KINDS: Dict[str, Tuple[Callable, str, int, int, str, Tuple[str, str]]] = {
@@ -29,6 +37,7 @@ KINDS: Dict[str, Tuple[Callable, str, int, int, str, Tuple[str, str]]] = {
     'cityscapes': (make_cityscapes_seg, 'cityscapes', 48, 12, 'images', ('train', 'val')),
     'imagenet': (make_imagenet_folder, 'imagenet', 100, 10, 'images per class', ('train', 'val')),
     'coco-keypoints-multi': (make_coco_keypoints_multi, 'coco_keypoints_multi', 64, 16, 'images', ('train', 'val')),
+    'coco-people': (make_coco_people, 'coco_people', 48, 8, 'images', ('train', 'val')),
     'cofw': (make_face_landmarks, 'cofw', 96, 16, 'images', ('train', 'test')),
     'onehand10k': (make_hand_keypoints, 'onehand10k', 96, 16, 'images', ('train', 'test')),
 }
@@ -58,7 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('kind', choices=[*KINDS, 'all'],
                         help='coco: COCO instances (boxes and polygon masks); coco-keypoints: COCO person '
                              'keypoints; cityscapes: Cityscapes trainId segmentation; imagenet: class folders; '
-                             'coco-keypoints-multi: COCO person keypoints, 2 people an image; cofw: COFW face '
+                             'coco-keypoints-multi: COCO person keypoints, 2 people an image; coco-people: COCO person '
+                             'keypoints, 2-4 people in a 160x320 scene; cofw: COFW face '
                              'landmarks; onehand10k: OneHand10K hand keypoints; all: the first four under '
                              'OUT_DIR/data/demo/')
     parser.add_argument('out_dir')
