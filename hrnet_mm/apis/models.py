@@ -52,7 +52,8 @@ class ModelSource:
 
 
 def list_models(pattern: str = '*', task: Optional[str] = None) -> List[str]:
-    """The names of the weights-table entries that match ``pattern`` (shell wildcards, case-insensitive), sorted.
+    """The names of the weights-table models that match ``pattern`` (shell wildcards, case-insensitive), sorted.
+    The backbone entries (``imagenet/w32``: ImageNet weights of a backbone, for ``init_cfg``) are not models.
 
     Args:
         pattern: For example ``'*hrnet-w32*coco*'``; ``'*'`` lists all.
@@ -61,7 +62,7 @@ def list_models(pattern: str = '*', task: Optional[str] = None) -> List[str]:
     if task is not None and task not in TASKS:
         raise ValueError(f'unknown task {task!r}; one of {", ".join(TASKS)}')
     pattern = pattern.lower()
-    return sorted(e.name for e in load_table() if (task is None or e.task == task)
+    return sorted(e.name for e in load_table() if e.kind == 'model' and (task is None or e.task == task)
                   and fnmatch.fnmatchcase(e.name.lower(), pattern))
 
 
@@ -105,6 +106,10 @@ def resolve(name_or_config: str, pretrained: Union[bool, str] = True) -> ModelSo
             if name_or_config.endswith('.py'):
                 raise ModelNotFoundError(config_not_found(name_or_config)) from None
             raise ModelNotFoundError(exc.args[0].replace('hrnet_mm weights', 'hrnet_mm model')) from None
+        if entry.kind != 'model':
+            raise ValueError(f'{entry.name} holds the ImageNet weights of an HRNet-{entry.arch} backbone, not a '
+                             f"model: start a config from them with init_cfg=dict(type='Pretrained', "
+                             f"checkpoint='hrnet_mm://{entry.name}')")
         config = entry.config_path
     weights = None
     if isinstance(pretrained, str):

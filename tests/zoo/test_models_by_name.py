@@ -66,13 +66,16 @@ def zoo(tmp_path, server, monkeypatch, published):
 
 def test_list_models_matches_names_and_tasks():
     names = hrnet_mm.list_models()
-    assert len(names) >= 180 and names == sorted(names)
+    assert len(names) >= 170 and names == sorted(names) and 'imagenet/w32' not in names  # models only
     pose = hrnet_mm.list_models('*hrnet-w32*coco-256x192', task='pose')
     assert 'td-hm_hrnet-w32_8xb64-210e_coco-256x192' in pose and all('w32' in n for n in pose)
     assert hrnet_mm.list_models('FASTER-RCNN_HRNETV2P-W32-1X*') == ['faster-rcnn_hrnetv2p-w32-1x_coco']
     assert len(hrnet_mm.list_models(task='classification')) == 9
     with pytest.raises(ValueError, match='unknown task'):
         hrnet_mm.list_models(task='depth')
+    with pytest.raises(ValueError, match="imagenet/w32 holds the ImageNet weights of an HRNet-w32 backbone, not a "
+                       "model: start a config from them with init_cfg=dict"):
+        hrnet_mm.get_model('imagenet/w32')
 
 
 def test_get_model_by_name_downloads_checks_and_loads(zoo, server, published):
