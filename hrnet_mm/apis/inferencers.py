@@ -18,7 +18,7 @@ import io
 import warnings
 from typing import Any, Optional, Sequence, Union
 
-from .models import ModelSource, check_weights, read_weights, resolve
+from .models import ModelSource, check_weights, keep_default_scope, read_weights, resolve
 
 #: The person detector of top-down pose models when none is given, and its person class index.
 DEFAULT_PERSON_DETECTOR = 'faster-rcnn_hrnetv2p-w32-1x_coco'
@@ -39,8 +39,9 @@ def object_type(cfg: Any) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """The libraries' warnings and prints while building (meta of random-weight models, checkpoint loading)."""
-    with warnings.catch_warnings(record=True), contextlib.redirect_stdout(io.StringIO()):
+    """The libraries' warnings and prints while building (meta of random-weight models, checkpoint loading); the
+    default scope they set is restored."""
+    with keep_default_scope(), warnings.catch_warnings(record=True), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter('ignore')
         yield
 

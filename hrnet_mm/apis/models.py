@@ -10,13 +10,14 @@ and buffer (the libraries load non-strictly and only warn).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
 import importlib.util
 import os.path as osp
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from ..models.checkpoint import CheckpointFileError
 from ..zoo.weights import ZooEntry, get_entry, load_table
@@ -162,6 +163,20 @@ def check_weights(model: Any, source: ModelSource, state: Optional[Dict[str, Any
         raise CheckpointMismatchError(str(exc)) from None
 
 
+@contextlib.contextmanager
+def keep_default_scope() -> Iterator[None]:
+    """Restores mmengine's current ``DefaultScope`` afterwards: the libraries' ``init`` functions and inferencers
+    set it for the whole process, which would change how later configs without a scope are built."""
+    from mmengine.registry import DefaultScope
+
+    saved = DefaultScope._instance_dict.copy()
+    try:
+        yield
+    finally:
+        DefaultScope._instance_dict.clear()
+        DefaultScope._instance_dict.update(saved)
+
+
 def get_model(name_or_config: str, pretrained: Union[bool, str] = True, device: str = 'cpu') -> Any:
     """A ready model in eval mode: a weights-table entry or a config, built by its task library.
 
@@ -182,7 +197,7 @@ def get_model(name_or_config: str, pretrained: Union[bool, str] = True, device: 
     init = {'mmdet': ('mmdet.apis', 'init_detector'), 'mmseg': ('mmseg.apis', 'init_model'),
             'mmpose': ('mmpose.apis', 'init_model'), 'mmpretrain': ('mmpretrain.apis', 'init_model')}[source.scope]
     fn = getattr(importlib.import_module(init[0]), init[1])
-    with warnings.catch_warnings(record=True):  # recorded, not shown, whatever filter the library sets
+    with keep_default_scope(), warnings.catch_warnings(record=True):  # recorded, not shown, whatever the filters
         warnings.simplefilter('ignore')  # the libraries warn about missing meta of random-weight models
         model = fn(source.config, source.weights, device=device)
     check_weights(model, source, state)

@@ -90,6 +90,16 @@ def test_get_model_by_name_downloads_checks_and_loads(zoo, server, published):
     assert type(det).__name__ == 'FasterRCNN'
 
 
+def test_building_leaves_the_default_scope_alone():
+    """The libraries' init functions and inferencers set mmengine's default scope for the process; hrnet_mm puts
+    the caller's back (a later HRNet built without a scope would otherwise be read as mmpose's)."""
+    from mmengine.registry import DefaultScope
+    before = DefaultScope.get_current_instance()
+    hrnet_mm.get_inferencer(os.path.join(ROOT, POSE), pretrained=False, det_model='whole_image')
+    hrnet_mm.get_model(os.path.join(ROOT, DET), pretrained=False)
+    assert DefaultScope.get_current_instance() is before
+
+
 def test_get_model_takes_a_config_and_a_checkpoint(tmp_path, published):
     (tmp_path / 'det.pth').write_bytes(published['tiny-det'][1])
     model = hrnet_mm.get_model(os.path.join(ROOT, DET), pretrained=str(tmp_path / 'det.pth'))
