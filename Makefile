@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint demo demo-smoke env clean
+.PHONY: install test test-fast test-core lint demo demo-smoke env clean
 
 install:  ## create .venv with the pinned stack (idempotent; fast when nothing changed)
 	@bash tools/install_stack.sh
@@ -14,6 +14,9 @@ test: install  ## the whole test suite (lint included)
 
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-core: install  ## the architecture, kernels and deploy tests without the slow ones (about 3 minutes)
+	$(PY) -m pytest -m "not slow" tests/models tests/ops tests/deploy $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m flake8 hrnet_mm tools tests configs _hrnet_mm_config_hook.py setup.py
