@@ -298,9 +298,13 @@ def run(args: argparse.Namespace) -> List[str]:
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ToolError('--device cuda: no CUDA device is available')
     inputs = collect_images(args.inputs, args.out_dir)
+    videos = {}
     for path in inputs:  # fail before building the model
         try:
-            probe(path) if is_video(path) else read_image(path)
+            if is_video(path):
+                videos[path] = probe(path)
+            else:
+                read_image(path)
         except UserInputError as exc:
             raise ToolError(str(exc)) from None
     try:
@@ -338,16 +342,16 @@ def run(args: argparse.Namespace) -> List[str]:
         return np.ascontiguousarray(drawn[..., ::-1])
 
     with contextlib.redirect_stdout(sys.stderr):
-        images = [p for p in inputs if not is_video(p)]
+        images = [p for p in inputs if p not in videos]
         for path, out_file in track_iter_progress(list(zip(images, output_names(images, args.out_dir))),
                                                   file=sys.stderr) if images else ():
             mmcv.imwrite(predict(read_image(path), path), out_file)
             written.append(out_file)
             frames += 1
         for path, out_file in zip(inputs, output_names(inputs, args.out_dir, '.mp4')):
-            if not is_video(path):
+            if path not in videos:
                 continue
-            info = probe(path)
+            info = videos[path]
             progress = ProgressBar(info.frames or 0, file=sys.stderr)
             with VideoWriter(out_file, info.fps, info.width, info.height) as video:
                 for index, frame in enumerate(read_video(path)):

@@ -11,11 +11,12 @@ from typing import List, Optional
 def list_models(pattern: str, task: Optional[str]) -> int:
     """Prints one line per matching weights-table entry: name, task, the first published metrics."""
     from ..apis import list_models as names
-    from ..zoo.weights import get_entry
+    from ..zoo.weights import load_table
 
     found = names(pattern if any(c in pattern for c in '*?[') else f'*{pattern}*', task)
+    entries = {e.name: e for e in load_table()}
     for name in found:
-        entry = get_entry(name)
+        entry = entries[name]
         metrics = next(iter(entry.metrics.items()), None)
         shown = '' if metrics is None else f'{metrics[0]}: ' + ', '.join(
             f'{k} {v}' for k, v in list(metrics[1].items())[:2])

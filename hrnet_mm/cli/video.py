@@ -1,7 +1,7 @@
 """Video files for the tools: frames read with OpenCV, annotated frames written to a new video file atomically.
 
-:func:`read_video` yields BGR ``uint8`` frames and checks the file first (:class:`VideoInfo`), so a file OpenCV
-cannot open or decode (a missing codec, not a video) is one :class:`~hrnet_mm.cli.errors.UserInputError`.
+:func:`probe` checks a file (:class:`VideoInfo`), so that one OpenCV cannot open or decode (a missing codec, not
+a video) is one :class:`~hrnet_mm.cli.errors.UserInputError`; :func:`read_video` yields its BGR ``uint8`` frames.
 :class:`VideoWriter` writes to a temporary file beside the target and renames it into place only when every
 frame is written, so an interrupted run leaves nothing half-written.
 """
@@ -62,12 +62,18 @@ def probe(path: str) -> VideoInfo:
 
 
 def read_video(path: str) -> Iterator[np.ndarray]:
-    """The BGR ``(H, W, 3)`` frames of ``path``, in order (checked with :func:`probe` first)."""
+    """The BGR ``(H, W, 3)`` frames of ``path``, in order; :func:`probe` it first for a clear error on a file that
+    does not decode.
+
+    Raises:
+        UserInputError: OpenCV cannot open the file.
+    """
     import cv2
 
-    probe(path)
     cap = cv2.VideoCapture(path)
     try:
+        if not cap.isOpened():
+            raise UserInputError(f'cannot open video {path}')
         while True:
             ok, frame = cap.read()
             if not ok:
