@@ -1,0 +1,228 @@
+"""Whole models as export graphs: an image batch in, the task head's raw tensors out.
+
+:func:`build_graph` wraps a built mmdet/mmseg/mmpose/mmpretrain model (eval mode) in a module that ONNX
+exporters trace from the normalised image to the tensors before the task's post-processing; the
+PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The graphs:
+
+* :class:`ClassifierGraph` (``ImageClassifier``): ``logits`` ``(N, num_classes)``.
+* :class:`SegmentorGraph` (``EncoderDecoder``, ``CascadeEncoderDecoder``; whole-image inference):
+  ``seg_logits`` ``(N, C, H, W)``, the last decode head's logits resized to the input (as mmseg's
+  ``decode_head.predict`` does before it crops and rescales to the original image).
+* :class:`PoseGraph` (``TopdownPoseEstimator`` with a heatmap head): ``heatmaps`` ``(N, K, h, w)``. The
+  flip test is the runtime's: it runs the image and its mirror as one batch.
+* :class:`TwoStageDetectorGraph` (``TwoStageDetector`` with a ``StandardRoIHead`` box head: Faster R-CNN):
+  inputs ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` (height and width of the image inside the
+  padded input, float). It runs mmdet's RPN proposal step (per level top ``nms_pre`` scores, delta decoding
+  clipped to ``img_shape``, the ``min_bbox_size`` filter, NMS per level, ``max_per_img``) and the RoI box
+  head on the proposals' RoIAlign features, with torchvision's ``nms`` and ``roi_align`` (equal to mmcv's:
+  ``aligned=True`` and ``sampling_ratio=0`` give the same features, the same NMS keeps the same boxes).
+  Outputs ``rois`` ``(R, 4)`` (proposals, input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits)
+  and ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no whole-model export graph (the message names what is supported)."""
+
+
+class ClassifierGraph(nn.Module):
+    """mmpretrain ``ImageClassifier``: ``(N, 3, H, W)`` image -> ``(N, num_classes)`` logits."""
+
+    output_names = ('logits', )
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, mode='tensor')
+
+
+class SegmentorGraph(nn.Module):
+    """mmseg segmentor: ``(N, 3, H, W)`` image -> ``(N, C, H, W)`` logits of the last decode head, resized
+    bilinearly to the input (``align_corners`` of the model)."""
+
+    output_names = ('seg_logits', )
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.align_corners = bool(getattr(model, 'align_corners', False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x, mode='tensor')
+        return F.interpolate(logits, size=x.shape[2:], mode='bilinear', align_corners=self.align_corners)
+
+
+class PoseGraph(nn.Module):
+    """mmpose top-down heatmap model: ``(N, 3, H, W)`` crops -> ``(N, K, h, w)`` heatmaps."""
+
+    output_names = ('heatmaps', )
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, None, mode='tensor')
+
+
+def _nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices kept by NMS within each group, by decreasing score (mmcv's ``batched_nms``: the boxes of each
+    group are shifted apart by ``group * (max coordinate + 1)``, then one NMS runs)."""
+    from torchvision.ops import nms
+
+    offsets = groups.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou)
+
+
+def _decode_deltas(priors: torch.Tensor, deltas: torch.Tensor, means: torch.Tensor, stds: torch.Tensor,
+                   max_ratio: float, img_shape: torch.Tensor) -> torch.Tensor:
+    """mmdet's ``DeltaXYWHBBoxCoder.decode`` for ``(R, 4)`` priors and deltas, clipped to ``img_shape``
+    ``(h, w)``."""
+    d = deltas * stds + means
+    pxy = (priors[:, :2] + priors[:, 2:]) * 0.5
+    pwh = priors[:, 2:] - priors[:, :2]
+    gxy = pxy + pwh * d[:, :2]
+    gwh = pwh * d[:, 2:].clamp(min=-max_ratio, max=max_ratio).exp()
+    boxes = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
+    limit = torch.stack([img_shape[1], img_shape[0], img_shape[1], img_shape[0]])
+    return torch.minimum(boxes.clamp(min=0), limit)
+
+
+class TwoStageDetectorGraph(nn.Module):
+    """mmdet two-stage detector (one image): ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` ->
+    ``rois`` ``(R, 4)``, ``cls_scores`` ``(R, num_classes + 1)``, ``bbox_deltas`` ``(R, 4 * num_classes)``.
+
+    Raises:
+        UnsupportedModelError: An RPN or RoI head this graph does not reproduce.
+    """
+
+    output_names = ('rois', 'cls_scores', 'bbox_deltas')
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        rpn, roi = model.rpn_head, model.roi_head
+        cfg = model.test_cfg.rpn
+        if type(rpn).__name__ != 'RPNHead' or type(rpn.bbox_coder).__name__ != 'DeltaXYWHBBoxCoder':
+            raise UnsupportedModelError(f'two-stage export supports RPNHead with DeltaXYWHBBoxCoder, got '
+                                        f'{type(rpn).__name__}')
+        if cfg.nms.get('type', 'nms') != 'nms' or not rpn.use_sigmoid_cls:
+            raise UnsupportedModelError('two-stage export supports a sigmoid RPN with plain NMS')
+        if type(roi).__name__ != 'StandardRoIHead' or getattr(roi, 'with_mask', False):
+            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead without masks (Faster R-CNN), '
+                                        f'got {type(roi).__name__}{" with a mask head" if roi.with_mask else ""}')
+        if getattr(roi, 'with_shared_head', False):
+            raise UnsupportedModelError('two-stage export does not support a shared RoI head')
+        extractor = roi.bbox_roi_extractor
+        if type(extractor).__name__ != 'SingleRoIExtractor':
+            raise UnsupportedModelError(f'two-stage export supports SingleRoIExtractor, got {type(extractor).__name__}')
+        layer = extractor.roi_layers[0]
+        if getattr(layer, 'pool_mode', 'avg') != 'avg' or type(layer).__name__ != 'RoIAlign':
+            raise UnsupportedModelError('two-stage export supports RoIAlign (average pooling) RoI layers')
+        coder = rpn.bbox_coder
+        if getattr(coder, 'add_ctr_clamp', False) or not getattr(coder, 'clip_border', True):
+            raise UnsupportedModelError('two-stage export supports the RPN box coder without centre clamping')
+        self.nms_pre = int(cfg.get('nms_pre', -1))
+        self.min_size = float(cfg.get('min_bbox_size', -1))
+        self.rpn_iou = float(cfg.nms.iou_threshold)
+        self.max_proposals = int(cfg.max_per_img)
+        self.register_buffer('means', torch.tensor(coder.means, dtype=torch.float32), persistent=False)
+        self.register_buffer('stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
+        import math
+        self.max_ratio = abs(math.log(16 / 1000))  # DeltaXYWHBBoxCoder.decode's default wh_ratio_clip
+        self.strides = [float(s) for s in extractor.featmap_strides]
+        self.finest_scale = float(extractor.finest_scale)
+        self.out_size = tuple(layer.output_size)
+        self.sampling_ratio = int(layer.sampling_ratio)
+        self.aligned = bool(layer.aligned)
+
+    def proposals(self, feats: List[torch.Tensor], img_shape: torch.Tensor) -> torch.Tensor:
+        """mmdet's ``RPNHead.predict_by_feat`` for one image: ``(P, 4)`` proposals by decreasing score."""
+        rpn = self.model.rpn_head
+        cls_scores, bbox_preds = rpn(feats)
+        boxes, scores, levels = [], [], []
+        for level, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
+            priors = rpn.prior_generator.single_level_grid_priors(cls.shape[-2:], level, device=cls.device)
+            s = cls[0].permute(1, 2, 0).reshape(-1).sigmoid()
+            d = reg[0].permute(1, 2, 0).reshape(-1, 4)
+            if self.nms_pre > 0:
+                s, keep = s.topk(min(self.nms_pre, s.shape[0]))
+                d, priors = d[keep], priors[keep]
+            boxes.append(_decode_deltas(priors, d, self.means, self.stds, self.max_ratio, img_shape))
+            scores.append(s)
+            levels.append(torch.full_like(s, level, dtype=torch.long))
+        boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+        if self.min_size >= 0:
+            valid = ((boxes[:, 2] - boxes[:, 0]) > self.min_size) & ((boxes[:, 3] - boxes[:, 1]) > self.min_size)
+            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+        keep = _nms_per_group(boxes, scores, levels, self.rpn_iou)[:self.max_proposals]
+        return boxes[keep]
+
+    def roi_features(self, feats: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """mmdet's ``SingleRoIExtractor``: RoIAlign of each RoI on the level its size maps to. Every level is
+        pooled for every RoI and the right one selected, which gives the same numbers without a scatter."""
+        from torchvision.ops import roi_align
+
+        levels = len(self.strides)
+        scale = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+        target = torch.floor(torch.log2(scale / self.finest_scale + 1e-6)).clamp(min=0, max=levels - 1)
+        boxes = torch.cat([torch.zeros_like(rois[:, :1]), rois], dim=1)
+        out = None
+        for level in range(levels):
+            pooled = roi_align(feats[level], boxes, self.out_size, 1.0 / self.strides[level], self.sampling_ratio,
+                               self.aligned)
+            pooled = pooled * (target == level).to(pooled)[:, None, None, None]
+            out = pooled if out is None else out + pooled
+        return out
+
+    def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = list(self.model.extract_feat(x))
+        rois = self.proposals(feats, img_shape)
+        cls_scores, bbox_deltas = self.model.roi_head.bbox_head(self.roi_features(feats, rois))
+        return rois, cls_scores, bbox_deltas
+
+
+def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
+    """The export graph of a built OpenMMLab model (put in eval mode) and its task name.
+
+    Returns:
+        ``(graph, task)`` with ``task`` one of ``'classification'``, ``'segmentation'``, ``'pose'``,
+        ``'detection'``.
+
+    Raises:
+        UnsupportedModelError: The model type has no graph (the message names the supported ones).
+    """
+    model.eval()
+    kind = type(model).__name__
+    module = type(model).__module__
+    if kind == 'ImageClassifier':
+        return ClassifierGraph(model), 'classification'
+    if kind in ('EncoderDecoder', 'CascadeEncoderDecoder'):
+        mode = model.test_cfg.get('mode', 'whole') if model.test_cfg else 'whole'
+        if mode != 'whole':
+            raise UnsupportedModelError(f"segmentation export needs test_cfg.mode='whole', got {mode!r} "
+                                        f"(set --cfg-options model.test_cfg.mode=whole)")
+        return SegmentorGraph(model), 'segmentation'
+    if kind == 'TopdownPoseEstimator':
+        head = type(model.head).__name__
+        if head != 'HeatmapHead':
+            raise UnsupportedModelError(f'pose export supports top-down HeatmapHead models, got {head}')
+        return PoseGraph(model), 'pose'
+    if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
+        if type(model.roi_head).__name__ != 'StandardRoIHead':
+            raise UnsupportedModelError(f'detector export supports Faster R-CNN (StandardRoIHead without masks), '
+                                        f'got {type(model.roi_head).__name__}')
+        return TwoStageDetectorGraph(model), 'detection'
+    raise UnsupportedModelError(
+        f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead and Faster R-CNN; '
+        f'use --part backbone or backbone+neck')

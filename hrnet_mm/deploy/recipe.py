@@ -1,0 +1,176 @@
+"""What the PyTorch-free runtime needs besides the graph: the recipe stored in an exported ONNX file.
+
+:func:`runtime_recipe` reads a built model and its config and returns a JSON-serialisable dict that
+:mod:`hrnet_mm_runtime` interprets: the test pipeline's image transforms (in the runtime's vocabulary), the
+data preprocessor's normalisation and padding, the class or keypoint names and the task's post-processing
+settings (score threshold, NMS, codec, flip test). The exporter stores it as the ONNX metadata entry
+``hrnet_mm`` (:data:`METADATA_KEY`).
+
+Recipe keys: ``format`` (:data:`FORMAT`), ``task``, ``config`` (file name), ``classes``, ``preprocess``
+(``mean``, ``std``, ``to_rgb``, ``pad_divisor``, ``pad_value``, ``steps``), and one of ``detection``,
+``segmentation``, ``pose``, ``classification`` with that task's settings.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch.nn as nn
+
+from .graphs import UnsupportedModelError
+
+FORMAT = 'hrnet_mm.onnx/1'
+METADATA_KEY = 'hrnet_mm'
+
+# Steps of the test pipelines that do not touch the image array the runtime receives.
+_PASS = {'LoadImageFromFile', 'LoadImage', 'InferencerLoader', 'LoadAnnotations', 'PackDetInputs', 'PackSegInputs',
+         'PackPoseInputs', 'PackInputs', 'PackClsInputs'}
+
+
+def _short(t: str) -> str:
+    return t.split('.')[-1]
+
+
+def _size(value: Any) -> List[int]:
+    return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
+
+
+def _interp(step: dict) -> str:
+    mode = step.get('interpolation', 'bilinear')
+    backend = step.get('backend', 'cv2')
+    if mode != 'bilinear' or backend != 'cv2':
+        raise UnsupportedModelError(f'{_short(step["type"])} with interpolation={mode!r}, backend={backend!r}: the '
+                                    f'runtime reproduces bilinear cv2 resizing only')
+    return mode
+
+
+def _steps(pipeline: List[dict]) -> List[Dict[str, Any]]:
+    """The test pipeline's image transforms as runtime steps."""
+    steps = []
+    for step in pipeline:
+        kind = _short(step['type'])
+        if kind in _PASS:
+            continue
+        if kind == 'Resize':
+            _interp(step)
+            if step.get('scale') is None:
+                raise UnsupportedModelError('Resize without scale (scale_factor only) is not supported by the runtime')
+            steps.append(dict(type='resize', scale=_size(step['scale']), keep_ratio=bool(step.get('keep_ratio'))))
+        elif kind == 'ResizeEdge':
+            _interp(step)
+            steps.append(dict(type='resize_edge', scale=int(step['scale']), edge=step.get('edge', 'short')))
+        elif kind == 'CenterCrop':
+            if step.get('auto_pad', False) or step.get('crop_ratio_range') is not None:
+                raise UnsupportedModelError('CenterCrop with auto_pad or crop_ratio_range is not supported')
+            steps.append(dict(type='center_crop', size=_size(step['crop_size'])))
+        elif kind == 'GetBBoxCenterScale':
+            steps.append(dict(type='bbox_center_scale', padding=float(step.get('padding', 1.25))))
+        elif kind == 'TopdownAffine':
+            steps.append(dict(type='topdown_affine', input_size=_size(step['input_size']),
+                              udp=bool(step.get('use_udp', False))))
+        else:
+            raise UnsupportedModelError(f'the test pipeline step {kind} has no runtime equivalent; supported: '
+                                        f'Resize, ResizeEdge, CenterCrop, GetBBoxCenterScale, TopdownAffine')
+    return steps
+
+
+def _preprocess(model, pipeline: List[dict]) -> Dict[str, Any]:
+    pre = model.data_preprocessor
+    normalize = getattr(pre, '_enable_normalize', False)
+    mean = pre.mean if normalize else None
+    std = pre.std if normalize else None
+    to_rgb = any(bool(getattr(pre, name, False)) for name in ('_channel_conversion', 'channel_conversion', 'to_rgb'))
+    test_cfg = getattr(pre, 'test_cfg', None) or {}
+    divisor = int(getattr(pre, 'pad_size_divisor', 0) or test_cfg.get('size_divisor') or 1)
+    if test_cfg.get('size') is not None:
+        raise UnsupportedModelError('a data preprocessor padding to a fixed test size is not supported')
+    pad_value = getattr(pre, 'pad_value', getattr(pre, 'pad_val', 0))
+    return dict(mean=[float(v) for v in mean.flatten()] if mean is not None else None,
+                std=[float(v) for v in std.flatten()] if std is not None else None,
+                to_rgb=to_rgb, pad_divisor=divisor, pad_value=float(pad_value or 0),
+                steps=_steps(pipeline))
+
+
+def _pipeline(cfg) -> List[dict]:
+    loader = cfg.get('test_dataloader') or {}
+    dataset = loader.get('dataset', {}) if loader else {}
+    while 'pipeline' not in dataset and 'dataset' in dataset:  # wrapped datasets
+        dataset = dataset['dataset']
+    pipeline = dataset.get('pipeline') or cfg.get('test_pipeline')
+    if not pipeline:
+        raise UnsupportedModelError('the config has no test pipeline (test_dataloader.dataset.pipeline)')
+    return [dict(step) for step in pipeline]
+
+
+def _detection(model) -> Dict[str, Any]:
+    rcnn = model.test_cfg.rcnn
+    head = model.roi_head.bbox_head
+    coder = head.bbox_coder
+    if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False):
+        raise UnsupportedModelError(f'the box head coder {type(coder).__name__} is not supported by the runtime')
+    if rcnn.nms.get('type', 'nms') != 'nms' or getattr(head, 'custom_cls_channels', False):
+        raise UnsupportedModelError('the runtime supports a softmax box head with plain NMS')
+    return dict(num_classes=int(head.num_classes), reg_class_agnostic=bool(head.reg_class_agnostic),
+                means=[float(v) for v in coder.means], stds=[float(v) for v in coder.stds],
+                clip_border=bool(getattr(coder, 'clip_border', True)), score_thr=float(rcnn.score_thr),
+                iou_thr=float(rcnn.nms.iou_threshold), class_agnostic=bool(rcnn.nms.get('class_agnostic', False)),
+                max_per_img=int(rcnn.max_per_img))
+
+
+def _pose(model) -> Dict[str, Any]:
+    codec = model.head.decoder
+    kind = type(codec).__name__
+    if kind == 'MSRAHeatmap':
+        decoder = dict(type=kind, unbiased=bool(codec.unbiased), blur_kernel_size=int(codec.blur_kernel_size))
+    elif kind == 'UDPHeatmap':
+        if codec.heatmap_type != 'gaussian':
+            raise UnsupportedModelError(f"UDPHeatmap with heatmap_type={codec.heatmap_type!r}: the runtime decodes "
+                                        f"'gaussian' only")
+        decoder = dict(type=kind, blur_kernel_size=int(codec.blur_kernel_size))
+    else:
+        raise UnsupportedModelError(f'the pose codec {kind} is not supported by the runtime (MSRAHeatmap, '
+                                    f'UDPHeatmap)')
+    decoder.update(input_size=_size(codec.input_size), heatmap_size=_size(codec.heatmap_size))
+    test_cfg = model.test_cfg or {}
+    meta = model.dataset_meta or {}
+    flip_mode = test_cfg.get('flip_mode', 'heatmap')
+    if test_cfg.get('flip_test', False) and flip_mode != 'heatmap':
+        raise UnsupportedModelError(f"flip_mode={flip_mode!r}: the runtime flips heatmaps only")
+    names = meta.get('keypoint_id2name') or {}
+    return dict(codec=decoder, flip_test=bool(test_cfg.get('flip_test', False)),
+                shift_heatmap=bool(test_cfg.get('shift_heatmap', False)),
+                flip_indices=[int(i) for i in meta.get('flip_indices', [])],
+                keypoint_names=[names[i] for i in sorted(names)],
+                skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])])
+
+
+def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, Any]:
+    """The runtime recipe of a built model (see the module docstring).
+
+    Args:
+        model: The mmdet/mmseg/mmpose/mmpretrain model the graph was built from.
+        cfg: Its config (an ``mmengine.Config``): the test pipeline is read from it.
+        task: The graph's task (:func:`hrnet_mm.deploy.graphs.build_graph`).
+        config_name: Stored for the user's reference.
+
+    Raises:
+        UnsupportedModelError: A pipeline step or post-processing setting the runtime does not reproduce.
+    """
+    meta = getattr(model, 'dataset_meta', None) or {}
+    recipe: Dict[str, Any] = dict(format=FORMAT, task=task, config=config_name,
+                                  classes=[str(c) for c in meta.get('classes', [])],
+                                  preprocess=_preprocess(model, _pipeline(cfg)))
+    if task == 'detection':
+        recipe['detection'] = _detection(model)
+    elif task == 'segmentation':
+        head = model.decode_head[-1] if isinstance(model.decode_head, nn.ModuleList) else model.decode_head
+        recipe['segmentation'] = dict(align_corners=bool(getattr(model, 'align_corners', False)),
+                                      threshold=float(getattr(head, 'threshold', 0.3) or 0.3))
+    elif task == 'pose':
+        recipe['pose'] = _pose(model)
+        names = recipe['pose']['keypoint_names']
+        recipe['classes'] = recipe['classes'] or ['person']
+        if not names:
+            recipe['pose']['keypoint_names'] = [str(i) for i in range(model.head.out_channels)]
+    elif task == 'classification':
+        recipe['classification'] = dict(num_classes=int(getattr(model.head, 'num_classes', 0)))
+    return recipe

@@ -1,0 +1,215 @@
+"""Whole-model ONNX export: image in, the task head's raw tensors out, with the runtime recipe inside.
+
+:func:`export_model` wraps a built model in its export graph (:func:`hrnet_mm.deploy.graphs.build_graph`),
+folds BN, exports with dynamic height and width (and batch, except for two-stage detectors: one image),
+stores the runtime recipe (:func:`hrnet_mm.deploy.recipe.runtime_recipe`) as the ONNX metadata entry
+``hrnet_mm`` and checks the file: ``onnx.checker``, then onnxruntime against the unfolded PyTorch graph at
+the export size and at each further size, ``max|ort - torch| / max|torch|`` per output.
+
+A detector's outputs are per proposal. Proposals come out of NMS, where two boxes whose overlap or score
+differs by a rounding error from the threshold or from each other may be kept by one runtime and not by the
+other; on random check images that happens to a few proposals in a thousand. The check therefore pairs each
+onnxruntime proposal with the PyTorch one at the same coordinates (within 1e-3 pixels), compares the paired
+rows, and fails when more than 1% of the proposals are unpaired.
+
+Example::
+
+    from hrnet_mm import get_model
+    from hrnet_mm.deploy.whole import export_model
+    model = get_model('td-hm_hrnet-w32_8xb64-210e_coco-256x192')
+    report = export_model(model, model.cfg, 'pose.onnx', input_shape=(1, 3, 256, 192))
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .export import MIN_SIZE, ExportError, OnnxReport, Shape, _check_shape, _quiet, prepare, rel_error
+from .graphs import TwoStageDetectorGraph, build_graph
+from .recipe import METADATA_KEY, runtime_recipe
+
+OPSET = 18  # the dynamo exporter's native opset; NMS, TopK and RoiAlign are exported as ONNX operators
+UNPAIRED_LIMIT = 0.01
+
+
+def _inputs(graph: nn.Module, shape: Shape, seed: int) -> Tuple[torch.Tensor, ...]:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if isinstance(graph, TwoStageDetectorGraph):
+        return x, torch.tensor([float(shape[2]), float(shape[3])])
+    return (x, )
+
+
+def _export(graph: nn.Module, args: Tuple[torch.Tensor, ...], path: str, opset: int, exporter: str,
+            input_names: List[str], output_names: List[str], batch_dynamic: bool) -> None:
+    if exporter == 'dynamo':
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ExportError("the 'dynamo' exporter needs the onnxscript package (pip install onnxscript); "
+                              "or use exporter='torchscript'") from None
+        from torch.export import Dim
+        image = {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+        if batch_dynamic:
+            image[0] = Dim.DYNAMIC
+        shapes = (image, ) + (None, ) * (len(args) - 1)
+        torch.onnx.export(graph, args, path, dynamo=True, opset_version=opset, input_names=input_names,
+                          output_names=output_names, dynamic_shapes=shapes, verbose=False, external_data=False)
+    else:
+        axes = {input_names[0]: ({0: 'batch'} if batch_dynamic else {}) | {2: 'height', 3: 'width'}}
+        axes.update({name: {0: f'{name}_0', 1: f'{name}_1'} for name in output_names})
+        torch.onnx.export(graph, args, path, dynamo=False, opset_version=opset, input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
+
+
+def _store_recipe(path: str, recipe: dict) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(recipe)
+    tmp = path + '.part'
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+
+
+def _session(path: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def compare_detector(got: Sequence[np.ndarray], ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
+    """Pairs onnxruntime's proposals with PyTorch's by coordinates; returns ``(max relative error over the
+    paired rows of every output, number of unpaired onnxruntime proposals)``."""
+    rois, want = got[0], ref[0].double().numpy()
+    if len(rois) == 0 or len(want) == 0:
+        return 0.0, abs(len(rois) - len(want))
+    dist = np.abs(rois[:, None, :].astype(np.float64) - want[None]).max(-1)
+    match = dist.argmin(1)
+    paired = dist[np.arange(len(rois)), match] < 1e-3
+    unpaired = int((~paired).sum()) + max(0, len(want) - len(rois))
+    if not paired.any():
+        return float('inf'), unpaired
+    err = max(rel_error(torch.from_numpy(g[paired]), r[torch.from_numpy(match[paired])])
+              for g, r in zip(got, ref))
+    return err, unpaired
+
+
+def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = (1, 3, 224, 224),
+                 opset: int = OPSET, fold_bn: bool = True, check: bool = True,
+                 check_shapes: Sequence[Sequence[int]] = (), exporter: str = 'dynamo', tolerance: float = 1e-4,
+                 config_name: str = '', log: Optional[Callable[[str], None]] = None) -> OnnxReport:
+    """Exports a whole mmdet/mmseg/mmpose/mmpretrain model to ONNX with its runtime recipe, and checks it.
+
+    Args:
+        model: The built model (not modified; the export runs on an eval-mode copy).
+        cfg: Its config (``mmengine.Config``), for the test pipeline stored in the recipe.
+        path: The ONNX file to write (its folder is created; written under a temporary name first).
+        input_shape: ``(N, C, H, W)`` of the example input; ``N`` must be 1 for a two-stage detector.
+        opset: ONNX opset (18 by default; NMS and RoiAlign need at least 16 with the torchscript exporter).
+        fold_bn: Fold every BN into the conv before it.
+        check: Run ``onnx.checker`` and compare onnxruntime with PyTorch at ``input_shape`` and
+            ``check_shapes``; raise :class:`ExportError` beyond ``tolerance`` (or, for a detector, more than
+            1% unpaired proposals).
+        check_shapes: More ``(N, C, H, W)`` inputs to check.
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        tolerance: Largest accepted relative error, per output.
+        config_name: Stored in the recipe.
+        log: Called with one line per step.
+
+    Returns:
+        An :class:`~hrnet_mm.deploy.export.OnnxReport` (``errors`` per checked shape).
+
+    Raises:
+        UnsupportedModelError: The model or its pipeline has no export graph or runtime equivalent.
+        ExportError: The exporter failed, or the check failed.
+    """
+    say = log or (lambda line: None)
+    input_shape = _check_shape(input_shape)
+    check_shapes = [_check_shape(s) for s in check_shapes]
+    graph, task = build_graph(model)
+    recipe = runtime_recipe(model, cfg, task, config_name)
+    two_stage = isinstance(graph, TwoStageDetectorGraph)
+    if two_stage and any(s[0] != 1 for s in [input_shape] + check_shapes):
+        raise ValueError('a two-stage detector graph takes one image: use batch size 1')
+    folded, count = prepare(graph, fold_bn)
+    if fold_bn:
+        say(f'fold BN: {count} conv+BN pairs folded')
+    args = _inputs(graph, input_shape, 0)
+    input_names = ['input', 'img_shape'][:len(args)]
+    output_names = list(graph.output_names)
+    with torch.no_grad():
+        outputs = folded(*args)
+    outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.part'
+    start = time.perf_counter()
+    try:
+        with _quiet(), torch.no_grad():
+            _export(folded, args, tmp, opset, exporter, input_names, output_names, not two_stage)
+        _store_recipe(tmp, recipe)
+    except Exception as e:  # the exporters raise many types; report the first line
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ExportError(f'{exporter} exporter failed: {type(e).__name__}: '
+                          f'{(str(e).strip().splitlines() or [""])[0]}') from e
+    os.replace(tmp, path)
+    seconds = time.perf_counter() - start
+    import onnx
+    file_opset = next((o.version for o in onnx.load(path, load_external_data=False).opset_import
+                       if o.domain in ('', 'ai.onnx')), opset)
+    say(f'export: {path} ({task}, {exporter} exporter, opset {file_opset}, dynamic '
+        f'{"height/width" if two_stage else "batch/height/width"}, outputs {", ".join(output_names)}, '
+        f'{os.path.getsize(path) / 2 ** 20:.1f} MiB) in {seconds:.1f} s')
+    report = OnnxReport(path=path, exporter=exporter, opset=file_opset, input_shape=input_shape, dynamic=True,
+                        folded_bn=count, input_names=input_names, output_names=output_names,
+                        output_shapes=[tuple(o.shape) for o in outputs], export_seconds=seconds,
+                        tolerance=tolerance)
+    if not check:
+        return report
+    onnx.checker.check_model(path)
+    say('check: onnx.checker passed')
+    session = _session(path)
+    failures = []
+    for i, shape in enumerate([input_shape] + [s for s in check_shapes if s != input_shape]):
+        args = _inputs(graph, shape, i)
+        with torch.no_grad():
+            ref = graph(*args)
+        ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
+        unpaired = 0
+        if two_stage:
+            err, unpaired = compare_detector(got, ref)
+        else:
+            err = max(rel_error(torch.from_numpy(g), r) for g, r in zip(got, ref))
+        report.errors[shape] = err
+        size = 'x'.join(map(str, shape))
+        extra = f', {unpaired} of {len(ref[0])} proposals unpaired' if two_stage else ''
+        say(f'check {size}: onnxruntime vs PyTorch max relative error {err:.2e}{extra}')
+        if err > tolerance or unpaired > UNPAIRED_LIMIT * max(len(ref[0]), 1):
+            failures.append(f'{size}: {err:.2e}{extra}')
+    if failures:
+        raise ExportError(f'onnxruntime differs from PyTorch (tolerance {tolerance:g}) at {"; ".join(failures)}')
+    return report
+
+
+def read_recipe(path: str) -> Dict:
+    """The runtime recipe stored in an ONNX file written by :func:`export_model`."""
+    import onnx
+
+    for entry in onnx.load(path, load_external_data=False).metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    raise ExportError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by export_model')
+
+
+__all__ = ['export_model', 'read_recipe', 'compare_detector', 'OPSET', 'MIN_SIZE']
