@@ -19,8 +19,8 @@ test-core: install  ## the architecture, kernels and deploy tests without the sl
 	$(PY) -m pytest -m "not slow" tests/models tests/ops tests/deploy $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m flake8 hrnet_mm tools tests configs _hrnet_mm_config_hook.py setup.py
-	$(PY) -m isort --check-only --diff hrnet_mm tools tests configs _hrnet_mm_config_hook.py setup.py
+	$(PY) -m flake8 hrnet_mm hrnet_mm_runtime tools tests configs _hrnet_mm_config_hook.py setup.py
+	$(PY) -m isort --check-only --diff hrnet_mm hrnet_mm_runtime tools tests configs _hrnet_mm_config_hook.py setup.py
 
 TASK ?= all
 demo: install  ## generate the demo data, train and evaluate one small model per task (TASK=det|seg|pose|cls)

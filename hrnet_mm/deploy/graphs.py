@@ -184,6 +184,10 @@ class TwoStageDetectorGraph(nn.Module):
             out = pooled if out is None else out + pooled
         return out
 
+    def box_head(self, x: torch.Tensor, rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The RoI box head's ``(cls_scores, bbox_deltas)`` for given ``(R, 4)`` proposals of the image."""
+        return self.model.roi_head.bbox_head(self.roi_features(list(self.model.extract_feat(x)), rois))
+
     def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = list(self.model.extract_feat(x))
         rois = self.proposals(feats, img_shape)

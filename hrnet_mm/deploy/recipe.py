@@ -143,6 +143,29 @@ def _pose(model) -> Dict[str, Any]:
                 skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])])
 
 
+def _class_count(model, task: str) -> int:
+    if task == 'detection':
+        return int(model.roi_head.bbox_head.num_classes)
+    if task == 'segmentation':
+        head = model.decode_head[-1] if isinstance(model.decode_head, nn.ModuleList) else model.decode_head
+        return int(head.num_classes)
+    if task == 'classification':
+        return int(getattr(model.head, 'num_classes', 0))
+    return 1
+
+
+def _classes(model, cfg, task: str) -> List[str]:
+    """The class names: the model's ``dataset_meta`` (from its checkpoint), else the config's test dataset
+    ``metainfo``, whichever has as many names as the head has classes; numbers when neither has."""
+    count = _class_count(model, task)
+    loader = cfg.get('test_dataloader') or {}
+    metainfo = (loader.get('dataset', {}) or {}).get('metainfo') or {}
+    for names in ((getattr(model, 'dataset_meta', None) or {}).get('classes'), metainfo.get('classes')):
+        if names is not None and len(names) == count:
+            return [str(c) for c in names]
+    return ['person'] if task == 'pose' else [str(i) for i in range(count)]
+
+
 def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, Any]:
     """The runtime recipe of a built model (see the module docstring).
 
@@ -155,9 +178,7 @@ def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, An
     Raises:
         UnsupportedModelError: A pipeline step or post-processing setting the runtime does not reproduce.
     """
-    meta = getattr(model, 'dataset_meta', None) or {}
-    recipe: Dict[str, Any] = dict(format=FORMAT, task=task, config=config_name,
-                                  classes=[str(c) for c in meta.get('classes', [])],
+    recipe: Dict[str, Any] = dict(format=FORMAT, task=task, config=config_name, classes=_classes(model, cfg, task),
                                   preprocess=_preprocess(model, _pipeline(cfg)))
     if task == 'detection':
         recipe['detection'] = _detection(model)
@@ -167,10 +188,8 @@ def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, An
                                       threshold=float(getattr(head, 'threshold', 0.3) or 0.3))
     elif task == 'pose':
         recipe['pose'] = _pose(model)
-        names = recipe['pose']['keypoint_names']
-        recipe['classes'] = recipe['classes'] or ['person']
-        if not names:
+        if not recipe['pose']['keypoint_names']:
             recipe['pose']['keypoint_names'] = [str(i) for i in range(model.head.out_channels)]
     elif task == 'classification':
-        recipe['classification'] = dict(num_classes=int(getattr(model.head, 'num_classes', 0)))
+        recipe['classification'] = dict(num_classes=_class_count(model, task))
     return recipe

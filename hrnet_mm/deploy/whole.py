@@ -8,9 +8,11 @@ the export size and at each further size, ``max|ort - torch| / max|torch|`` per 
 
 A detector's outputs are per proposal. Proposals come out of NMS, where two boxes whose overlap or score
 differs by a rounding error from the threshold or from each other may be kept by one runtime and not by the
-other; on random check images that happens to a few proposals in a thousand. The check therefore pairs each
-onnxruntime proposal with the PyTorch one at the same coordinates (within 1e-3 pixels), compares the paired
-rows, and fails when more than 1% of the proposals are unpaired.
+other: a trained detector on random check images loses 0-1 proposals in a thousand that way, a random-weight
+one (clustered boxes) up to a few percent. The check therefore pairs each onnxruntime proposal with the
+PyTorch one at the same coordinates (within 1e-3 pixels) and compares the paired boxes, runs PyTorch's box head
+on onnxruntime's own proposals and compares its class logits and deltas, and fails when more than 5% of the
+proposals are unpaired.
 
 Example::
 
@@ -35,7 +37,7 @@ from .graphs import TwoStageDetectorGraph, build_graph
 from .recipe import METADATA_KEY, runtime_recipe
 
 OPSET = 18  # the dynamo exporter's native opset; NMS, TopK and RoiAlign are exported as ONNX operators
-UNPAIRED_LIMIT = 0.01
+UNPAIRED_LIMIT = 0.05
 
 
 def _inputs(graph: nn.Module, shape: Shape, seed: int) -> Tuple[torch.Tensor, ...]:
@@ -87,21 +89,30 @@ def _session(path: str):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def compare_detector(got: Sequence[np.ndarray], ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
-    """Pairs onnxruntime's proposals with PyTorch's by coordinates; returns ``(max relative error over the
-    paired rows of every output, number of unpaired onnxruntime proposals)``."""
+def compare_detector(graph: TwoStageDetectorGraph, args: Tuple[torch.Tensor, ...], got: Sequence[np.ndarray],
+                     ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
+    """A detector's check: onnxruntime's proposals paired with PyTorch's by coordinates (within 1e-3 pixels),
+    and PyTorch's box head run on onnxruntime's own proposals.
+
+    Returns:
+        ``(max relative error, unpaired)``: the error over the paired proposals and over the box head's outputs
+        for every onnxruntime proposal, and the number of onnxruntime proposals without a PyTorch twin.
+    """
     rois, want = got[0], ref[0].double().numpy()
-    if len(rois) == 0 or len(want) == 0:
-        return 0.0, abs(len(rois) - len(want))
-    dist = np.abs(rois[:, None, :].astype(np.float64) - want[None]).max(-1)
-    match = dist.argmin(1)
-    paired = dist[np.arange(len(rois)), match] < 1e-3
-    unpaired = int((~paired).sum()) + max(0, len(want) - len(rois))
-    if not paired.any():
-        return float('inf'), unpaired
-    err = max(rel_error(torch.from_numpy(g[paired]), r[torch.from_numpy(match[paired])])
-              for g, r in zip(got, ref))
-    return err, unpaired
+    unpaired = len(rois)
+    err = 0.0
+    if len(rois) and len(want):
+        dist = np.abs(rois[:, None, :].astype(np.float64) - want[None]).max(-1)
+        match = dist.argmin(1)
+        paired = dist[np.arange(len(rois)), match] < 1e-3
+        unpaired = int((~paired).sum())
+        if paired.any():
+            err = rel_error(torch.from_numpy(rois[paired]), ref[0][torch.from_numpy(match[paired])])
+    if len(rois):
+        with torch.no_grad():
+            head = graph.box_head(args[0], torch.from_numpy(rois))
+        err = max([err] + [rel_error(torch.from_numpy(g), r) for g, r in zip(got[1:], head)])
+    return err, unpaired + max(0, len(want) - len(rois))
 
 
 def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = (1, 3, 224, 224),
@@ -119,9 +130,9 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         fold_bn: Fold every BN into the conv before it.
         check: Run ``onnx.checker`` and compare onnxruntime with PyTorch at ``input_shape`` and
             ``check_shapes``; raise :class:`ExportError` beyond ``tolerance`` (or, for a detector, more than
-            1% unpaired proposals).
+            5% unpaired proposals).
         check_shapes: More ``(N, C, H, W)`` inputs to check.
-        exporter: ``'dynamo'`` or ``'torchscript'``.
+        exporter: ``'dynamo'`` or ``'torchscript'`` (not for two-stage detectors).
         tolerance: Largest accepted relative error, per output.
         config_name: Stored in the recipe.
         log: Called with one line per step.
@@ -141,6 +152,9 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     two_stage = isinstance(graph, TwoStageDetectorGraph)
     if two_stage and any(s[0] != 1 for s in [input_shape] + check_shapes):
         raise ValueError('a two-stage detector graph takes one image: use batch size 1')
+    if two_stage and exporter != 'dynamo':  # the TorchScript tracer would freeze each level's top-k count
+        raise ValueError("a two-stage detector graph needs exporter='dynamo' (its per-level top-k count follows "
+                         "the input size)")
     folded, count = prepare(graph, fold_bn)
     if fold_bn:
         say(f'fold BN: {count} conv+BN pairs folded')
@@ -188,7 +202,7 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
         unpaired = 0
         if two_stage:
-            err, unpaired = compare_detector(got, ref)
+            err, unpaired = compare_detector(graph, args, got, ref)
         else:
             err = max(rel_error(torch.from_numpy(g), r) for g, r in zip(got, ref))
         report.errors[shape] = err
@@ -212,4 +226,4 @@ def read_recipe(path: str) -> Dict:
     raise ExportError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by export_model')
 
 
-__all__ = ['export_model', 'read_recipe', 'compare_detector', 'OPSET', 'MIN_SIZE']
+__all__ = ['export_model', 'read_recipe', 'compare_detector', 'OPSET', 'MIN_SIZE', 'UNPAIRED_LIMIT']

@@ -227,7 +227,7 @@ def test_cli_exports_backbone_and_neck_with_checkpoint(tmp_path):
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     (tmp_path / 'bad.pth').write_text('not a checkpoint')
-    proc = _cli(tmp_path, *args)
+    proc = _cli(tmp_path, *args, *([] if '--part' in args else ['--part', 'backbone']))
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith('export_onnx.py: error: ') and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and 'Traceback' not in proc.stderr

@@ -1,24 +1,32 @@
-"""Export the HRNet backbone (and neck) of any hrnet_mm config to ONNX and check it with onnxruntime.
+"""Export an hrnet_mm model to ONNX and check it with onnxruntime: the whole model, or its backbone (and neck).
 
-The model is built from the config in its task library's scope (as ``tools/analysis`` does: SyncBN becomes
-BN, nothing is downloaded), weights come from CHECKPOINT (a full model's ``backbone.*``/``neck.*`` keys, or a
-bare backbone state dict) or stay randomly initialised without one. ``--part backbone`` exports the backbone
-(one output per returned branch), ``--part backbone+neck`` the backbone followed by the config's neck (an
-HRNetV2Neck gives one map, an HRNetV2pNeck the pyramid). The heads are not exported.
+``--part model`` (the default) exports the whole model up to the head's raw tensors (class logits,
+segmentation logits at the input size, pose heatmaps, or Faster R-CNN's proposals with their class logits and
+box deltas) with dynamic height and width (and batch, except for a detector: one image per run), and stores
+the test pipeline and post-processing in the file for the PyTorch-free runtime, :mod:`hrnet_mm_runtime`, which
+turns the raw tensors into boxes, class maps, keypoints and labels. MODEL is a config file or a model name of
+``hrnet-mm list``; weights come from CHECKPOINT, or the model-zoo entry of a name, or stay random for a config
+without CHECKPOINT. See docs/deployment.md.
 
-The file has dynamic batch, height and width (unless ``--static``); BN is folded into the convs (unless
-``--no-fold-bn``). It is checked with ``onnx.checker`` and onnxruntime is compared with PyTorch at the export
-shape and at every ``--check-sizes`` entry (batch 2), reporting ``max|ort - torch| / max|torch|``; above
-``--tolerance`` (1e-4) the tool fails. One line is printed per step. User errors (missing config or checkpoint,
-a bad shape, a config without neck for ``--part backbone+neck``, a failed check) are reported as one line
-``export_onnx.py: error: ...`` with a non-zero exit status.
+``--part backbone`` exports the backbone (one output per returned branch), ``--part backbone+neck`` the backbone
+followed by the config's neck (an HRNetV2Neck gives one map, an HRNetV2pNeck the pyramid); their weights come
+from CHECKPOINT (a full model's ``backbone.*``/``neck.*`` keys, or a bare backbone state dict).
+
+BN is folded into the convs (unless ``--no-fold-bn``). The file is checked with ``onnx.checker`` and onnxruntime
+is compared with PyTorch at the export shape and at every ``--check-sizes`` entry (batch 2; 1 for a detector),
+reporting ``max|ort - torch| / max|torch|``; above ``--tolerance`` (1e-4) the tool fails. A detector's
+proposals are paired by coordinates first (see :mod:`hrnet_mm.deploy.whole`). One line is printed per step.
+User errors (a missing config or checkpoint, an unknown name, a bad shape, a model or pipeline step the runtime
+does not reproduce, a failed check) are reported as one line ``export_onnx.py: error: ...`` with a non-zero exit
+status, and no file is left behind.
 
 Examples::
 
+    python tools/deploy/export_onnx.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py \\
+        work/epoch_12.pth --out pose.onnx
+    python tools/deploy/export_onnx.py faster-rcnn_hrnetv2p-w32-1x_coco --out det.onnx --shape 800 1216
     python tools/deploy/export_onnx.py configs/segmentation/fcn_hr18_4xb2-80k_cityscapes-512x1024.py \\
         work/iter_80000.pth --out fcn_hr18.onnx --shape 512 1024 --part backbone+neck --check-sizes 97x130
-    python tools/deploy/export_onnx.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py \\
-        --out pose.onnx --shape 128 96 --exporter torchscript
 """
 from __future__ import annotations
 
@@ -43,9 +51,10 @@ from hrnet_mm.deploy.export import (  # noqa: E402
     ExportError,
     export_onnx,
 )
+from hrnet_mm.deploy.whole import OPSET  # noqa: E402
 
 PROG = 'export_onnx.py'
-PARTS = ('backbone', 'backbone+neck')
+PARTS = ('model', 'backbone', 'backbone+neck')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,14 +67,17 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog=PROG, description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='hrnet_mm config file')
-    parser.add_argument('checkpoint', nargs='?', help='weights (full model or bare backbone); random without')
+    parser.add_argument('config', metavar='MODEL', help='config file, or a model name for --part model')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='weights (full model, or bare backbone for --part backbone); without: the zoo weights '
+                             'of a name, random for a config')
     parser.add_argument('--out', required=True, help='ONNX file to write')
     parser.add_argument('--shape', type=int, nargs='+', metavar='N',
                         help='export height and width (H or H W); default: the config\'s input size')
     parser.add_argument('--batch', type=int, default=1, help='batch size of the example input (default 1)')
-    parser.add_argument('--opset', type=int, default=MIN_OPSET, help=f'ONNX opset, >= {MIN_OPSET} (default 17)')
-    parser.add_argument('--part', choices=PARTS, default='backbone', help='what to export (default backbone)')
+    parser.add_argument('--opset', type=int, help=f'ONNX opset, >= {MIN_OPSET} (default {OPSET} for the model, '
+                        f'{MIN_OPSET} for the backbone)')
+    parser.add_argument('--part', choices=PARTS, default='model', help='what to export (default: the whole model)')
     parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo',
                         help='torch.onnx exporter: dynamo (needs onnxscript) or the legacy torchscript one')
     parser.add_argument('--check-sizes', nargs='*', default=[], metavar='HxW',
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
     Raises:
         ToolError: A user error (see the module docstring).
     """
-    if not os.path.isfile(args.config):
+    if args.part != 'model' and not os.path.isfile(args.config):
         raise ToolError(f'config not found: {args.config}')
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise ToolError(f'checkpoint not found: {args.checkpoint}')
@@ -148,11 +160,13 @@ def run(args: argparse.Namespace) -> None:
         raise ToolError(f'--shape {shape[0]} {shape[1]}: sizes must be positive')
     if args.batch < 1:
         raise ToolError(f'--batch {args.batch}: must be at least 1')
-    if args.opset < MIN_OPSET:
+    if args.opset is not None and args.opset < MIN_OPSET:
         raise ToolError(f'--opset {args.opset}: must be at least {MIN_OPSET}')
     sizes = [parse_size(s) for s in args.check_sizes]
     if args.static and sizes:
         raise ToolError('--check-sizes needs a dynamic export (drop --static)')
+    if args.part == 'model':
+        return run_model(args, shape, sizes)
 
     cfg = load_config(args.config)
     h, w = shape if shape is not None else default_shape(cfg)
@@ -179,12 +193,64 @@ def run(args: argparse.Namespace) -> None:
     check_shapes = [(2, channels, sh, sw) for sh, sw in sizes]
     start = time.perf_counter()
     try:
-        report = export_onnx(module, args.out, input_shape, opset=args.opset, dynamic=not args.static,
+        report = export_onnx(module, args.out, input_shape, opset=args.opset or MIN_OPSET, dynamic=not args.static,
                              fold_bn=not args.no_fold_bn, check=not args.no_check, check_shapes=check_shapes,
                              exporter=args.exporter, tolerance=args.tolerance, log=print)
     except (ValueError, ExportError) as e:
         raise ToolError(str(e).strip().splitlines()[0])
     outputs = ', '.join('x'.join(map(str, s)) for s in report.output_shapes)
+    result = f'max relative error {report.max_error:.2e}' if report.errors else 'not checked'
+    print(f'done: {args.out} in {time.perf_counter() - start:.1f} s; outputs at '
+          f'{"x".join(map(str, input_shape))}: {outputs}; {result}')
+
+
+def run_model(args: argparse.Namespace, shape: Optional[Tuple[int, int]], sizes: List[Tuple[int, int]]) -> None:
+    """``--part model``: the whole model, through :func:`hrnet_mm.get_model` and
+    :func:`hrnet_mm.deploy.whole.export_model`.
+
+    Raises:
+        ToolError: A user error (see the module docstring).
+    """
+    from hrnet_mm.apis.models import ModelNotFoundError, get_model
+    from hrnet_mm.deploy.graphs import UnsupportedModelError
+    from hrnet_mm.deploy.whole import export_model
+    from hrnet_mm.models.checkpoint import CheckpointFileError, CheckpointMismatchError
+
+    if args.static:
+        raise ToolError('--static: the whole-model export is always dynamic in height and width')
+    is_file = os.path.isfile(args.config)
+    if is_file:
+        load_config(args.config)  # the config's read errors, as the other tools report them
+    pretrained = args.checkpoint or (not is_file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            model = get_model(args.config, pretrained=pretrained)
+    except (ModelNotFoundError, CheckpointFileError, CheckpointMismatchError, ValueError) as e:
+        raise ToolError(str(e).strip().splitlines()[0].strip('"'))
+    cfg = model.cfg
+    h, w = shape if shape is not None else default_shape(cfg)
+    check_size(h, w, '--shape')
+    for sh, sw in sizes:
+        check_size(sh, sw, '--check-sizes')
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    weights = args.checkpoint or ('model zoo' if pretrained else 'none given, random initialisation')
+    print(f'model: {args.config} ({cfg.default_scope}, {type(model).__name__}, {params:.2f} M parameters); '
+          f'weights: {weights}')
+    detector = cfg.default_scope == 'mmdet'
+    if detector and args.batch != 1:
+        raise ToolError(f'--batch {args.batch}: a detector graph takes one image (use --batch 1)')
+    input_shape = (args.batch, 3, h, w)
+    check_shapes = [(1 if detector else 2, 3, sh, sw) for sh, sw in sizes]
+    start = time.perf_counter()
+    try:
+        report = export_model(model, cfg, args.out, input_shape, opset=args.opset or OPSET,
+                              fold_bn=not args.no_fold_bn, check=not args.no_check, check_shapes=check_shapes,
+                              exporter=args.exporter, tolerance=args.tolerance,
+                              config_name=os.path.basename(args.config), log=print)
+    except (UnsupportedModelError, ValueError, ExportError) as e:
+        raise ToolError(str(e).strip().splitlines()[0])
+    outputs = ', '.join(f'{n} {"x".join(map(str, s))}' for n, s in zip(report.output_names, report.output_shapes))
     result = f'max relative error {report.max_error:.2e}' if report.errors else 'not checked'
     print(f'done: {args.out} in {time.perf_counter() - start:.1f} s; outputs at '
           f'{"x".join(map(str, input_shape))}: {outputs}; {result}')

@@ -1,0 +1,81 @@
+"""Box arithmetic of the detectors' post-processing in NumPy: mmdet's delta decoding, torchvision/mmcv NMS
+(float32, as the libraries compute it), mmdet's per-class NMS and mmpose's person-box NMS."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+
+def decode_deltas(priors: np.ndarray, deltas: np.ndarray, means: Sequence[float], stds: Sequence[float],
+                  max_shape: Tuple[float, float] = None, wh_ratio_clip: float = 16 / 1000) -> np.ndarray:
+    """mmdet's ``DeltaXYWHBBoxCoder.decode``: ``(R, 4)`` priors ``(x1, y1, x2, y2)`` and ``(R, 4)`` deltas
+    ``(dx, dy, dw, dh)`` -> ``(R, 4)`` boxes, clipped to ``max_shape`` ``(h, w)`` when given."""
+    d = deltas.astype(np.float32) * np.asarray(stds, np.float32) + np.asarray(means, np.float32)
+    pxy = (priors[:, :2] + priors[:, 2:]) * np.float32(0.5)
+    pwh = priors[:, 2:] - priors[:, :2]
+    max_ratio = np.float32(abs(np.log(wh_ratio_clip)))
+    gxy = pxy + pwh * d[:, :2]
+    gwh = pwh * np.exp(np.clip(d[:, 2:], -max_ratio, max_ratio))
+    boxes = np.concatenate([gxy - gwh * np.float32(0.5), gxy + gwh * np.float32(0.5)], axis=1)
+    if max_shape is not None:
+        h, w = max_shape
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+    return boxes.astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Greedy NMS as torchvision's and mmcv's CPU kernels compute it: by decreasing score, a box is dropped
+    when its IoU (``(x2 - x1) * (y2 - y1)`` areas, float32) with a kept box exceeds ``iou_thr``. Returns the
+    kept indices, highest score first."""
+    boxes = boxes.astype(np.float32)
+    order = np.argsort(-scores, kind='stable')
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    thr = np.float32(iou_thr)
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[pos + 1:]
+        rest = rest[~suppressed[rest]]
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        with np.errstate(invalid='ignore', divide='ignore'):  # 0/0 for empty boxes: NaN, never above thr
+            suppressed[rest[inter / (areas[i] + areas[rest] - inter) > thr]] = True
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_thr: float,
+                class_agnostic: bool = False) -> np.ndarray:
+    """mmcv's ``batched_nms``: NMS within each group (class), by shifting each group's boxes by
+    ``group * (max coordinate + 1)``. Returns the kept indices, highest score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if class_agnostic:
+        return nms(boxes, scores, iou_thr)
+    offsets = groups.astype(np.float32) * (boxes.max() + np.float32(1))
+    return nms(boxes + offsets[:, None], scores, iou_thr)
+
+
+def person_nms(dets: np.ndarray, thr: float) -> np.ndarray:
+    """mmpose's ``nms`` of person boxes before top-down pose: ``(N, 5)`` ``(x1, y1, x2, y2, score)``, areas
+    ``(x2 - x1 + 1) * (y2 - y1 + 1)``, a box dropped when its overlap exceeds ``thr``. Returns kept indices."""
+    if len(dets) == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2, scores = dets.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while len(order) > 0:
+        i = order[0]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        inter = w * h
+        order = order[np.where(inter / (areas[i] + areas[order[1:]] - inter) <= thr)[0] + 1]
+    return np.asarray(keep, dtype=np.int64)

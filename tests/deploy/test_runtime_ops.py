@@ -1,0 +1,162 @@
+"""hrnet_mm_runtime's NumPy pieces against the libraries' own code on the same inputs: the test pipelines'
+transforms (mmcv/mmdet/mmseg/mmpose/mmpretrain), box decoding and NMS (mmdet, mmcv, torchvision, mmpose), the
+flip test and the heatmap codecs (mmpose), the bilinear resize (torch)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hrnet_mm_runtime import boxes as B
+from hrnet_mm_runtime import keypoints as K
+from hrnet_mm_runtime import transforms as T
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('shape', [(100, 150), (333, 97), (64, 64)])
+@pytest.mark.parametrize('scale,keep_ratio', [((320, 160), True), ((1333, 800), True), ((96, 80), False)])
+def test_resize_equals_mmdet_and_mmcv(shape, scale, keep_ratio):
+    from mmcv.transforms import Resize as MMCVResize
+    from mmdet.datasets.transforms import Resize as DetResize
+
+    img = _image(*shape)
+    got, factor = T.resize(img, scale, keep_ratio)
+    for transform in (DetResize(scale=scale, keep_ratio=keep_ratio), MMCVResize(scale=scale, keep_ratio=keep_ratio)):
+        ref = transform(dict(img=img.copy(), img_shape=img.shape[:2]))
+        assert np.array_equal(got, ref['img'])
+        assert np.allclose(factor, ref['scale_factor'], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('edge', ['short', 'long', 'width', 'height'])
+def test_resize_edge_and_center_crop_equal_mmpretrain(edge):
+    from mmcv.transforms import CenterCrop
+    from mmpretrain.datasets.transforms import ResizeEdge
+
+    img = _image(120, 90, 1)
+    got, _ = T.resize_edge(img, 64, edge)
+    ref = ResizeEdge(scale=64, edge=edge)(dict(img=img.copy(), img_shape=img.shape[:2]))['img']
+    assert np.array_equal(got, ref)
+    for size in ((48, 40), (200, 30)):
+        crop = CenterCrop(crop_size=size)(dict(img=got.copy(), img_shape=got.shape[:2]))['img']
+        assert np.array_equal(T.center_crop(got, size), crop)
+
+
+@pytest.mark.parametrize('udp', [False, True])
+def test_topdown_crop_equals_mmpose(udp):
+    from mmpose.datasets.transforms import GetBBoxCenterScale, TopdownAffine
+
+    img = _image(160, 200, 2)
+    for bbox in ([10.3, 20.7, 90.2, 150.9], [0, 0, 200, 160], [150, 5, 199, 40]):
+        results = dict(img=img.copy(), bbox=np.array([bbox], np.float32), img_shape=img.shape[:2])
+        results = TopdownAffine(input_size=(96, 128), use_udp=udp)(GetBBoxCenterScale(padding=1.25)(results))
+        center, scale = T.bbox_center_scale(np.array(bbox, np.float32), 1.25)
+        crop, fixed = T.topdown_affine(img, center, scale, (96, 128), udp)
+        assert np.array_equal(crop, results['img'])
+        assert np.array_equal(fixed, results['input_scale']) and np.array_equal(center, results['input_center'])
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('size', [(97, 130), (20, 24), (64, 64)])
+def test_resize_bilinear_equals_torch(size, align_corners):
+    x = torch.randn(5, 32, 48)
+    ref = F.interpolate(x[None], size=size, mode='bilinear', align_corners=align_corners)[0]
+    got = T.resize_bilinear(x.numpy(), size, align_corners)
+    assert np.abs(got - ref.numpy()).max() < 1e-5
+
+
+def test_normalize_equals_det_data_preprocessor():
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    pre = DetDataPreprocessor(mean=mean, std=std, bgr_to_rgb=True, pad_size_divisor=32)
+    imgs = [_image(70, 100, 3), _image(64, 90, 4)]
+    ref = pre(dict(inputs=[torch.from_numpy(i.transpose(2, 0, 1).copy()) for i in imgs]), False)['inputs']
+    got, shapes = T.normalize(imgs, mean, std, True, 32, 0.0)
+    assert got.shape == tuple(ref.shape) == (2, 3, 96, 128) and shapes == [(70, 100), (64, 90)]
+    assert np.abs(got - ref.numpy()).max() < 1e-5
+
+
+def test_decode_deltas_equals_mmdet():
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    priors = torch.cat([xy, xy + torch.rand(200, 2, generator=g) * 50 + 1], 1)
+    deltas = torch.randn(200, 4, generator=g) * 2  # some beyond the width/height clip
+    means, stds = (0., 0., 0., 0.), (0.1, 0.1, 0.2, 0.2)
+    ref = DeltaXYWHBBoxCoder(target_means=means, target_stds=stds).decode(priors, deltas, max_shape=(90, 120))
+    got = B.decode_deltas(priors.numpy(), deltas.numpy(), means, stds, (90, 120))
+    assert np.abs(got - ref.numpy()).max() < 1e-4
+
+
+def _boxes(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    return torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 40 + 1], 1), torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize('iou', [0.3, 0.5, 0.7])
+def test_nms_equals_torchvision_and_mmcv(iou):
+    from mmcv.ops import batched_nms, nms
+    from torchvision.ops import nms as tv_nms
+
+    boxes, scores = _boxes(300, int(iou * 10))
+    got = B.nms(boxes.numpy(), scores.numpy(), iou)
+    assert np.array_equal(got, tv_nms(boxes, scores, iou).numpy())
+    assert np.array_equal(got, nms(boxes, scores, iou)[1].numpy())
+    labels = torch.randint(0, 3, (300, ), generator=torch.Generator().manual_seed(1))
+    _, keep = batched_nms(boxes, scores, labels, dict(type='nms', iou_threshold=iou))
+    assert np.array_equal(B.batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), iou), keep.numpy())
+
+
+def test_person_nms_equals_mmpose():
+    from mmpose.evaluation.functional import nms
+
+    boxes, scores = _boxes(80, 5)
+    dets = np.concatenate([boxes.numpy(), scores.numpy()[:, None]], 1)
+    assert np.array_equal(B.person_nms(dets, 0.3), np.array(nms(dets, 0.3)))
+
+
+def _gaussian_maps(k: int, h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[:h, :w]
+    maps = []
+    for _ in range(k):
+        cx, cy = rng.uniform(-1, w), rng.uniform(-1, h)  # some peaks on the border
+        maps.append(np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 8) + rng.normal(0, 0.01, (h, w)))
+    return np.stack(maps).astype(np.float32)
+
+
+@pytest.mark.parametrize('codec', [
+    dict(type='MSRAHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2),
+    dict(type='MSRAHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2, unbiased=True),
+    dict(type='UDPHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2),
+], ids=['msra', 'dark', 'udp'])
+def test_heatmap_decoding_equals_mmpose_codecs(codec):
+    from mmpose.registry import KEYPOINT_CODECS
+
+    ref_codec = KEYPOINT_CODECS.build(dict(codec))
+    recipe = dict(type=codec['type'], input_size=list(codec['input_size']), heatmap_size=list(codec['heatmap_size']),
+                  unbiased=codec.get('unbiased', False), blur_kernel_size=ref_codec.blur_kernel_size
+                  if hasattr(ref_codec, 'blur_kernel_size') else 11)
+    for seed in range(3):
+        maps = _gaussian_maps(17, 32, 24, seed)
+        ref_kpts, ref_scores = ref_codec.decode(maps.copy())
+        kpts, scores = K.decode(maps, recipe)
+        assert np.abs(kpts - ref_kpts[0]).max() < 1e-4 and np.array_equal(scores, ref_scores[0])
+
+
+@pytest.mark.parametrize('shift', [False, True])
+def test_flip_merge_equals_mmpose(shift):
+    from mmpose.models.utils.tta import flip_heatmaps
+
+    maps = torch.randn(2, 17, 8, 6)
+    flipped = torch.randn(2, 17, 8, 6)
+    indices = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+    ref = (maps + flip_heatmaps(flipped, flip_mode='heatmap', flip_indices=indices, shift_heatmap=shift)) * 0.5
+    got = K.merge_flipped(maps.numpy(), flipped.numpy(), indices, shift)
+    assert np.abs(got - ref.numpy()).max() < 1e-6

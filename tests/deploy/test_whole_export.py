@@ -1,0 +1,215 @@
+"""Whole-model export (hrnet_mm.deploy.whole) and the PyTorch-free runtime (hrnet_mm_runtime) against the task
+libraries' own inferencers: the demo configs with seeded random weights, exported, run by onnxruntime through
+the runtime, give the results the libraries give on the same images."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, randomize_
+
+import hrnet_mm_runtime as rt
+from hrnet_mm.apis import get_inferencer, get_model
+from hrnet_mm.deploy.graphs import UnsupportedModelError
+from hrnet_mm.deploy.whole import export_model, read_recipe
+
+DEMO = os.path.join(ROOT, 'configs', 'demo')
+DET = os.path.join(DEMO, 'faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-people.py')
+POSE = os.path.join(DEMO, 'td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py')
+FCN = os.path.join(DEMO, 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
+OCR = os.path.join(DEMO, 'ocrnet_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
+CLS = os.path.join(DEMO, 'hrnet-tiny_1xb8-6e_demo-imagenet.py')
+CLI = os.path.join(ROOT, 'tools', 'deploy', 'export_onnx.py')
+
+
+def _scene(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth random picture with a few bright blobs (random weights see structure, not noise)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(4):
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(5, 30)),
+                   tuple(int(v) for v in rng.integers(0, 256, 3)), -1)
+    return img
+
+
+def _export(config: str, tmp_path, shape, seed: int = 0, **kwargs):
+    """Random-weight model of ``config`` saved as a checkpoint and exported; returns (checkpoint, onnx path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = randomize_(get_model(config, pretrained=False), seed=seed).eval()
+    if config == DET:  # moderate logits and deltas: saturated scores would tie, and ties make NMS arbitrary
+        head = model.roi_head.bbox_head
+        with torch.no_grad():
+            for conv in (model.rpn_head.rpn_cls, model.rpn_head.rpn_reg, head.fc_cls, head.fc_reg):
+                conv.weight.mul_(0.03)
+                conv.bias.zero_()
+    ckpt = str(tmp_path / 'model.pth')
+    meta = getattr(model, 'dataset_meta', None)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': meta} if meta else {}}, ckpt)
+    path = str(tmp_path / 'model.onnx')
+    exporter = 'dynamo' if config == DET else 'torchscript'  # the quicker one where it can
+    export_model(model, model.cfg, path, shape, exporter=exporter, config_name=os.path.basename(config), **kwargs)
+    return ckpt, path
+
+
+def test_classifier_equals_mmpretrain(tmp_path):
+    ckpt, path = _export(CLS, tmp_path, (1, 3, 64, 64))
+    classifier = rt.load(path)
+    assert isinstance(classifier, rt.Classifier) and read_recipe(path)['task'] == 'classification'
+    inferencer = get_inferencer(CLS, ckpt)
+    for seed in range(3):
+        img = _scene(64, 64, seed)
+        (sample, ) = inferencer.forward(next(iter(inferencer.preprocess([img]))))
+        got = classifier(img)
+        assert np.abs(got['scores'] - sample.pred_score.numpy()).max() < 1e-5
+        assert got['label'] == int(sample.pred_label)
+
+
+@pytest.mark.parametrize('config', [FCN, OCR], ids=['fcn', 'ocr'])
+def test_segmentor_equals_mmseg(tmp_path, config):
+    ckpt, path = _export(config, tmp_path, (1, 3, 80, 160), check_shapes=[(2, 3, 97, 130)])
+    segmentor = rt.load(path)
+    inferencer = get_inferencer(config, ckpt)
+    for seed, (h, w) in enumerate([(90, 200), (120, 120), (77, 161)]):
+        img = _scene(h, w, seed)
+        sample = inferencer(img, return_datasamples=True, out_dir='')
+        ref = sample.pred_sem_seg.data[0].numpy()
+        got = segmentor(img)
+        assert got.shape == ref.shape == (h, w)
+        # argmax near ties may flip a pixel between two float implementations; none did in practice
+        assert (got == ref).mean() > 0.999, (got != ref).sum()
+
+
+def test_pose_equals_mmpose_on_given_boxes(tmp_path):
+    ckpt, path = _export(POSE, tmp_path, (1, 3, 128, 96))
+    pose = rt.load(path)
+    recipe = pose.recipe['pose']
+    assert recipe['flip_test'] and recipe['shift_heatmap'] and len(recipe['flip_indices']) == 17
+    from mmpose.apis import inference_topdown
+
+    img = _scene(160, 200, 3)
+    boxes = np.array([[10, 20, 90, 150], [100, 5, 190, 140], [0, 0, 200, 160]], np.float32)
+    samples = inference_topdown(get_model(POSE, ckpt), img, boxes)
+    got = pose(img, boxes)
+    ref = np.concatenate([s.pred_instances.keypoints for s in samples])
+    assert got['keypoints'].shape == ref.shape == (3, 17, 2)
+    assert np.abs(got['keypoints'] - ref).max() < 1e-3
+    ref_scores = np.concatenate([s.pred_instances.keypoint_scores for s in samples])
+    assert np.abs(got['keypoint_scores'] - ref_scores).max() < 1e-5 * np.abs(ref_scores).max()  # heatmap maxima
+
+
+@pytest.fixture(scope='module')
+def detector_export(tmp_path_factory):
+    """The demo person detector with random weights, exported once for the module (the dynamo exporter takes
+    about 15 s)."""
+    return _export(DET, tmp_path_factory.mktemp('det'), (1, 3, 160, 224), check_shapes=[(1, 3, 96, 128)])
+
+
+def test_detector_equals_mmdet(detector_export):
+    ckpt, path = detector_export
+    detector = rt.load(path)
+    recipe = detector.recipe
+    assert recipe['classes'] == ['person'] and recipe['detection']['num_classes'] == 1
+    inferencer = get_inferencer(DET, ckpt)
+    found = 0
+    for seed, (h, w) in enumerate([(160, 320), (200, 150), (120, 260)]):
+        img = _scene(h, w, seed)
+        (sample, ) = inferencer(img, return_datasamples=True, no_save_vis=True, no_save_pred=True)['predictions']
+        ref = sample.pred_instances
+        got = detector(img)
+        assert len(got['bboxes']) == len(ref.bboxes)
+        # onnxruntime's 5e-6 relative error on boxes up to 320 px
+        assert np.abs(got['bboxes'] - ref.bboxes.numpy()).max() < 1e-2
+        assert np.abs(got['scores'] - ref.scores.numpy()).max() < 1e-4
+        assert np.array_equal(got['labels'], ref.labels.numpy())
+        found += len(ref.bboxes)
+    assert found > 0
+
+
+def test_top_down_pipeline_matches_mmpose_with_detector(tmp_path, detector_export):
+    det_ckpt, det_path = detector_export
+    pose_ckpt, pose_path = _export(POSE, tmp_path, (1, 3, 128, 96), seed=1)
+    pipeline = rt.TopDownPose(rt.load(det_path), rt.load(pose_path), bbox_thr=0.3)
+    inferencer = get_inferencer(POSE, pose_ckpt, det_model=DET, det_weights=det_ckpt, det_cat_ids=[0])
+    img = _scene(160, 320, 7)
+    results = next(inferencer(img, bbox_thr=0.3, show=False))['predictions'][0]
+    got = pipeline(img)
+    ref = np.array([r['keypoints'] for r in results])
+    assert got['keypoints'].shape == ref.shape
+    assert np.abs(got['keypoints'] - ref).max() < 1e-2  # the crops follow boxes equal to 1e-4 px
+
+
+def test_runtime_imports_without_torch(tmp_path):
+    _, path = _export(CLS, tmp_path, (1, 3, 64, 64))
+    code = ('import sys; sys.modules["torch"] = None; sys.modules["mmengine"] = None\n'
+            'import numpy as np, hrnet_mm_runtime as rt\n'
+            f'out = rt.load({path!r})(np.zeros((64, 64, 3), np.uint8))\n'
+            'assert "torch" not in [m.split(".")[0] for m, v in sys.modules.items() if v is not None]\n'
+            'print(len(out["scores"]))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '4'
+
+
+def test_runtime_rejects_bad_files_and_images(tmp_path):
+    (tmp_path / 'page.onnx').write_text('<html>not found</html>')
+    with pytest.raises(rt.RuntimeModelError, match='cannot open'):
+        rt.load(str(tmp_path / 'page.onnx'))
+    _, path = _export(CLS, tmp_path, (1, 3, 64, 64))
+    with pytest.raises(rt.RuntimeModelError, match='is a classification model, not detection'):
+        rt.Detector(path)
+    with pytest.raises(rt.RuntimeModelError, match=r'expected an \(H, W, 3\) uint8 BGR image'):
+        rt.load(path)(np.zeros((64, 64), np.float32))
+
+
+def test_unsupported_models_are_refused(tmp_path):
+    model = get_model(os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), pretrained=False)
+    with pytest.raises(UnsupportedModelError, match='no whole-model export for BottomupPoseEstimator'):
+        export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
+    model = get_model(os.path.join(DEMO, 'mask-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py'), pretrained=False)
+    with pytest.raises(UnsupportedModelError, match='Faster R-CNN'):
+        export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
+    assert not os.listdir(tmp_path)
+
+
+def _cli(cwd, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='2')
+    return subprocess.run([sys.executable, CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_exports_the_whole_model(tmp_path):
+    ckpt, _ = _export(POSE, tmp_path, (1, 3, 128, 96), check=False)
+    proc = _cli(tmp_path, POSE, ckpt, '--out', 'pose.onnx', '--check-sizes', '64x48')
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith('Loads checkpoint')]
+    assert [line.split(':')[0] for line in lines] == ['model', 'fold BN', 'export', 'check', 'check 1x3x128x96',
+                                                      'check 2x3x64x48', 'done']
+    assert 'TopdownPoseEstimator' in lines[0] and 'heatmaps 1x17x32x24' in lines[-1]
+    recipe = read_recipe(str(tmp_path / 'pose.onnx'))
+    assert recipe['preprocess']['steps'][-1] == dict(type='topdown_affine', input_size=[96, 128], udp=False)
+    assert json.loads(json.dumps(recipe)) == recipe
+
+
+@pytest.mark.parametrize('args,message', [
+    (['no-such-model', '--out', 'm.onnx'], 'no-such-model'),
+    (['missing.py', '--out', 'm.onnx'], 'config file not found: missing.py'),
+    ([os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), '--out', 'm.onnx'],
+     'no whole-model export for BottomupPoseEstimator'),
+    ([DET, '--out', 'm.onnx', '--batch', '2'], 'a detector graph takes one image'),
+    ([POSE, '--out', 'm.onnx', '--static'], 'always dynamic'),
+    ([POSE, 'bad.pth', '--out', 'm.onnx'], 'bad.pth'),
+])
+def test_cli_model_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / 'bad.pth').write_text('<html>not a checkpoint</html>')
+    proc = _cli(tmp_path, *args)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith('export_onnx.py: error: ') and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'm.onnx').exists() and not (tmp_path / 'm.onnx.part').exists()
