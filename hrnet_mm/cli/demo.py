@@ -9,6 +9,9 @@ hrnet_mm model through that task library's runner with ``tools/train.py``, evalu
 * pose: top-down heatmaps + HRNetV1 on COCO-keypoints-format figures, COCO keypoint AP; then the
   detector-to-pose pipeline: a person detector (Faster R-CNN + HRNetV2p) trained on multi-person scenes finds the
   people, the pose model runs on each box (``tools/infer.py --det-model``), OKS AP against the scenes' annotations;
+  both models are then exported to ONNX (``tools/deploy/export_onnx.py``) and the same pipeline runs in
+  onnxruntime without PyTorch (``python -m hrnet_mm_runtime``): its people, keypoints and AP beside PyTorch's, and
+  pictures of both side by side under ``<work dir>/people/pytorch_vs_onnx/``;
 * classification: HRNet + the paper's head on an ImageNet-style folder set, top-1.
 
 It ends by writing, per task, PNGs of the predictions on two held-out images (``tools/infer.py``) and of the
@@ -30,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 from ..registry import build_in_scope
@@ -200,6 +204,78 @@ def coco_keypoint_ap(gt_file: str, results_file: str) -> Dict[str, float]:
     return dict(AP=float(evaluator.stats[0]), AP50=float(evaluator.stats[1]), detections=len(results))
 
 
+def compare_keypoint_results(file_a: str, file_b: str) -> Dict[str, float]:
+    """Two COCO keypoint results files of the same images (``tools/infer.py`` and ``python -m hrnet_mm_runtime``
+    ``--pred-out``), people matched in order per image.
+
+    Returns:
+        ``{'people_a', 'people_b', 'keypoint_px', 'within_0.01px', 'score'}``: the two people counts, the largest
+        keypoint distance (pixels, per coordinate), the share of keypoints within 0.01 px and the largest keypoint
+        score difference over the matched people (``inf`` and 0 when the counts differ in some image).
+    """
+    def by_image(path: str) -> Dict[str, List[np.ndarray]]:
+        with open(path) as f:
+            results = json.load(f)
+        out: Dict[str, List[np.ndarray]] = {}
+        for r in results:
+            out.setdefault(os.path.basename(r['file_name']), []).append(np.reshape(r['keypoints'], (-1, 3)))
+        return out
+
+    a, b = by_image(file_a), by_image(file_b)
+    px, score, close, total = 0.0, 0.0, 0, 0
+    for name in set(a) | set(b):
+        people_a, people_b = a.get(name, []), b.get(name, [])
+        if len(people_a) != len(people_b):
+            px = score = float('inf')
+            continue
+        for ka, kb in zip(people_a, people_b):
+            dist = np.abs(ka[:, :2] - kb[:, :2]).max(axis=1)
+            px = max(px, float(dist.max()))
+            close, total = close + int((dist < 0.01).sum()), total + len(dist)
+            score = max(score, float(np.abs(ka[:, 2] - kb[:, 2]).max()))
+    return {'people_a': sum(map(len, a.values())), 'people_b': sum(map(len, b.values())), 'keypoint_px': px,
+            'within_0.01px': close / max(total, 1) if px != float('inf') else 0.0, 'score': score}
+
+
+def onnx_pipeline(root: str, work_dir: str, det_cfg: str, det_ckpt: str, pose_cfg: str, pose_ckpt: str,
+                  images: str) -> Dict[str, str]:
+    """The detector-to-pose pipeline exported: both models through ``tools/deploy/export_onnx.py``, then
+    ``python -m hrnet_mm_runtime`` (onnxruntime, no PyTorch) on ``images``.
+
+    Returns:
+        ``{'results': COCO keypoint results file, 'pictures': folder of the drawn images}``.
+    """
+    out = os.path.join(work_dir, 'onnx')
+    os.makedirs(out, exist_ok=True)
+    det_onnx, pose_onnx = os.path.join(out, 'people_detector.onnx'), os.path.join(out, 'pose.onnx')
+    _run([sys.executable, _tool(os.path.join('deploy', 'export_onnx.py')), det_cfg, det_ckpt, '--out', det_onnx],
+         os.path.join(out, 'export_detector.log'), root)
+    _run([sys.executable, _tool(os.path.join('deploy', 'export_onnx.py')), pose_cfg, pose_ckpt, '--out', pose_onnx],
+         os.path.join(out, 'export_pose.log'), root)
+    results, pictures = os.path.join(out, 'keypoints_val.json'), os.path.join(out, 'pictures')
+    _run([sys.executable, '-m', 'hrnet_mm_runtime', pose_onnx, images, '--det-model', det_onnx, '--out-dir',
+          pictures, '--pred-out', results], os.path.join(out, 'runtime.log'), root)
+    return dict(results=results, pictures=pictures)
+
+
+def side_by_side(left_dir: str, right_dir: str, out_dir: str) -> List[str]:
+    """``out_dir/<name>.png``: each picture of ``left_dir`` with the same-named one of ``right_dir`` to its
+    right."""
+    import cv2
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for left in sorted(glob.glob(os.path.join(left_dir, '*.png'))):
+        right = os.path.join(right_dir, os.path.basename(left))
+        a, b = cv2.imread(left), cv2.imread(right)
+        if a is None or b is None or a.shape != b.shape:
+            continue
+        path = os.path.join(out_dir, os.path.basename(left))
+        cv2.imwrite(path, cv2.hconcat([a, b]))
+        written.append(path)
+    return written
+
+
 def run_people(root: str, work_root: str, pose_row: Dict[str, object]) -> Dict[str, object]:
     """The detector-to-pose pipeline on multi-person scenes: trains the demo person detector on
     ``data/demo/coco_people``, runs ``tools/infer.py`` with the pose demo model on every box it finds in the
@@ -221,12 +297,24 @@ def run_people(root: str, work_root: str, pose_row: Dict[str, object]) -> Dict[s
     _run([sys.executable, _tool('infer.py'), _config_path(TASKS['pose'].config), str(pose_row['checkpoint']),
           os.path.join(data, 'val'), '--det-model', cfg, '--det-checkpoint', det_ckpt, '--out-dir', out_dir,
           '--pred-out', results], os.path.join(work_dir, 'infer.log'), root)
-    ap = coco_keypoint_ap(os.path.join(data, 'annotations', 'person_keypoints_val.json'), results)
+    gt = os.path.join(data, 'annotations', 'person_keypoints_val.json')
+    ap = coco_keypoint_ap(gt, results)
+    print(f'[demo] pose with a detector: both models exported to ONNX and run by hrnet_mm_runtime (onnxruntime, '
+          f'no PyTorch) on the same scenes (logs: {work_dir}/onnx)', flush=True)
+    onnx = onnx_pipeline(root, work_dir, cfg, det_ckpt, _config_path(TASKS['pose'].config),
+                         str(pose_row['checkpoint']), os.path.join(data, 'val'))
+    onnx_ap = coco_keypoint_ap(gt, onnx['results'])
+    diff = compare_keypoint_results(results, onnx['results'])
+    pairs = side_by_side(out_dir, onnx['pictures'], os.path.join(work_dir, 'pytorch_vs_onnx'))
+    print(f'[demo] pose with a detector: PyTorch {diff["people_a"]} people, AP {ap["AP"]:.3f}; ONNX runtime '
+          f'{diff["people_b"]} people, AP {onnx_ap["AP"]:.3f}; {100 * diff["within_0.01px"]:.1f}% of the keypoints '
+          f'within 0.01 px, all within {diff["keypoint_px"]:.3f} px', flush=True)
     losses = _loss_curve(work_dir)
     return dict(task='pose+detector', config=os.path.basename(cfg), train_s=train_s,
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
-                metric='scene keypoint AP', value=ap['AP'], chance='0.0', checkpoint=det_ckpt,
-                pictures=sorted(glob.glob(os.path.join(out_dir, '*.png')))[:3])
+                metric='scene keypoint AP', value=ap['AP'], chance='0.0', checkpoint=det_ckpt, onnx_ap=onnx_ap['AP'],
+                onnx_keypoint_px=diff['keypoint_px'],
+                pictures=pairs[:3] or sorted(glob.glob(os.path.join(out_dir, '*.png')))[:3])
 
 
 def format_table(rows: List[Dict[str, object]]) -> List[str]:

@@ -213,3 +213,45 @@ def test_cli_model_errors_are_one_line(tmp_path, args, message):
     assert proc.stderr.strip().startswith('export_onnx.py: error: ') and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and 'Traceback' not in proc.stderr
     assert not (tmp_path / 'm.onnx').exists() and not (tmp_path / 'm.onnx.part').exists()
+
+
+def _runtime_cli(cwd, *args):
+    return subprocess.run([sys.executable, '-m', 'hrnet_mm_runtime', *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_runtime_cli_writes_pictures_and_coco_results(tmp_path, detector_export):
+    _, det_path = detector_export
+    _, pose_path = _export(POSE, tmp_path, (1, 3, 128, 96), seed=1)
+    (tmp_path / 'images').mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / 'images' / f'{i}.jpg'), _scene(160, 320, 10 + i))
+    proc = _runtime_cli(tmp_path, pose_path, 'images', '--det-model', det_path, '--out-dir', 'vis', '--pred-out',
+                        'people.json')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ['vis/0.png', 'vis/1.png', 'people.json'] and '2 image(s)' in proc.stderr
+    with open(tmp_path / 'people.json') as f:
+        results = json.load(f)
+    pipeline = rt.TopDownPose(rt.load(det_path), rt.load(pose_path))
+    want = pipeline(cv2.imread(str(tmp_path / 'images' / '0.jpg')))
+    first = [r for r in results if r['image_id'] == 1]
+    assert len(first) == len(want['keypoints']) > 0 and {r['category_id'] for r in results} == {1}
+    got = np.array([r['keypoints'] for r in first]).reshape(len(first), -1, 3)
+    assert np.abs(got[..., :2] - want['keypoints']).max() <= 1e-3
+    assert cv2.imread(str(tmp_path / 'vis' / '0.png')).shape == (160, 320, 3)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['DET', 'missing.jpg'], 'image file or folder not found: missing.jpg'),
+    (['DET', 'page.jpg'], 'cannot read image page.jpg'),
+    (['page.jpg', 'page.jpg'], 'cannot open page.jpg with onnxruntime'),
+    (['DET', 'page.jpg', '--det-model', 'DET'], '--det-model is for pose models'),
+    (['DET', 'page.jpg', '--bbox-thr', 'x'], "argument --bbox-thr: invalid float value: 'x'"),
+])
+def test_runtime_cli_errors_are_one_line(tmp_path, detector_export, args, message):
+    (tmp_path / 'page.jpg').write_text('<html>not found</html>')
+    args = [detector_export[1] if a == 'DET' else a for a in args]
+    proc = _runtime_cli(tmp_path, *args, '--out-dir', 'vis', '--pred-out', 'out.json')
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith('hrnet_mm_runtime: error: ') and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / 'out.json').exists()

@@ -104,7 +104,7 @@ def _detector_to_pose(cwd) -> None:
     """The pose model trained above, behind a person detector trained on multi-person scenes (2-4 figures in
     160x320), through ``tools/infer.py --det-model``: the people and their keypoints of the held-out scenes, scored
     by OKS AP (pycocotools) against the generator's annotations."""
-    from hrnet_mm.cli.demo import PEOPLE_DETECTOR, coco_keypoint_ap
+    from hrnet_mm.cli.demo import PEOPLE_DETECTOR, coco_keypoint_ap, compare_keypoint_results, onnx_pipeline
     from hrnet_mm.datasets.__main__ import write
     with open(os.path.join(cwd, 'work', 'last_checkpoint')) as f:
         pose_ckpt = f.read().strip()
@@ -121,6 +121,20 @@ def _detector_to_pose(cwd) -> None:
     # 25 people in 8 scenes. Without a detector (the whole scene as one box) at most one person per scene could
     # match, and the pose model would see a squeezed scene: AP near 0. Measured: AP 0.93, AP50 1.0.
     assert ap['detections'] >= 20 and ap['AP50'] > 0.8 and ap['AP'] > 0.5, ap
+    # The same pipeline exported to ONNX and run by hrnet_mm_runtime (onnxruntime, no PyTorch): the same people and
+    # AP, keypoints equal up to the JSON's rounding (0.001 px). mmpose's decoding moves each maximum a quarter
+    # heatmap pixel (1 crop pixel) towards the higher neighbour; where the two neighbours are equal to within
+    # onnxruntime's error the direction may differ, so a few keypoints may be a crop pixel (< 2 px here) apart.
+    pose_config = os.path.join(DEMO, 'td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py')
+    onnx = onnx_pipeline(ROOT, str(cwd / 'det'), det_config, str(cwd / 'det' / 'epoch_8.pth'), pose_config,
+                         os.path.join(str(cwd), pose_ckpt), str(cwd / 'data/demo/coco_people/val'))
+    diff = compare_keypoint_results(str(cwd / 'scenes' / 'keypoints.json'), onnx['results'])
+    onnx_ap = coco_keypoint_ap(str(cwd / 'data/demo/coco_people/annotations/person_keypoints_val.json'),
+                               onnx['results'])
+    print(f'ONNX pipeline: {diff}, {onnx_ap}')
+    assert diff['people_a'] == diff['people_b'] and diff['within_0.01px'] > 0.98, diff
+    assert diff['keypoint_px'] < 2 and diff['score'] < 0.01, diff
+    assert abs(onnx_ap['AP'] - ap['AP']) < 1e-3, (onnx_ap, ap)
 
 
 @pytest.mark.slow
