@@ -1,5 +1,6 @@
 """Box arithmetic of the detectors' post-processing in NumPy: mmdet's delta decoding, torchvision/mmcv NMS
-(float32, as the libraries compute it), mmdet's per-class NMS and mmpose's person-box NMS."""
+(float32, as the libraries compute it), mmdet's per-class NMS, mmdet's mask pasting and mmpose's person-box
+NMS."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -79,3 +80,43 @@ def person_nms(dets: np.ndarray, thr: float) -> np.ndarray:
         inter = w * h
         order = order[np.where(inter / (areas[i] + areas[order[1:]] - inter) <= thr)[0] + 1]
     return np.asarray(keep, dtype=np.int64)
+
+
+def _sample_zero_padded(mask: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of a ``(h, w)`` map at pixel coordinates ``ix`` ``(W,)`` and ``iy`` ``(H,)`` (a grid),
+    with zeros outside, as ``grid_sample`` computes them."""
+    h, w = mask.shape
+    x0 = np.floor(ix).astype(np.int64)
+    y0 = np.floor(iy).astype(np.int64)
+    wx1, wy1 = (ix - x0).astype(np.float32), (iy - y0).astype(np.float32)
+    wx0, wy0 = np.float32(1) - wx1, np.float32(1) - wy1
+    out = np.zeros((len(iy), len(ix)), dtype=np.float32)
+    for yy, wy in ((y0, wy0), (y0 + 1, wy1)):
+        for xx, wx in ((x0, wx0), (x0 + 1, wx1)):
+            vy, vx = (yy >= 0) & (yy < h), (xx >= 0) & (xx < w)
+            vals = mask[np.clip(yy, 0, h - 1)][:, np.clip(xx, 0, w - 1)] * (vy[:, None] & vx[None, :])
+            out += vals * (wy[:, None] * wx[None, :])
+    return out
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, img_h: int, img_w: int, threshold: float) -> np.ndarray:
+    """mmdet's ``FCNMaskHead`` pasting on the CPU: each ``(m, m)`` mask probability map resampled bilinearly
+    (``grid_sample``, ``align_corners=False``, zeros outside) onto its box's pixels within the box's bounds plus
+    one pixel, then thresholded. Returns ``(N, img_h, img_w)`` bool masks."""
+    out = np.zeros((len(masks), img_h, img_w), dtype=bool)
+    for i, (mask, box) in enumerate(zip(masks.astype(np.float32), boxes.astype(np.float32))):
+        x0, y0, x1, y1 = box
+        x0_int = max(int(np.floor(x0)) - 1, 0)
+        y0_int = max(int(np.floor(y0)) - 1, 0)
+        x1_int = min(int(np.ceil(x1)) + 1, img_w)
+        y1_int = min(int(np.ceil(y1)) + 1, img_h)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            gx = (np.arange(x0_int, x1_int, dtype=np.float32) + np.float32(0.5) - x0) / (x1 - x0) * 2 - 1
+            gy = (np.arange(y0_int, y1_int, dtype=np.float32) + np.float32(0.5) - y0) / (y1 - y0) * 2 - 1
+        gx[np.isinf(gx)] = 0
+        gy[np.isinf(gy)] = 0
+        m_h, m_w = mask.shape
+        ix = ((gx + 1) * m_w - 1) / 2
+        iy = ((gy + 1) * m_h - 1) / 2
+        out[i, y0_int:y1_int, x0_int:x1_int] = _sample_zero_padded(mask, ix, iy) >= threshold
+    return out

@@ -19,12 +19,15 @@ def _label(img: np.ndarray, text: str, x: int, y: int, color: Sequence[int]) -> 
 
 
 def draw_boxes(img: np.ndarray, result: Dict[str, np.ndarray], classes: List[str], score_thr: float) -> np.ndarray:
-    """Boxes scoring at least ``score_thr``, with class name and score."""
+    """Boxes scoring at least ``score_thr``, with class name and score (and their masks, blended)."""
     out = img.copy()
     colors = palette(len(classes))
-    for box, score, label in zip(result['bboxes'], result['scores'], result['labels']):
+    masks = result.get('masks')
+    for i, (box, score, label) in enumerate(zip(result['bboxes'], result['scores'], result['labels'])):
         if score < score_thr:
             continue
+        if masks is not None:
+            out[masks[i]] = (out[masks[i]] * 0.5 + colors[int(label) % len(colors)] * 0.5).astype(np.uint8)
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         color = tuple(int(c) for c in colors[int(label) % len(colors)])
         cv2.rectangle(out, (x0, y0), (x1, y1), color, 1)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import transforms as T
-from .boxes import batched_nms, decode_deltas, person_nms
+from .boxes import batched_nms, decode_deltas, paste_masks, person_nms
 from .keypoints import decode, merge_flipped
 
 METADATA_KEY = 'hrnet_mm'
@@ -27,6 +27,11 @@ class RuntimeModelError(ValueError):
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over='ignore'):  # exp overflows to inf for large negative inputs: 1 / inf = 0, as wanted
+        return 1 / (1 + np.exp(-x.astype(np.float32)))
 
 
 def _check_image(img: Any) -> np.ndarray:
@@ -99,16 +104,31 @@ class Model:
 
 
 class Detector(Model):
-    """Faster R-CNN: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2, scores=(N,), labels=(N,))`` after
-    mmdet's post-processing (softmax, delta decoding, rescaling, per-class NMS, ``max_per_img``), highest
-    score first."""
+    """Faster and Mask R-CNN: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2, scores=(N,), labels=(N,))``
+    after mmdet's post-processing (softmax, delta decoding, rescaling, per-class NMS, ``max_per_img``), highest
+    score first; with ``masks=(N, H, W)`` bool for Mask R-CNN (whose graph ends with the NMS and the mask head:
+    the runtime rescales the boxes and pastes the masks)."""
 
     task = 'detection'
 
     def __call__(self, img: np.ndarray) -> Dict[str, np.ndarray]:
         x, meta = self.preprocess(img)
-        rois, cls_scores, deltas = self.run(x, np.asarray(meta['img_shape'], np.float32))
-        return self.postprocess(rois, cls_scores, deltas, meta)
+        outputs = self.run(x, np.asarray(meta['img_shape'], np.float32))
+        if self.recipe['detection'].get('masks'):
+            return self.postprocess_masks(*outputs, meta)
+        return self.postprocess(*outputs, meta)
+
+    def postprocess_masks(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray,
+                          meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        """mmdet's ``FCNMaskHead.predict_by_feat``: boxes divided by the scale factor, mask probabilities pasted
+        into the original image and thresholded."""
+        sw, sh = meta['scale_factor']
+        boxes = boxes / np.array([sw, sh, sw, sh], dtype=np.float32)
+        probs = _sigmoid(mask_logits)
+        h, w = meta['ori_shape']
+        masks = paste_masks(probs, boxes, h, w, self.recipe['detection']['masks']['threshold'])
+        return dict(bboxes=boxes.astype(np.float32), scores=scores.astype(np.float32), labels=labels.astype(np.int64),
+                    masks=masks)
 
     def postprocess(self, rois: np.ndarray, cls_scores: np.ndarray, deltas: np.ndarray,
                     meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -155,7 +175,7 @@ class Segmentor(Model):
                                    cfg['align_corners'])
         if logits.shape[0] > 1:
             return logits.argmax(axis=0)
-        return (1 / (1 + np.exp(-logits[0])) > cfg['threshold']).astype(np.int64)
+        return (_sigmoid(logits[0]) > cfg['threshold']).astype(np.int64)
 
 
 class Classifier(Model):

@@ -18,6 +18,9 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   ``aligned=True`` and ``sampling_ratio=0`` give the same features, the same NMS keeps the same boxes).
   Outputs ``rois`` ``(R, 4)`` (proposals, input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits)
   and ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic).
+* :class:`MaskRCNNGraph` (the same with a mask head): the mask head needs the final boxes, so mmdet's box
+  post-processing (per-class NMS included) runs in the graph; outputs ``boxes`` ``(N, 4)``, ``scores``,
+  ``labels`` and ``mask_logits`` ``(N, 28, 28)``, the mask of each box's class.
 """
 from __future__ import annotations
 
@@ -117,17 +120,13 @@ class TwoStageDetectorGraph(nn.Module):
                                         f'{type(rpn).__name__}')
         if cfg.nms.get('type', 'nms') != 'nms' or not rpn.use_sigmoid_cls:
             raise UnsupportedModelError('two-stage export supports a sigmoid RPN with plain NMS')
-        if type(roi).__name__ != 'StandardRoIHead' or getattr(roi, 'with_mask', False):
-            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead without masks (Faster R-CNN), '
-                                        f'got {type(roi).__name__}{" with a mask head" if roi.with_mask else ""}')
+        if type(roi).__name__ != 'StandardRoIHead':
+            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead (Faster and Mask R-CNN), got '
+                                        f'{type(roi).__name__}')
         if getattr(roi, 'with_shared_head', False):
             raise UnsupportedModelError('two-stage export does not support a shared RoI head')
         extractor = roi.bbox_roi_extractor
-        if type(extractor).__name__ != 'SingleRoIExtractor':
-            raise UnsupportedModelError(f'two-stage export supports SingleRoIExtractor, got {type(extractor).__name__}')
-        layer = extractor.roi_layers[0]
-        if getattr(layer, 'pool_mode', 'avg') != 'avg' or type(layer).__name__ != 'RoIAlign':
-            raise UnsupportedModelError('two-stage export supports RoIAlign (average pooling) RoI layers')
+        self.box_pooling = _RoIPooling(extractor)
         coder = rpn.bbox_coder
         if getattr(coder, 'add_ctr_clamp', False) or not getattr(coder, 'clip_border', True):
             raise UnsupportedModelError('two-stage export supports the RPN box coder without centre clamping')
@@ -139,11 +138,6 @@ class TwoStageDetectorGraph(nn.Module):
         self.register_buffer('stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
         import math
         self.max_ratio = abs(math.log(16 / 1000))  # DeltaXYWHBBoxCoder.decode's default wh_ratio_clip
-        self.strides = [float(s) for s in extractor.featmap_strides]
-        self.finest_scale = float(extractor.finest_scale)
-        self.out_size = tuple(layer.output_size)
-        self.sampling_ratio = int(layer.sampling_ratio)
-        self.aligned = bool(layer.aligned)
 
     def proposals(self, feats: List[torch.Tensor], img_shape: torch.Tensor) -> torch.Tensor:
         """mmdet's ``RPNHead.predict_by_feat`` for one image: ``(P, 4)`` proposals by decreasing score."""
@@ -167,9 +161,92 @@ class TwoStageDetectorGraph(nn.Module):
         keep = _nms_per_group(boxes, scores, levels, self.rpn_iou)[:self.max_proposals]
         return boxes[keep]
 
-    def roi_features(self, feats: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        """mmdet's ``SingleRoIExtractor``: RoIAlign of each RoI on the level its size maps to. Every level is
-        pooled for every RoI and the right one selected, which gives the same numbers without a scatter."""
+    def box_head(self, x: torch.Tensor, rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The RoI box head's ``(cls_scores, bbox_deltas)`` for given ``(R, 4)`` proposals of the image."""
+        return self.model.roi_head.bbox_head(self.box_pooling(list(self.model.extract_feat(x)), rois))
+
+    def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = list(self.model.extract_feat(x))
+        rois = self.proposals(feats, img_shape)
+        cls_scores, bbox_deltas = self.model.roi_head.bbox_head(self.box_pooling(feats, rois))
+        return rois, cls_scores, bbox_deltas
+
+
+class MaskRCNNGraph(TwoStageDetectorGraph):
+    """mmdet Mask R-CNN (one image): the two-stage graph, then mmdet's box post-processing in the graph
+    (softmax, class-wise delta decoding clipped to ``img_shape``, the score threshold, per-class NMS,
+    ``max_per_img``; in the resized image's pixels, as mmdet does before the mask head) and the mask head on the
+    kept boxes. Outputs ``boxes`` ``(N, 4)``, ``scores`` ``(N,)``, ``labels`` ``(N,)`` and ``mask_logits``
+    ``(N, m, m)`` of each box's class."""
+
+    output_names = ('boxes', 'scores', 'labels', 'mask_logits')
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        roi = model.roi_head
+        head, cfg = roi.bbox_head, model.test_cfg.rcnn
+        coder = head.bbox_coder
+        if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False):
+            raise UnsupportedModelError(f'Mask R-CNN export supports DeltaXYWHBBoxCoder, got {type(coder).__name__}')
+        if cfg.nms.get('type', 'nms') != 'nms' or getattr(head, 'custom_cls_channels', False):
+            raise UnsupportedModelError('Mask R-CNN export supports a softmax box head with plain NMS')
+        if roi.share_roi_extractor:
+            raise UnsupportedModelError('Mask R-CNN export needs its own mask RoI extractor')
+        self.mask_pooling = _RoIPooling(roi.mask_roi_extractor)
+        self.num_classes = int(head.num_classes)
+        self.agnostic_reg = bool(head.reg_class_agnostic)
+        self.score_thr = float(cfg.score_thr)
+        self.iou = float(cfg.nms.iou_threshold)
+        self.class_agnostic_nms = bool(cfg.nms.get('class_agnostic', False))
+        self.max_per_img = int(cfg.max_per_img)
+        self.register_buffer('box_means', torch.tensor(coder.means, dtype=torch.float32), persistent=False)
+        self.register_buffer('box_stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
+        self.mask_agnostic = bool(roi.mask_head.class_agnostic)
+
+    def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = list(self.model.extract_feat(x))
+        rois = self.proposals(feats, img_shape)
+        cls_scores, deltas = self.model.roi_head.bbox_head(self.box_pooling(feats, rois))
+        scores = cls_scores.softmax(-1)[:, :-1]
+        per_class = 1 if self.agnostic_reg else self.num_classes
+        boxes = _decode_deltas(rois.repeat_interleave(per_class, dim=0), deltas.reshape(-1, 4), self.box_means,
+                               self.box_stds, self.max_ratio, img_shape)
+        boxes = boxes.reshape(-1, per_class, 4).expand(-1, self.num_classes, 4).reshape(-1, 4)
+        labels = torch.arange(self.num_classes, device=x.device).repeat(rois.shape[0])
+        scores = scores.reshape(-1)
+        valid = scores > self.score_thr
+        boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+        groups = torch.zeros_like(labels) if self.class_agnostic_nms else labels
+        keep = _nms_per_group(boxes, scores, groups, self.iou)[:self.max_per_img]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        masks = self.model.roi_head.mask_head(self.mask_pooling(feats, boxes))
+        if self.mask_agnostic:
+            masks = masks[:, 0]
+        else:
+            masks = masks.gather(1, labels[:, None, None, None].expand(-1, 1, *masks.shape[2:]))[:, 0]
+        return boxes, scores, labels, masks
+
+
+class _RoIPooling(nn.Module):
+    """mmdet's ``SingleRoIExtractor`` with torchvision's ``roi_align``: each RoI pooled on the pyramid level its
+    size maps to. Every level is pooled for every RoI and the right one selected, which gives the same numbers
+    without a scatter."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        if type(extractor).__name__ != 'SingleRoIExtractor':
+            raise UnsupportedModelError(f'two-stage export supports SingleRoIExtractor, got {type(extractor).__name__}')
+        layer = extractor.roi_layers[0]
+        if getattr(layer, 'pool_mode', 'avg') != 'avg' or type(layer).__name__ != 'RoIAlign':
+            raise UnsupportedModelError('two-stage export supports RoIAlign (average pooling) RoI layers')
+        self.strides = [float(s) for s in extractor.featmap_strides]
+        self.finest_scale = float(extractor.finest_scale)
+        self.out_size = tuple(layer.output_size)
+        self.sampling_ratio = int(layer.sampling_ratio)
+        self.aligned = bool(layer.aligned)
+
+    def forward(self, feats: List[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """``(R, C, s, s)`` features of ``(R, 4)`` boxes in input pixels."""
         from torchvision.ops import roi_align
 
         levels = len(self.strides)
@@ -183,16 +260,6 @@ class TwoStageDetectorGraph(nn.Module):
             pooled = pooled * (target == level).to(pooled)[:, None, None, None]
             out = pooled if out is None else out + pooled
         return out
-
-    def box_head(self, x: torch.Tensor, rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The RoI box head's ``(cls_scores, bbox_deltas)`` for given ``(R, 4)`` proposals of the image."""
-        return self.model.roi_head.bbox_head(self.roi_features(list(self.model.extract_feat(x)), rois))
-
-    def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        feats = list(self.model.extract_feat(x))
-        rois = self.proposals(feats, img_shape)
-        cls_scores, bbox_deltas = self.model.roi_head.bbox_head(self.roi_features(feats, rois))
-        return rois, cls_scores, bbox_deltas
 
 
 def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
@@ -223,10 +290,12 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return PoseGraph(model), 'pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         if type(model.roi_head).__name__ != 'StandardRoIHead':
-            raise UnsupportedModelError(f'detector export supports Faster R-CNN (StandardRoIHead without masks), '
-                                        f'got {type(model.roi_head).__name__}')
+            raise UnsupportedModelError(f'detector export supports Faster and Mask R-CNN (StandardRoIHead), got '
+                                        f'{type(model.roi_head).__name__}; use --part backbone+neck')
+        if model.roi_head.with_mask:
+            return MaskRCNNGraph(model), 'detection'
         return TwoStageDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead and Faster R-CNN; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, Faster and Mask R-CNN; '
         f'use --part backbone or backbone+neck')

@@ -109,7 +109,10 @@ def _detection(model) -> Dict[str, Any]:
         raise UnsupportedModelError(f'the box head coder {type(coder).__name__} is not supported by the runtime')
     if rcnn.nms.get('type', 'nms') != 'nms' or getattr(head, 'custom_cls_channels', False):
         raise UnsupportedModelError('the runtime supports a softmax box head with plain NMS')
-    return dict(num_classes=int(head.num_classes), reg_class_agnostic=bool(head.reg_class_agnostic),
+    masks = None
+    if getattr(model.roi_head, 'with_mask', False):
+        masks = dict(threshold=float(rcnn.mask_thr_binary))
+    return dict(num_classes=int(head.num_classes), reg_class_agnostic=bool(head.reg_class_agnostic), masks=masks,
                 means=[float(v) for v in coder.means], stds=[float(v) for v in coder.stds],
                 clip_border=bool(getattr(coder, 'clip_border', True)), score_thr=float(rcnn.score_thr),
                 iou_thr=float(rcnn.nms.iou_threshold), class_agnostic=bool(rcnn.nms.get('class_agnostic', False)),

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from .export import MIN_SIZE, ExportError, OnnxReport, Shape, _check_shape, _quiet, prepare, rel_error
-from .graphs import TwoStageDetectorGraph, build_graph
+from .graphs import MaskRCNNGraph, TwoStageDetectorGraph, build_graph
 from .recipe import METADATA_KEY, runtime_recipe
 
 OPSET = 18  # the dynamo exporter's native opset; NMS, TopK and RoiAlign are exported as ONNX operators
@@ -113,6 +113,24 @@ def compare_detector(graph: TwoStageDetectorGraph, args: Tuple[torch.Tensor, ...
             head = graph.box_head(args[0], torch.from_numpy(rois))
         err = max([err] + [rel_error(torch.from_numpy(g), r) for g, r in zip(got[1:], head)])
     return err, unpaired + max(0, len(want) - len(rois))
+
+
+def compare_final_detections(got: Sequence[np.ndarray], ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
+    """A Mask R-CNN check: onnxruntime's final boxes paired with PyTorch's by coordinates (within 0.01 pixels);
+    returns ``(max relative error of the paired boxes, scores and mask logits, unpaired)``. Paired boxes of
+    different labels count as unpaired."""
+    boxes, want = got[0], ref[0].double().numpy()
+    if len(boxes) == 0 or len(want) == 0:
+        return 0.0, max(len(boxes), len(want))
+    dist = np.abs(boxes[:, None, :].astype(np.float64) - want[None]).max(-1)
+    match = dist.argmin(1)
+    paired = (dist[np.arange(len(boxes)), match] < 1e-2) & (got[2] == ref[2].numpy()[match])
+    unpaired = int((~paired).sum()) + max(0, len(want) - len(boxes))
+    if not paired.any():
+        return 0.0, unpaired
+    index = torch.from_numpy(match[paired])
+    err = max(rel_error(torch.from_numpy(got[i][paired]), ref[i][index]) for i in (0, 1, 3))
+    return err, unpaired
 
 
 def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = (1, 3, 224, 224),
@@ -201,13 +219,16 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
         got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
         unpaired = 0
-        if two_stage:
+        if isinstance(graph, MaskRCNNGraph):
+            err, unpaired = compare_final_detections(got, ref)
+        elif two_stage:
             err, unpaired = compare_detector(graph, args, got, ref)
         else:
             err = max(rel_error(torch.from_numpy(g), r) for g, r in zip(got, ref))
         report.errors[shape] = err
         size = 'x'.join(map(str, shape))
-        extra = f', {unpaired} of {len(ref[0])} proposals unpaired' if two_stage else ''
+        kind = 'detections' if isinstance(graph, MaskRCNNGraph) else 'proposals'
+        extra = f', {unpaired} of {len(ref[0])} {kind} unpaired' if two_stage else ''
         say(f'check {size}: onnxruntime vs PyTorch max relative error {err:.2e}{extra}')
         if err > tolerance or unpaired > UNPAIRED_LIMIT * max(len(ref[0]), 1):
             failures.append(f'{size}: {err:.2e}{extra}')
@@ -226,4 +247,5 @@ def read_recipe(path: str) -> Dict:
     raise ExportError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by export_model')
 
 
-__all__ = ['export_model', 'read_recipe', 'compare_detector', 'OPSET', 'MIN_SIZE', 'UNPAIRED_LIMIT']
+__all__ = ['export_model', 'read_recipe', 'compare_detector', 'compare_final_detections', 'OPSET', 'MIN_SIZE',
+           'UNPAIRED_LIMIT']

@@ -113,6 +113,21 @@ def test_nms_equals_torchvision_and_mmcv(iou):
     assert np.array_equal(B.batched_nms(boxes.numpy(), scores.numpy(), labels.numpy(), iou), keep.numpy())
 
 
+def test_mask_pasting_equals_mmdet():
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    g = torch.Generator().manual_seed(2)
+    probs = torch.rand(6, 1, 28, 28, generator=g)
+    boxes = torch.tensor([[10.3, 5.2, 60.7, 80.1], [0, 0, 120, 90], [-5, -3, 30, 20], [100.5, 70.2, 130, 95],
+                          [40, 40, 40.5, 41], [50, 20, 50, 30]])  # partly outside, tiny, zero width
+    got = B.paste_masks(probs[:, 0].numpy(), boxes.numpy(), 90, 120, 0.5)
+    for i in range(len(boxes)):
+        chunk, (ys, xs) = _do_paste_mask(probs[i:i + 1], boxes[i:i + 1], 90, 120, skip_empty=True)
+        want = np.zeros((90, 120), dtype=bool)
+        want[ys, xs] = (chunk[0] >= 0.5).numpy()
+        assert np.array_equal(got[i], want), i
+
+
 def test_person_nms_equals_mmpose():
     from mmpose.evaluation.functional import nms
 

@@ -26,6 +26,7 @@ POSE = os.path.join(DEMO, 'td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py')
 FCN = os.path.join(DEMO, 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
 OCR = os.path.join(DEMO, 'ocrnet_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
 CLS = os.path.join(DEMO, 'hrnet-tiny_1xb8-6e_demo-imagenet.py')
+MASK = os.path.join(DEMO, 'mask-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py')
 CLI = os.path.join(ROOT, 'tools', 'deploy', 'export_onnx.py')
 
 
@@ -44,7 +45,7 @@ def _export(config: str, tmp_path, shape, seed: int = 0, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         model = randomize_(get_model(config, pretrained=False), seed=seed).eval()
-    if config == DET:  # moderate logits and deltas: saturated scores would tie, and ties make NMS arbitrary
+    if config in (DET, MASK):  # moderate logits and deltas: saturated scores would tie, and ties make NMS arbitrary
         head = model.roi_head.bbox_head
         with torch.no_grad():
             for conv in (model.rpn_head.rpn_cls, model.rpn_head.rpn_reg, head.fc_cls, head.fc_reg):
@@ -54,7 +55,7 @@ def _export(config: str, tmp_path, shape, seed: int = 0, **kwargs):
     meta = getattr(model, 'dataset_meta', None)
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': meta} if meta else {}}, ckpt)
     path = str(tmp_path / 'model.onnx')
-    exporter = 'dynamo' if config == DET else 'torchscript'  # the quicker one where it can
+    exporter = 'dynamo' if config in (DET, MASK) else 'torchscript'  # the quicker one where it can
     export_model(model, model.cfg, path, shape, exporter=exporter, config_name=os.path.basename(config), **kwargs)
     return ckpt, path
 
@@ -133,6 +134,27 @@ def test_detector_equals_mmdet(detector_export):
     assert found > 0
 
 
+def test_mask_rcnn_equals_mmdet(tmp_path):
+    ckpt, path = _export(MASK, tmp_path, (1, 3, 128, 160))
+    detector = rt.load(path)
+    assert detector.recipe['detection']['masks'] == dict(threshold=0.5)
+    inferencer = get_inferencer(MASK, ckpt)
+    for seed, (h, w) in enumerate([(128, 160), (200, 150), (97, 203)]):
+        img = _scene(h, w, seed)
+        (sample, ) = inferencer(img, return_datasamples=True, no_save_vis=True, no_save_pred=True)['predictions']
+        ref = sample.pred_instances
+        got = detector(img)
+        assert len(got['bboxes']) == len(ref.bboxes) > 0 and got['masks'].shape == (len(ref.bboxes), h, w)
+        # pairs by coordinates: two detections of near-equal scores may come in either order
+        dist = np.abs(got['bboxes'][:, None] - ref.bboxes.numpy()[None]).max(-1)
+        match = dist.argmin(1)
+        assert dist.min(1).max() < 1e-2 and len(set(match)) == len(match)
+        assert np.array_equal(got['labels'], ref.labels.numpy()[match])
+        assert np.abs(got['scores'] - ref.scores.numpy()[match]).max() < 1e-4
+        # mask probabilities within onnxruntime's error of the 0.5 threshold may land on either side
+        assert (got['masks'] == ref.masks.numpy()[match]).mean() > 0.999
+
+
 def test_top_down_pipeline_matches_mmpose_with_detector(tmp_path, detector_export):
     det_ckpt, det_path = detector_export
     pose_ckpt, pose_path = _export(POSE, tmp_path, (1, 3, 128, 96), seed=1)
@@ -173,8 +195,9 @@ def test_unsupported_models_are_refused(tmp_path):
     model = get_model(os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), pretrained=False)
     with pytest.raises(UnsupportedModelError, match='no whole-model export for BottomupPoseEstimator'):
         export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
-    model = get_model(os.path.join(DEMO, 'mask-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py'), pretrained=False)
-    with pytest.raises(UnsupportedModelError, match='Faster R-CNN'):
+    model = get_model(os.path.join(ROOT, 'configs', 'detection', 'cascade-rcnn_hrnetv2p-w18-20e_coco.py'),
+                      pretrained=False)
+    with pytest.raises(UnsupportedModelError, match='Faster and Mask R-CNN'):
         export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
     assert not os.listdir(tmp_path)
 
