@@ -104,19 +104,64 @@ class Model:
 
 
 class Detector(Model):
-    """Faster and Mask R-CNN: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2, scores=(N,), labels=(N,))``
-    after mmdet's post-processing (softmax, delta decoding, rescaling, per-class NMS, ``max_per_img``), highest
-    score first; with ``masks=(N, H, W)`` bool for Mask R-CNN (whose graph ends with the NMS and the mask head:
-    the runtime rescales the boxes and pastes the masks)."""
+    """Faster R-CNN, Mask R-CNN and FCOS: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2, scores=(N,),
+    labels=(N,))`` after mmdet's post-processing (softmax or sigmoid scores, box decoding, rescaling, per-class
+    NMS, ``max_per_img``), highest score first; with ``masks=(N, H, W)`` bool for Mask R-CNN (whose graph ends
+    with the NMS and the mask head: the runtime rescales the boxes and pastes the masks)."""
 
     task = 'detection'
 
     def __call__(self, img: np.ndarray) -> Dict[str, np.ndarray]:
         x, meta = self.preprocess(img)
+        if self.recipe['detection'].get('dense'):
+            return self.postprocess_dense(self.run(x), meta)
         outputs = self.run(x, np.asarray(meta['img_shape'], np.float32))
         if self.recipe['detection'].get('masks'):
             return self.postprocess_masks(*outputs, meta)
         return self.postprocess(*outputs, meta)
+
+    def postprocess_dense(self, outputs: List[np.ndarray], meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        """mmdet's ``BaseDenseHead.predict_by_feat`` for FCOS: per level the scores above ``score_thr``, the top
+        ``nms_pre`` of them, their distances decoded around the level's points and clipped; then rescaled,
+        multiplied by the centerness, size-filtered and NMS-ed per class."""
+        cfg = self.recipe['detection']
+        dense = cfg['dense']
+        levels = len(dense['strides'])
+        cls_maps, reg_maps, ctr_maps = outputs[:levels], outputs[levels:2 * levels], outputs[2 * levels:]
+        boxes, scores, labels, factors = [], [], [], []
+        for (sw, sh), cls, reg, ctr in zip(dense['strides'], cls_maps, reg_maps, ctr_maps):
+            _, classes, h, w = cls.shape
+            xs = (np.arange(w, dtype=np.float32) + np.float32(dense['offset'])) * np.float32(sw)
+            ys = (np.arange(h, dtype=np.float32) + np.float32(dense['offset'])) * np.float32(sh)
+            points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+            s = _sigmoid(cls[0].transpose(1, 2, 0).reshape(-1, classes))
+            valid = np.argwhere(s > cfg['score_thr'])  # (point, class) pairs, row-major as torch.nonzero
+            top = np.argsort(-s[valid[:, 0], valid[:, 1]], kind='stable')
+            if dense['nms_pre'] > 0:
+                top = top[:dense['nms_pre']]
+            keep, label = valid[top, 0], valid[top, 1]
+            dist = reg[0].transpose(1, 2, 0).reshape(-1, 4)[keep].astype(np.float32)
+            p = points[keep]
+            box = np.stack([p[:, 0] - dist[:, 0], p[:, 1] - dist[:, 1], p[:, 0] + dist[:, 2], p[:, 1] + dist[:, 3]], 1)
+            if cfg['clip_border']:
+                ih, iw = meta['img_shape']
+                box[:, 0::2] = np.clip(box[:, 0::2], 0, iw)
+                box[:, 1::2] = np.clip(box[:, 1::2], 0, ih)
+            boxes.append(box)
+            scores.append(s[keep, label])
+            labels.append(label)
+            factors.append(_sigmoid(ctr[0].reshape(-1))[keep])
+        boxes, scores = np.concatenate(boxes), np.concatenate(scores) * np.concatenate(factors)
+        labels = np.concatenate(labels)
+        sw, sh = meta['scale_factor']
+        boxes = boxes * np.array([1 / sw, 1 / sh, 1 / sw, 1 / sh], dtype=np.float32)
+        if dense['min_bbox_size'] >= 0:
+            ok = ((boxes[:, 2] - boxes[:, 0]) > dense['min_bbox_size']) & \
+                ((boxes[:, 3] - boxes[:, 1]) > dense['min_bbox_size'])
+            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+        keep = batched_nms(boxes, scores, labels, cfg['iou_thr'], cfg['class_agnostic'])[:cfg['max_per_img']]
+        return dict(bboxes=boxes[keep].astype(np.float32), scores=scores[keep].astype(np.float32),
+                    labels=labels[keep].astype(np.int64))
 
     def postprocess_masks(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray,
                           meta: Dict[str, Any]) -> Dict[str, np.ndarray]:

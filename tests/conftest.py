@@ -30,7 +30,7 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     networks whose every weight matters (a fresh BN is the identity and would hide a wrong path)."""
     g = torch.Generator().manual_seed(seed)
     for name, t in sorted(module.state_dict(keep_vars=True).items()):
-        if not t.is_floating_point():
+        if not t.is_floating_point() or t.dim() == 0:  # counters; the 0-dim scales of mmdet's heads stay 1
             continue
         if name.endswith('running_var'):
             t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)

@@ -18,6 +18,7 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   ``aligned=True`` and ``sampling_ratio=0`` give the same features, the same NMS keeps the same boxes).
   Outputs ``rois`` ``(R, 4)`` (proposals, input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits)
   and ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic).
+* :class:`DenseDetectorGraph` (FCOS): each pyramid level's class, distance and centerness maps.
 * :class:`MaskRCNNGraph` (the same with a mask head): the mask head needs the final boxes, so mmdet's box
   post-processing (per-class NMS included) runs in the graph; outputs ``boxes`` ``(N, 4)``, ``scores``,
   ``labels`` and ``mask_logits`` ``(N, 28, 28)``, the mask of each box's class.
@@ -75,6 +76,28 @@ class PoseGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, None, mode='tensor')
+
+
+class DenseDetectorGraph(nn.Module):
+    """mmdet FCOS: ``(N, 3, H, W)`` image -> per pyramid level ``cls_scores{i}`` ``(N, classes, h, w)`` (logits),
+    ``bbox_preds{i}`` ``(N, 4, h, w)`` (distances to the box sides in input pixels) and ``centerness{i}``
+    ``(N, 1, h, w)`` (logits): the head's maps before mmdet's ``predict_by_feat``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        head = model.bbox_head
+        if type(head).__name__ != 'FCOSHead' or type(head.bbox_coder).__name__ != 'DistancePointBBoxCoder':
+            raise UnsupportedModelError(f'single-stage export supports FCOSHead, got {type(head).__name__}')
+        if not head.use_sigmoid_cls or model.test_cfg.nms.get('type', 'nms') != 'nms':
+            raise UnsupportedModelError('single-stage export supports sigmoid scores with plain NMS')
+        self.model = model
+        levels = len(head.prior_generator.strides)
+        self.output_names = tuple(f'{name}{i}' for name in ('cls_scores', 'bbox_preds', 'centerness')
+                                  for i in range(levels))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        cls_scores, bbox_preds, centerness = self.model(x, mode='tensor')
+        return (*cls_scores, *bbox_preds, *centerness)
 
 
 def _nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
@@ -295,7 +318,9 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         if model.roi_head.with_mask:
             return MaskRCNNGraph(model), 'detection'
         return TwoStageDetectorGraph(model), 'detection'
+    if module.startswith('mmdet') and hasattr(model, 'bbox_head'):
+        return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, Faster and Mask R-CNN; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, Faster and Mask R-CNN, FCOS; '
         f'use --part backbone or backbone+neck')

@@ -102,6 +102,15 @@ def _pipeline(cfg) -> List[dict]:
 
 
 def _detection(model) -> Dict[str, Any]:
+    if not hasattr(model, 'roi_head'):  # FCOS: the dense head's maps are decoded by the runtime
+        head, cfg = model.bbox_head, model.test_cfg
+        strides = [list(s) if isinstance(s, (list, tuple)) else [s, s] for s in head.prior_generator.strides]
+        return dict(num_classes=int(head.num_classes), score_thr=float(cfg.get('score_thr', 0)),
+                    iou_thr=float(cfg.nms.iou_threshold), class_agnostic=bool(cfg.nms.get('class_agnostic', False)),
+                    max_per_img=int(cfg.max_per_img), clip_border=bool(getattr(head.bbox_coder, 'clip_border', True)),
+                    dense=dict(strides=strides, offset=float(head.prior_generator.offset),
+                               nms_pre=int(cfg.get('nms_pre', -1)), min_bbox_size=float(cfg.get('min_bbox_size', -1)),
+                               centerness=True))
     rcnn = model.test_cfg.rcnn
     head = model.roi_head.bbox_head
     coder = head.bbox_coder
@@ -148,7 +157,8 @@ def _pose(model) -> Dict[str, Any]:
 
 def _class_count(model, task: str) -> int:
     if task == 'detection':
-        return int(model.roi_head.bbox_head.num_classes)
+        head = model.roi_head.bbox_head if hasattr(model, 'roi_head') else model.bbox_head
+        return int(head.num_classes)
     if task == 'segmentation':
         head = model.decode_head[-1] if isinstance(model.decode_head, nn.ModuleList) else model.decode_head
         return int(head.num_classes)

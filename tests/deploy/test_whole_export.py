@@ -155,6 +155,51 @@ def test_mask_rcnn_equals_mmdet(tmp_path):
         assert (got['masks'] == ref.masks.numpy()[match]).mean() > 0.999
 
 
+FCOS_TINY = '''
+_base_ = {base!r}
+arch = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(16, )),
+    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=(8, 16)),
+    stage3=dict(num_modules=1, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=(8, 16, 32)),
+    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1), num_channels=(8, 16, 32, 64)))
+model = dict(
+    backbone=dict(_delete_=True, type='hrnet_mm.HRNet', arch=arch),
+    neck=dict(_delete_=True, type='hrnet_mm.HRNetV2pNeck', in_channels=[8, 16, 32, 64], out_channels=32),
+    bbox_head=dict(in_channels=32, feat_channels=32, stacked_convs=1, num_classes=3))
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(320, 160), keep_ratio=True),
+                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline, metainfo=dict(classes=('a', 'b', 'c'))))
+'''
+
+
+def test_fcos_equals_mmdet(tmp_path):
+    """The zoo's FCOS recipe (HRNetV2p, GN head) narrowed to the demo widths, at demo image sizes."""
+    config = tmp_path / 'fcos_tiny.py'
+    config.write_text(FCOS_TINY.format(base=os.path.join(ROOT, 'configs', 'detection',
+                                                         'fcos_hrnetv2p-w18-gn-head_4xb4-1x_coco.py')))
+    model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
+    head = model.bbox_head
+    with torch.no_grad():  # moderate logits: saturated scores would tie
+        for conv in (head.conv_cls, head.conv_reg, head.conv_centerness):
+            conv.weight.mul_(0.1)
+            conv.bias.zero_()
+    ckpt, path = str(tmp_path / 'fcos.pth'), str(tmp_path / 'fcos.onnx')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': dict(classes=('a', 'b', 'c'))}}, ckpt)
+    export_model(model, model.cfg, path, (1, 3, 160, 224), check_shapes=[(2, 3, 96, 128)], exporter='torchscript')
+    detector = rt.load(path)
+    assert detector.recipe['classes'] == ['a', 'b', 'c'] and detector.recipe['detection']['dense']['nms_pre'] == 1000
+    inferencer = get_inferencer(str(config), ckpt)
+    for seed, (h, w) in enumerate([(160, 320), (200, 150), (97, 203)]):
+        img = _scene(h, w, seed)
+        (sample, ) = inferencer(img, return_datasamples=True, no_save_vis=True, no_save_pred=True)['predictions']
+        ref = sample.pred_instances
+        got = detector(img)
+        assert len(got['bboxes']) == len(ref.bboxes) > 0
+        assert np.abs(got['bboxes'] - ref.bboxes.numpy()).max() < 1e-2
+        assert np.abs(got['scores'] - ref.scores.numpy()).max() < 1e-5
+        assert np.array_equal(got['labels'], ref.labels.numpy())
+
+
 def test_top_down_pipeline_matches_mmpose_with_detector(tmp_path, detector_export):
     det_ckpt, det_path = detector_export
     pose_ckpt, pose_path = _export(POSE, tmp_path, (1, 3, 128, 96), seed=1)
