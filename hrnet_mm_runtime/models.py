@@ -104,10 +104,11 @@ class Model:
 
 
 class Detector(Model):
-    """Faster R-CNN, Mask R-CNN and FCOS: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2, scores=(N,),
-    labels=(N,))`` after mmdet's post-processing (softmax or sigmoid scores, box decoding, rescaling, per-class
-    NMS, ``max_per_img``), highest score first; with ``masks=(N, H, W)`` bool for Mask R-CNN (whose graph ends
-    with the NMS and the mask head: the runtime rescales the boxes and pastes the masks)."""
+    """Faster R-CNN, Mask R-CNN, their cascades and FCOS: ``detector(img)`` -> ``dict(bboxes=(N, 4) x1 y1 x2 y2,
+    scores=(N,), labels=(N,))`` after mmdet's post-processing (softmax or sigmoid scores, box decoding,
+    rescaling, per-class NMS, ``max_per_img``), highest score first; with ``masks=(N, H, W)`` bool for (Cascade)
+    Mask R-CNN, whose graph ends with the NMS and the mask heads: the runtime rescales the boxes and pastes the
+    masks."""
 
     task = 'detection'
 
@@ -118,7 +119,7 @@ class Detector(Model):
         outputs = self.run(x, np.asarray(meta['img_shape'], np.float32))
         if self.recipe['detection'].get('masks'):
             return self.postprocess_masks(*outputs, meta)
-        return self.postprocess(*outputs, meta)
+        return self.postprocess(*outputs[:3], meta)  # the fourth output holds the proposals
 
     def postprocess_dense(self, outputs: List[np.ndarray], meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
         """mmdet's ``BaseDenseHead.predict_by_feat`` for FCOS: per level the scores above ``score_thr``, the top
@@ -165,11 +166,12 @@ class Detector(Model):
 
     def postprocess_masks(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, mask_logits: np.ndarray,
                           meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
-        """mmdet's ``FCNMaskHead.predict_by_feat``: boxes divided by the scale factor, mask probabilities pasted
-        into the original image and thresholded."""
+        """mmdet's ``FCNMaskHead.predict_by_feat``: boxes divided by the scale factor, mask probabilities (the
+        mean over a cascade's mask heads) pasted into the original image and thresholded."""
         sw, sh = meta['scale_factor']
         boxes = boxes / np.array([sw, sh, sw, sh], dtype=np.float32)
-        probs = _sigmoid(mask_logits)
+        probs = _sigmoid(mask_logits)  # (N, S, m, m): a cascade's S stages are averaged, as mmdet merges them
+        probs = probs[:, 0] if probs.shape[1] == 1 else probs.sum(axis=1) / np.float32(probs.shape[1])
         h, w = meta['ori_shape']
         masks = paste_masks(probs, boxes, h, w, self.recipe['detection']['masks']['threshold'])
         return dict(bboxes=boxes.astype(np.float32), scores=scores.astype(np.float32), labels=labels.astype(np.int64),

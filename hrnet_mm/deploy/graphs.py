@@ -16,15 +16,17 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   clipped to ``img_shape``, the ``min_bbox_size`` filter, NMS per level, ``max_per_img``) and the RoI box
   head on the proposals' RoIAlign features, with torchvision's ``nms`` and ``roi_align`` (equal to mmcv's:
   ``aligned=True`` and ``sampling_ratio=0`` give the same features, the same NMS keeps the same boxes).
-  Outputs ``rois`` ``(R, 4)`` (proposals, input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits)
-  and ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic).
+  Outputs ``rois`` ``(R, 4)`` (input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits),
+  ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic) and the ``proposals``. Cascade
+  R-CNN's stages run in the graph too.
 * :class:`DenseDetectorGraph` (FCOS): each pyramid level's class, distance and centerness maps.
-* :class:`MaskRCNNGraph` (the same with a mask head): the mask head needs the final boxes, so mmdet's box
+* :class:`MaskRCNNGraph` (the same with mask heads): the mask head needs the final boxes, so mmdet's box
   post-processing (per-class NMS included) runs in the graph; outputs ``boxes`` ``(N, 4)``, ``scores``,
-  ``labels`` and ``mask_logits`` ``(N, 28, 28)``, the mask of each box's class.
+  ``labels`` and ``mask_logits`` ``(N, S, 28, 28)``, each mask head's logits of the box's class.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Tuple
 
 import torch
@@ -123,15 +125,31 @@ def _decode_deltas(priors: torch.Tensor, deltas: torch.Tensor, means: torch.Tens
     return torch.minimum(boxes.clamp(min=0), limit)
 
 
+def _box_coder(head: nn.Module, what: str) -> Tuple[List[float], List[float]]:
+    coder = head.bbox_coder
+    if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False) or \
+            not getattr(coder, 'clip_border', True):
+        raise UnsupportedModelError(f'{what} export supports DeltaXYWHBBoxCoder (clipped, no centre clamp), got '
+                                    f'{type(coder).__name__}')
+    if getattr(head, 'custom_cls_channels', False) or getattr(head, 'custom_activation', False):
+        raise UnsupportedModelError(f'{what} export supports softmax box heads')
+    return list(coder.means), list(coder.stds)
+
+
 class TwoStageDetectorGraph(nn.Module):
     """mmdet two-stage detector (one image): ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` ->
-    ``rois`` ``(R, 4)``, ``cls_scores`` ``(R, num_classes + 1)``, ``bbox_deltas`` ``(R, 4 * num_classes)``.
+    ``rois`` ``(R, 4)``, ``cls_scores`` ``(R, num_classes + 1)``, ``bbox_deltas`` ``(R, 4 * num_classes)`` (or
+    ``(R, 4)`` class-agnostic), and ``proposals`` ``(R, 4)``.
+
+    A Cascade R-CNN runs its stages as mmdet's ``CascadeRoIHead`` does: after each stage but the last the RoIs
+    move by the stage's deltas of their top class; ``rois`` are the last stage's RoIs, ``cls_scores`` the mean
+    of every stage's logits, ``bbox_deltas`` the last stage's. For Faster R-CNN ``rois`` are the proposals.
 
     Raises:
         UnsupportedModelError: An RPN or RoI head this graph does not reproduce.
     """
 
-    output_names = ('rois', 'cls_scores', 'bbox_deltas')
+    output_names = ('rois', 'cls_scores', 'bbox_deltas', 'proposals')
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -143,13 +161,11 @@ class TwoStageDetectorGraph(nn.Module):
                                         f'{type(rpn).__name__}')
         if cfg.nms.get('type', 'nms') != 'nms' or not rpn.use_sigmoid_cls:
             raise UnsupportedModelError('two-stage export supports a sigmoid RPN with plain NMS')
-        if type(roi).__name__ != 'StandardRoIHead':
-            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead (Faster and Mask R-CNN), got '
+        if type(roi).__name__ not in ('StandardRoIHead', 'CascadeRoIHead'):
+            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead and CascadeRoIHead, got '
                                         f'{type(roi).__name__}')
         if getattr(roi, 'with_shared_head', False):
             raise UnsupportedModelError('two-stage export does not support a shared RoI head')
-        extractor = roi.bbox_roi_extractor
-        self.box_pooling = _RoIPooling(extractor)
         coder = rpn.bbox_coder
         if getattr(coder, 'add_ctr_clamp', False) or not getattr(coder, 'clip_border', True):
             raise UnsupportedModelError('two-stage export supports the RPN box coder without centre clamping')
@@ -159,8 +175,17 @@ class TwoStageDetectorGraph(nn.Module):
         self.max_proposals = int(cfg.max_per_img)
         self.register_buffer('means', torch.tensor(coder.means, dtype=torch.float32), persistent=False)
         self.register_buffer('stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
-        import math
         self.max_ratio = abs(math.log(16 / 1000))  # DeltaXYWHBBoxCoder.decode's default wh_ratio_clip
+        cascade = type(roi).__name__ == 'CascadeRoIHead'
+        self.box_heads = list(roi.bbox_head) if cascade else [roi.bbox_head]  # plain lists: no double registration
+        extractors = list(roi.bbox_roi_extractor) if cascade else [roi.bbox_roi_extractor]
+        self.box_pooling = nn.ModuleList(_RoIPooling(e) for e in extractors)
+        self.stage_means, self.stage_stds, self.stage_agnostic = [], [], []
+        for stage, head in enumerate(self.box_heads):
+            means, stds = _box_coder(head, 'two-stage')
+            self.register_buffer(f'stage{stage}_means', torch.tensor(means, dtype=torch.float32), persistent=False)
+            self.register_buffer(f'stage{stage}_stds', torch.tensor(stds, dtype=torch.float32), persistent=False)
+            self.stage_agnostic.append(bool(head.reg_class_agnostic))
 
     def proposals(self, feats: List[torch.Tensor], img_shape: torch.Tensor) -> torch.Tensor:
         """mmdet's ``RPNHead.predict_by_feat`` for one image: ``(P, 4)`` proposals by decreasing score."""
@@ -184,56 +209,73 @@ class TwoStageDetectorGraph(nn.Module):
         keep = _nms_per_group(boxes, scores, levels, self.rpn_iou)[:self.max_proposals]
         return boxes[keep]
 
-    def box_head(self, x: torch.Tensor, rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The RoI box head's ``(cls_scores, bbox_deltas)`` for given ``(R, 4)`` proposals of the image."""
-        return self.model.roi_head.bbox_head(self.box_pooling(list(self.model.extract_feat(x)), rois))
+    def roi_stages(self, feats: List[torch.Tensor], proposals: torch.Tensor,
+                   img_shape: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The RoI box head (every stage of a cascade) on ``(R, 4)`` proposals: ``(rois, cls_scores,
+        bbox_deltas)`` as :meth:`forward` returns them."""
+        rois, total = proposals, None
+        stages = len(self.box_heads)
+        for stage, (head, pooling) in enumerate(zip(self.box_heads, self.box_pooling)):
+            cls, deltas = head(pooling(feats, rois))
+            total = cls if total is None else total + cls
+            if stage < stages - 1:
+                d = deltas
+                if not self.stage_agnostic[stage]:
+                    label = cls[:, :-1].argmax(dim=1)
+                    d = deltas.reshape(deltas.shape[0], -1, 4).gather(1, label[:, None, None].expand(-1, 1, 4))[:, 0]
+                rois = _decode_deltas(rois, d, getattr(self, f'stage{stage}_means'),
+                                      getattr(self, f'stage{stage}_stds'), self.max_ratio, img_shape)
+        return rois, (total / float(stages) if stages > 1 else total), deltas
+
+    def box_head(self, x: torch.Tensor, proposals: torch.Tensor,
+                 img_shape: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`roi_stages` of an image on given proposals (the export check's PyTorch side)."""
+        return self.roi_stages(list(self.model.extract_feat(x)), proposals, img_shape)
 
     def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = list(self.model.extract_feat(x))
-        rois = self.proposals(feats, img_shape)
-        cls_scores, bbox_deltas = self.model.roi_head.bbox_head(self.box_pooling(feats, rois))
-        return rois, cls_scores, bbox_deltas
+        proposals = self.proposals(feats, img_shape)
+        rois, cls_scores, bbox_deltas = self.roi_stages(feats, proposals, img_shape)
+        return rois, cls_scores, bbox_deltas, proposals
 
 
 class MaskRCNNGraph(TwoStageDetectorGraph):
-    """mmdet Mask R-CNN (one image): the two-stage graph, then mmdet's box post-processing in the graph
-    (softmax, class-wise delta decoding clipped to ``img_shape``, the score threshold, per-class NMS,
-    ``max_per_img``; in the resized image's pixels, as mmdet does before the mask head) and the mask head on the
-    kept boxes. Outputs ``boxes`` ``(N, 4)``, ``scores`` ``(N,)``, ``labels`` ``(N,)`` and ``mask_logits``
-    ``(N, m, m)`` of each box's class."""
+    """mmdet Mask R-CNN and Cascade Mask R-CNN (one image): the two-stage graph, then mmdet's box
+    post-processing in the graph (softmax, delta decoding clipped to ``img_shape``, the score threshold,
+    per-class NMS, ``max_per_img``; in the resized image's pixels, as mmdet does before the mask head) and the
+    mask head on the kept boxes (every stage's mask head of a cascade). Outputs ``boxes`` ``(N, 4)``, ``scores``
+    ``(N,)``, ``labels`` ``(N,)`` and ``mask_logits`` ``(N, S, m, m)``: each mask head's logits of the box's class
+    (S = 1, or the cascade's stages, whose probabilities mmdet averages)."""
 
     output_names = ('boxes', 'scores', 'labels', 'mask_logits')
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        roi = model.roi_head
-        head, cfg = roi.bbox_head, model.test_cfg.rcnn
-        coder = head.bbox_coder
-        if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False):
-            raise UnsupportedModelError(f'Mask R-CNN export supports DeltaXYWHBBoxCoder, got {type(coder).__name__}')
-        if cfg.nms.get('type', 'nms') != 'nms' or getattr(head, 'custom_cls_channels', False):
-            raise UnsupportedModelError('Mask R-CNN export supports a softmax box head with plain NMS')
+        roi, cfg = model.roi_head, model.test_cfg.rcnn
+        head = self.box_heads[-1]
+        if cfg.nms.get('type', 'nms') != 'nms':
+            raise UnsupportedModelError('Mask R-CNN export supports plain NMS')
         if roi.share_roi_extractor:
             raise UnsupportedModelError('Mask R-CNN export needs its own mask RoI extractor')
-        self.mask_pooling = _RoIPooling(roi.mask_roi_extractor)
+        cascade = type(roi).__name__ == 'CascadeRoIHead'
+        self.mask_heads = list(roi.mask_head) if cascade else [roi.mask_head]
+        extractors = list(roi.mask_roi_extractor) if cascade else [roi.mask_roi_extractor]
+        self.mask_pooling = nn.ModuleList(_RoIPooling(e) for e in extractors)
         self.num_classes = int(head.num_classes)
-        self.agnostic_reg = bool(head.reg_class_agnostic)
         self.score_thr = float(cfg.score_thr)
         self.iou = float(cfg.nms.iou_threshold)
         self.class_agnostic_nms = bool(cfg.nms.get('class_agnostic', False))
         self.max_per_img = int(cfg.max_per_img)
-        self.register_buffer('box_means', torch.tensor(coder.means, dtype=torch.float32), persistent=False)
-        self.register_buffer('box_stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
-        self.mask_agnostic = bool(roi.mask_head.class_agnostic)
 
     def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = list(self.model.extract_feat(x))
-        rois = self.proposals(feats, img_shape)
-        cls_scores, deltas = self.model.roi_head.bbox_head(self.box_pooling(feats, rois))
+        rois, cls_scores, deltas = self.roi_stages(feats, self.proposals(feats, img_shape), img_shape)
+        last = len(self.box_heads) - 1
         scores = cls_scores.softmax(-1)[:, :-1]
-        per_class = 1 if self.agnostic_reg else self.num_classes
-        boxes = _decode_deltas(rois.repeat_interleave(per_class, dim=0), deltas.reshape(-1, 4), self.box_means,
-                               self.box_stds, self.max_ratio, img_shape)
+        per_class = 1 if self.stage_agnostic[-1] else self.num_classes
+        boxes = _decode_deltas(rois.repeat_interleave(per_class, dim=0), deltas.reshape(-1, 4),
+                               getattr(self, f'stage{last}_means'), getattr(self, f'stage{last}_stds'),
+                               self.max_ratio, img_shape)
         boxes = boxes.reshape(-1, per_class, 4).expand(-1, self.num_classes, 4).reshape(-1, 4)
         labels = torch.arange(self.num_classes, device=x.device).repeat(rois.shape[0])
         scores = scores.reshape(-1)
@@ -242,12 +284,13 @@ class MaskRCNNGraph(TwoStageDetectorGraph):
         groups = torch.zeros_like(labels) if self.class_agnostic_nms else labels
         keep = _nms_per_group(boxes, scores, groups, self.iou)[:self.max_per_img]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        masks = self.model.roi_head.mask_head(self.mask_pooling(feats, boxes))
-        if self.mask_agnostic:
-            masks = masks[:, 0]
-        else:
-            masks = masks.gather(1, labels[:, None, None, None].expand(-1, 1, *masks.shape[2:]))[:, 0]
-        return boxes, scores, labels, masks
+        logits = []
+        for head, pooling in zip(self.mask_heads, self.mask_pooling):
+            masks = head(pooling(feats, boxes))
+            if not head.class_agnostic:
+                masks = masks.gather(1, labels[:, None, None, None].expand(-1, 1, *masks.shape[2:]))
+            logits.append(masks[:, :1])
+        return boxes, scores, labels, torch.cat(logits, dim=1)
 
 
 class _RoIPooling(nn.Module):
@@ -312,9 +355,9 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
             raise UnsupportedModelError(f'pose export supports top-down HeatmapHead models, got {head}')
         return PoseGraph(model), 'pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
-        if type(model.roi_head).__name__ != 'StandardRoIHead':
-            raise UnsupportedModelError(f'detector export supports Faster and Mask R-CNN (StandardRoIHead), got '
-                                        f'{type(model.roi_head).__name__}; use --part backbone+neck')
+        if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead'):
+            raise UnsupportedModelError(f'detector export supports Faster, Mask, Cascade and Cascade Mask R-CNN, '
+                                        f'got {type(model.roi_head).__name__}; use --part backbone+neck')
         if model.roi_head.with_mask:
             return MaskRCNNGraph(model), 'detection'
         return TwoStageDetectorGraph(model), 'detection'
@@ -322,5 +365,5 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, Faster and Mask R-CNN, FCOS; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, (Cascade) Faster/Mask R-CNN, FCOS; '
         f'use --part backbone or backbone+neck')

@@ -113,6 +113,7 @@ def _detection(model) -> Dict[str, Any]:
                                centerness=True))
     rcnn = model.test_cfg.rcnn
     head = model.roi_head.bbox_head
+    head = head[-1] if isinstance(head, nn.ModuleList) else head  # a cascade's last stage decodes the boxes
     coder = head.bbox_coder
     if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False):
         raise UnsupportedModelError(f'the box head coder {type(coder).__name__} is not supported by the runtime')
@@ -158,7 +159,7 @@ def _pose(model) -> Dict[str, Any]:
 def _class_count(model, task: str) -> int:
     if task == 'detection':
         head = model.roi_head.bbox_head if hasattr(model, 'roi_head') else model.bbox_head
-        return int(head.num_classes)
+        return int((head[-1] if isinstance(head, nn.ModuleList) else head).num_classes)
     if task == 'segmentation':
         head = model.decode_head[-1] if isinstance(model.decode_head, nn.ModuleList) else model.decode_head
         return int(head.num_classes)

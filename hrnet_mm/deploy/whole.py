@@ -92,27 +92,27 @@ def _session(path: str):
 def compare_detector(graph: TwoStageDetectorGraph, args: Tuple[torch.Tensor, ...], got: Sequence[np.ndarray],
                      ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
     """A detector's check: onnxruntime's proposals paired with PyTorch's by coordinates (within 1e-3 pixels),
-    and PyTorch's box head run on onnxruntime's own proposals.
+    and PyTorch's RoI stages run on onnxruntime's own proposals.
 
     Returns:
-        ``(max relative error, unpaired)``: the error over the paired proposals and over the box head's outputs
-        for every onnxruntime proposal, and the number of onnxruntime proposals without a PyTorch twin.
+        ``(max relative error, unpaired)``: the error over the paired proposals and over the RoI stages'
+        outputs for every onnxruntime proposal, and the number of onnxruntime proposals without a PyTorch twin.
     """
-    rois, want = got[0], ref[0].double().numpy()
-    unpaired = len(rois)
+    proposals, want = got[3], ref[3].double().numpy()
+    unpaired = len(proposals)
     err = 0.0
-    if len(rois) and len(want):
-        dist = np.abs(rois[:, None, :].astype(np.float64) - want[None]).max(-1)
+    if len(proposals) and len(want):
+        dist = np.abs(proposals[:, None, :].astype(np.float64) - want[None]).max(-1)
         match = dist.argmin(1)
-        paired = dist[np.arange(len(rois)), match] < 1e-3
+        paired = dist[np.arange(len(proposals)), match] < 1e-3
         unpaired = int((~paired).sum())
         if paired.any():
-            err = rel_error(torch.from_numpy(rois[paired]), ref[0][torch.from_numpy(match[paired])])
-    if len(rois):
+            err = rel_error(torch.from_numpy(proposals[paired]), ref[3][torch.from_numpy(match[paired])])
+    if len(proposals):
         with torch.no_grad():
-            head = graph.box_head(args[0], torch.from_numpy(rois))
-        err = max([err] + [rel_error(torch.from_numpy(g), r) for g, r in zip(got[1:], head)])
-    return err, unpaired + max(0, len(want) - len(rois))
+            head = graph.box_head(args[0], torch.from_numpy(proposals), args[1])
+        err = max([err] + [rel_error(torch.from_numpy(g), r) for g, r in zip(got[:3], head)])
+    return err, unpaired + max(0, len(want) - len(proposals))
 
 
 def compare_final_detections(got: Sequence[np.ndarray], ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
