@@ -104,10 +104,11 @@ class DenseDetectorGraph(nn.Module):
 
 def _nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
     """Indices kept by NMS within each group, by decreasing score (mmcv's ``batched_nms``: the boxes of each
-    group are shifted apart by ``group * (max coordinate + 1)``, then one NMS runs)."""
+    group are shifted apart by ``group * (max coordinate + 1)``, then one NMS runs). The boxes are clipped to
+    the image, so the largest coordinate is at least 0, which also serves an empty set."""
     from torchvision.ops import nms
 
-    offsets = groups.to(boxes) * (boxes.max() + 1)
+    offsets = groups.to(boxes) * (torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() + 1)
     return nms(boxes + offsets[:, None], scores, iou)
 
 
