@@ -89,9 +89,9 @@ class Model:
         meta = dict(ori_shape=img.shape[:2], scale_factor=(1.0, 1.0))
         for step in self.recipe['preprocess']['steps']:
             if step['type'] == 'resize':
-                img, meta['scale_factor'] = T.resize(img, step['scale'], step['keep_ratio'])
+                img, meta['scale_factor'] = T.resize(img, step['scale'], step['keep_ratio'], step.get('backend', 'cv2'))
             elif step['type'] == 'resize_edge':
-                img, meta['scale_factor'] = T.resize_edge(img, step['scale'], step['edge'])
+                img, meta['scale_factor'] = T.resize_edge(img, step['scale'], step['edge'], step.get('backend', 'cv2'))
             elif step['type'] == 'center_crop':
                 img = T.center_crop(img, step['size'])
             else:
@@ -206,14 +206,36 @@ class Detector(Model):
 class Segmentor(Model):
     """Semantic segmentation: ``segmentor(img)`` -> ``(H, W)`` int64 class map of the image (mmseg's
     ``postprocess_result``: logits cropped to the resized image, resized bilinearly to the original, argmax;
-    one output channel: sigmoid above the head's threshold)."""
+    one output channel: sigmoid above the head's threshold). Sliding-window models run on each window."""
 
     task = 'segmentation'
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         x, meta = self.preprocess(img)
+        if self.recipe['segmentation']['mode'] == 'slide':
+            return self.postprocess(self.slide(x)[0], meta)
         (logits, ) = self.run(x)
         return self.postprocess(logits[0], meta)
+
+    def slide(self, x: np.ndarray) -> np.ndarray:
+        """mmseg's ``slide_inference``: the graph on windows of ``crop_size`` every ``stride`` pixels (the last
+        ones flush with the image), their logits summed and divided by the number of windows over each pixel."""
+        cfg = self.recipe['segmentation']
+        (h_crop, w_crop), (h_stride, w_stride) = cfg['crop_size'], cfg['stride']
+        _, _, h_img, w_img = x.shape
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds, count = None, np.zeros((1, 1, h_img, w_img), dtype=np.float32)
+        for h_idx in range(h_grids):
+            for w_idx in range(w_grids):
+                y2, x2 = min(h_idx * h_stride + h_crop, h_img), min(w_idx * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                (logits, ) = self.run(np.ascontiguousarray(x[:, :, y1:y2, x1:x2]))
+                if preds is None:
+                    preds = np.zeros((1, logits.shape[1], h_img, w_img), dtype=np.float32)
+                preds[:, :, y1:y2, x1:x2] += logits
+                count[:, :, y1:y2, x1:x2] += 1
+        return preds / count
 
     def postprocess(self, logits: np.ndarray, meta: Dict[str, Any]) -> np.ndarray:
         cfg = self.recipe['segmentation']

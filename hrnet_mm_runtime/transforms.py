@@ -1,4 +1,5 @@
-"""Image transforms of the OpenMMLab test pipelines, in NumPy and OpenCV, with the libraries' arithmetic.
+"""Image transforms of the OpenMMLab test pipelines, in NumPy and OpenCV (Pillow for the pipelines that resize
+with it), with the libraries' arithmetic.
 
 Each function reproduces one transform of mmcv/mmdet/mmseg/mmpose/mmpretrain on a ``(H, W, 3)`` ``uint8``
 image (BGR, as OpenCV reads it), so an exported model sees the same input array as the PyTorch model.
@@ -18,23 +19,35 @@ def rescale_size(w: int, h: int, scale: Sequence[int]) -> Tuple[int, int]:
     return int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
 
 
-def resize(img: np.ndarray, scale: Sequence[int], keep_ratio: bool) -> Tuple[np.ndarray, Tuple[float, float]]:
-    """mmcv/mmdet/mmseg ``Resize`` (bilinear, cv2): to ``scale`` ``(w, h)``, or within it keeping the aspect
-    ratio. Returns the image and ``(w_scale, h_scale)``, new size over old."""
+def _resize_to(img: np.ndarray, size: Tuple[int, int], backend: str) -> np.ndarray:
+    """mmcv's ``imresize`` with bilinear interpolation: OpenCV's, or Pillow's (``backend='pillow'``)."""
+    if backend == 'pillow':
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ImportError("this model's test pipeline resizes with Pillow: pip install pillow") from None
+        return np.array(Image.fromarray(img).resize(size, Image.BILINEAR))
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+
+def resize(img: np.ndarray, scale: Sequence[int], keep_ratio: bool,
+           backend: str = 'cv2') -> Tuple[np.ndarray, Tuple[float, float]]:
+    """mmcv/mmdet/mmseg ``Resize`` (bilinear): to ``scale`` ``(w, h)``, or within it keeping the aspect ratio.
+    Returns the image and ``(w_scale, h_scale)``, new size over old."""
     h, w = img.shape[:2]
     size = rescale_size(w, h, scale) if keep_ratio else (int(scale[0]), int(scale[1]))
-    out = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    out = _resize_to(img, size, backend)
     return out, (out.shape[1] / w, out.shape[0] / h)
 
 
-def resize_edge(img: np.ndarray, scale: int, edge: str) -> Tuple[np.ndarray, Tuple[float, float]]:
+def resize_edge(img: np.ndarray, scale: int, edge: str, backend: str = 'cv2') -> Tuple[np.ndarray, Tuple[float, float]]:
     """mmpretrain ``ResizeEdge``: the ``edge`` ('short', 'long', 'width' or 'height') to ``scale`` pixels."""
     h, w = img.shape[:2]
     if (edge == 'short' and w < h) or (edge == 'long' and w > h) or edge == 'width':
         size = (scale, int(scale * h / w))
     else:
         size = (int(scale * w / h), scale)
-    return resize(img, size, keep_ratio=False)
+    return resize(img, size, keep_ratio=False, backend=backend)
 
 
 def center_crop(img: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -133,7 +133,8 @@ def coco_results(prediction: Dict[str, Any], image_id: int, file_name: str, scop
         image_id: The image's id (its 1-based position among the inputs).
         file_name: The image file.
         scope: ``mmdet`` (boxes: ``category_id`` is the class index + 1) or ``mmpose`` (people, ``category_id``
-            1, ``keypoints`` as ``[x, y, score] * K``, ``score`` the mean keypoint score times the box score).
+            1, ``keypoints`` as ``[x, y, score] * K``, ``score`` the mean keypoint score times the box score; a
+            bottom-up model's people have no box: the box around their keypoints, score 1).
     """
     results = []
     if scope == 'mmdet':
@@ -145,7 +146,11 @@ def coco_results(prediction: Dict[str, Any], image_id: int, file_name: str, scop
         for person in prediction:
             kpts, scores = np.asarray(person['keypoints']), np.asarray(person['keypoint_scores'])
             flat = np.concatenate([kpts, scores[:, None]], axis=1).reshape(-1)
-            (x0, y0, x1, y1), box_score = person['bbox'][0], float(np.ravel(person.get('bbox_score', 1.0))[0])
+            if 'bbox' in person:
+                (x0, y0, x1, y1) = person['bbox'][0]
+            else:  # bottom-up models give keypoints only: the box around them
+                (x0, y0), (x1, y1) = kpts.min(axis=0), kpts.max(axis=0)
+            box_score = float(np.ravel(person.get('bbox_score', 1.0))[0])
             results.append(dict(image_id=image_id, file_name=file_name, category_id=1,
                                 keypoints=[round(float(v), 3) for v in flat],
                                 bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],

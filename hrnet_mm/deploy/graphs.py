@@ -5,9 +5,9 @@ exporters trace from the normalised image to the tensors before the task's post-
 PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The graphs:
 
 * :class:`ClassifierGraph` (``ImageClassifier``): ``logits`` ``(N, num_classes)``.
-* :class:`SegmentorGraph` (``EncoderDecoder``, ``CascadeEncoderDecoder``; whole-image inference):
-  ``seg_logits`` ``(N, C, H, W)``, the last decode head's logits resized to the input (as mmseg's
-  ``decode_head.predict`` does before it crops and rescales to the original image).
+* :class:`SegmentorGraph` (``EncoderDecoder``, ``CascadeEncoderDecoder``): ``seg_logits`` ``(N, C, H, W)``,
+  the last decode head's logits resized to the input (as mmseg's ``decode_head.predict`` does before it crops
+  and rescales to the original image). In sliding-window mode the runtime runs the graph on each window.
 * :class:`PoseGraph` (``TopdownPoseEstimator`` with a heatmap head): ``heatmaps`` ``(N, K, h, w)``. The
   flip test is the runtime's: it runs the image and its mirror as one batch.
 * :class:`TwoStageDetectorGraph` (``TwoStageDetector`` with a ``StandardRoIHead`` box head: Faster R-CNN):
@@ -346,9 +346,8 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return ClassifierGraph(model), 'classification'
     if kind in ('EncoderDecoder', 'CascadeEncoderDecoder'):
         mode = model.test_cfg.get('mode', 'whole') if model.test_cfg else 'whole'
-        if mode != 'whole':
-            raise UnsupportedModelError(f"segmentation export needs test_cfg.mode='whole', got {mode!r} "
-                                        f"(set --cfg-options model.test_cfg.mode=whole)")
+        if mode not in ('whole', 'slide'):
+            raise UnsupportedModelError(f"segmentation export supports test_cfg.mode 'whole' and 'slide', got {mode!r}")
         return SegmentorGraph(model), 'segmentation'
     if kind == 'TopdownPoseEstimator':
         head = type(model.head).__name__

@@ -34,13 +34,14 @@ def _size(value: Any) -> List[int]:
     return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
 
 
-def _interp(step: dict) -> str:
+def _backend(step: dict) -> str:
+    """The resize backend of a step (bilinear interpolation only: what the runtime reproduces)."""
     mode = step.get('interpolation', 'bilinear')
-    backend = step.get('backend', 'cv2')
-    if mode != 'bilinear' or backend != 'cv2':
+    backend = step.get('backend', 'cv2') or 'cv2'
+    if mode != 'bilinear' or backend not in ('cv2', 'pillow'):
         raise UnsupportedModelError(f'{_short(step["type"])} with interpolation={mode!r}, backend={backend!r}: the '
-                                    f'runtime reproduces bilinear cv2 resizing only')
-    return mode
+                                    f'runtime reproduces bilinear cv2 and Pillow resizing only')
+    return backend
 
 
 def _steps(pipeline: List[dict]) -> List[Dict[str, Any]]:
@@ -51,13 +52,14 @@ def _steps(pipeline: List[dict]) -> List[Dict[str, Any]]:
         if kind in _PASS:
             continue
         if kind == 'Resize':
-            _interp(step)
+            backend = _backend(step)
             if step.get('scale') is None:
                 raise UnsupportedModelError('Resize without scale (scale_factor only) is not supported by the runtime')
-            steps.append(dict(type='resize', scale=_size(step['scale']), keep_ratio=bool(step.get('keep_ratio'))))
+            steps.append(dict(type='resize', scale=_size(step['scale']), keep_ratio=bool(step.get('keep_ratio')),
+                              backend=backend))
         elif kind == 'ResizeEdge':
-            _interp(step)
-            steps.append(dict(type='resize_edge', scale=int(step['scale']), edge=step.get('edge', 'short')))
+            steps.append(dict(type='resize_edge', scale=int(step['scale']), edge=step.get('edge', 'short'),
+                              backend=_backend(step)))
         elif kind == 'CenterCrop':
             if step.get('auto_pad', False) or step.get('crop_ratio_range') is not None:
                 raise UnsupportedModelError('CenterCrop with auto_pad or crop_ratio_range is not supported')
@@ -198,8 +200,12 @@ def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, An
         recipe['detection'] = _detection(model)
     elif task == 'segmentation':
         head = model.decode_head[-1] if isinstance(model.decode_head, nn.ModuleList) else model.decode_head
+        test_cfg = model.test_cfg or {}
         recipe['segmentation'] = dict(align_corners=bool(getattr(model, 'align_corners', False)),
-                                      threshold=float(getattr(head, 'threshold', 0.3) or 0.3))
+                                      threshold=float(getattr(head, 'threshold', 0.3) or 0.3),
+                                      mode=test_cfg.get('mode', 'whole'))
+        if recipe['segmentation']['mode'] == 'slide':
+            recipe['segmentation'].update(crop_size=_size(test_cfg['crop_size']), stride=_size(test_cfg['stride']))
     elif task == 'pose':
         recipe['pose'] = _pose(model)
         if not recipe['pose']['keypoint_names']:

@@ -31,14 +31,15 @@ def test_resize_equals_mmdet_and_mmcv(shape, scale, keep_ratio):
         assert np.allclose(factor, ref['scale_factor'], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize('backend', ['cv2', 'pillow'])
 @pytest.mark.parametrize('edge', ['short', 'long', 'width', 'height'])
-def test_resize_edge_and_center_crop_equal_mmpretrain(edge):
+def test_resize_edge_and_center_crop_equal_mmpretrain(edge, backend):
     from mmcv.transforms import CenterCrop
     from mmpretrain.datasets.transforms import ResizeEdge
 
     img = _image(120, 90, 1)
-    got, _ = T.resize_edge(img, 64, edge)
-    ref = ResizeEdge(scale=64, edge=edge)(dict(img=img.copy(), img_shape=img.shape[:2]))['img']
+    got, _ = T.resize_edge(img, 64, edge, backend)
+    ref = ResizeEdge(scale=64, edge=edge, backend=backend)(dict(img=img.copy(), img_shape=img.shape[:2]))['img']
     assert np.array_equal(got, ref)
     for size in ((48, 40), (200, 30)):
         crop = CenterCrop(crop_size=size)(dict(img=got.copy(), img_shape=got.shape[:2]))['img']

@@ -97,6 +97,21 @@ def test_segmentor_equals_mmseg(tmp_path, config):
         assert (got == ref).mean() > 0.999, (got != ref).sum()
 
 
+def test_sliding_window_segmentor_equals_mmseg(tmp_path):
+    config = tmp_path / 'fcn_slide.py'
+    config.write_text(f"_base_ = {FCN!r}\nmodel = dict(test_cfg=dict(mode='slide', crop_size=(64, 64), "
+                      f"stride=(40, 48)))\n")
+    ckpt, path = _export(str(config), tmp_path, (1, 3, 64, 64))
+    segmentor = rt.load(path)
+    assert segmentor.recipe['segmentation']['crop_size'] == [64, 64]
+    inferencer = get_inferencer(str(config), ckpt)
+    for seed, (h, w) in enumerate([(90, 200), (120, 120)]):  # resized to 72x160 and 80x80: 2x3 and 2x1 windows
+        img = _scene(h, w, seed)
+        ref = inferencer(img, return_datasamples=True, out_dir='').pred_sem_seg.data[0].numpy()
+        got = segmentor(img)
+        assert got.shape == ref.shape == (h, w) and (got == ref).mean() > 0.999, (got != ref).sum()
+
+
 def test_pose_equals_mmpose_on_given_boxes(tmp_path):
     ckpt, path = _export(POSE, tmp_path, (1, 3, 128, 96))
     pose = rt.load(path)
