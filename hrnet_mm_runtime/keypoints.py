@@ -9,12 +9,19 @@ import cv2
 import numpy as np
 
 
-def merge_flipped(heatmaps: np.ndarray, flipped: np.ndarray, flip_indices: Sequence[int],
-                  shift: bool) -> np.ndarray:
+def merge_flipped(heatmaps: np.ndarray, flipped: np.ndarray, flip_indices: Sequence[int], shift: bool,
+                  mode: str = 'heatmap') -> np.ndarray:
     """mmpose's flip test for ``(N, K, h, w)`` heatmaps of the crops and of their mirrors: the mirror's maps
     flipped back, their keypoints swapped by ``flip_indices``, shifted one pixel right when ``shift``, and
-    averaged with the crops' maps."""
-    back = flipped[..., ::-1][:, list(flip_indices)].copy()
+    averaged with the crops' maps. ``mode='udp_combined'``: maps in threes per keypoint (heatmap, x offset,
+    y offset), the x offsets negated."""
+    if mode == 'udp_combined':
+        n, c, h, w = flipped.shape
+        back = flipped.reshape(n, c // 3, 3, h, w)[..., ::-1][:, list(flip_indices)].copy()
+        back[:, :, 1] = -back[:, :, 1]
+        back = back.reshape(n, c, h, w)
+    else:
+        back = flipped[..., ::-1][:, list(flip_indices)].copy()
     if shift:
         back[..., 1:] = back[..., :-1].copy()
     return (heatmaps + back) * np.float32(0.5)
@@ -103,13 +110,34 @@ def refine_dark_udp(locs: np.ndarray, heatmaps: np.ndarray, kernel: int) -> np.n
     return out
 
 
+def decode_combined(heatmaps: np.ndarray, blur_kernel_size: int, radius_factor: float) -> Tuple[np.ndarray, np.ndarray]:
+    """UDP's 'combined' maps ``(3K, h, w)`` (per keypoint a heatmap and x/y offsets in units of ``radius_factor *
+    max(h, w)``): the maximum of each blurred heatmap moved by the offsets there, in heatmap pixels."""
+    heatmaps = heatmaps.copy()
+    _, h, w = heatmaps.shape
+    count = heatmaps.shape[0] // 3
+    size = 2 * blur_kernel_size + 1
+    for k in range(count):
+        heatmaps[3 * k] = cv2.GaussianBlur(heatmaps[3 * k], (size, size), 0)
+    radius = radius_factor * max(w, h)
+    x_offset = heatmaps[1::3].flatten() * radius
+    y_offset = heatmaps[2::3].flatten() * radius
+    locs, scores = heatmap_maximum(heatmaps[::3])
+    index = ((locs[..., 0] + locs[..., 1] * w).flatten() + w * h * np.arange(0, count)).astype(int)
+    locs += np.stack((x_offset[index], y_offset[index]), axis=-1)
+    return locs.astype(np.float32), scores
+
+
 def decode(heatmaps: np.ndarray, codec: dict) -> Tuple[np.ndarray, np.ndarray]:
-    """One instance's ``(K, h, w)`` heatmaps -> ``(K, 2)`` keypoints in the crop's pixels and ``(K,)``
-    scores, by the recipe's codec (``MSRAHeatmap`` or ``UDPHeatmap``)."""
+    """One instance's ``(K, h, w)`` heatmaps (``(3K, h, w)`` for UDP's 'combined' maps) -> ``(K, 2)`` keypoints
+    in the crop's pixels and ``(K,)`` scores, by the recipe's codec (``MSRAHeatmap`` or ``UDPHeatmap``)."""
     heatmaps = heatmaps.astype(np.float32)
-    locs, scores = heatmap_maximum(heatmaps)
     in_w, in_h = codec['input_size']
     hm_w, hm_h = codec['heatmap_size']
+    if codec.get('heatmap_type') == 'combined':
+        locs, scores = decode_combined(heatmaps, codec['blur_kernel_size'], codec['radius_factor'])
+        return locs / [hm_w - 1, hm_h - 1] * np.array([in_w, in_h]), scores
+    locs, scores = heatmap_maximum(heatmaps)
     if codec['type'] == 'UDPHeatmap':
         locs = refine_dark_udp(locs, heatmaps, codec['blur_kernel_size'])
         return locs / [hm_w - 1, hm_h - 1] * np.array([in_w, in_h]), scores

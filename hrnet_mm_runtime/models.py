@@ -305,7 +305,8 @@ class PoseEstimator(Model):
         if not cfg['flip_test']:
             return self.run(x)[0]
         both = self.run(np.concatenate([x, x[..., ::-1]]))[0]
-        return merge_flipped(both[:len(x)], both[len(x):], cfg['flip_indices'], cfg['shift_heatmap'])
+        return merge_flipped(both[:len(x)], both[len(x):], cfg['flip_indices'], cfg['shift_heatmap'],
+                             cfg.get('flip_mode', 'heatmap'))
 
 
 class TopDownPose:

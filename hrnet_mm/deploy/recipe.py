@@ -137,10 +137,8 @@ def _pose(model) -> Dict[str, Any]:
     if kind == 'MSRAHeatmap':
         decoder = dict(type=kind, unbiased=bool(codec.unbiased), blur_kernel_size=int(codec.blur_kernel_size))
     elif kind == 'UDPHeatmap':
-        if codec.heatmap_type != 'gaussian':
-            raise UnsupportedModelError(f"UDPHeatmap with heatmap_type={codec.heatmap_type!r}: the runtime decodes "
-                                        f"'gaussian' only")
-        decoder = dict(type=kind, blur_kernel_size=int(codec.blur_kernel_size))
+        decoder = dict(type=kind, heatmap_type=codec.heatmap_type, blur_kernel_size=int(codec.blur_kernel_size),
+                       radius_factor=float(codec.radius_factor))
     else:
         raise UnsupportedModelError(f'the pose codec {kind} is not supported by the runtime (MSRAHeatmap, '
                                     f'UDPHeatmap)')
@@ -148,10 +146,10 @@ def _pose(model) -> Dict[str, Any]:
     test_cfg = model.test_cfg or {}
     meta = model.dataset_meta or {}
     flip_mode = test_cfg.get('flip_mode', 'heatmap')
-    if test_cfg.get('flip_test', False) and flip_mode != 'heatmap':
-        raise UnsupportedModelError(f"flip_mode={flip_mode!r}: the runtime flips heatmaps only")
+    if test_cfg.get('flip_test', False) and flip_mode not in ('heatmap', 'udp_combined'):
+        raise UnsupportedModelError(f"flip_mode={flip_mode!r}: the runtime flips 'heatmap' and 'udp_combined' maps")
     names = meta.get('keypoint_id2name') or {}
-    return dict(codec=decoder, flip_test=bool(test_cfg.get('flip_test', False)),
+    return dict(codec=decoder, flip_test=bool(test_cfg.get('flip_test', False)), flip_mode=flip_mode,
                 shift_heatmap=bool(test_cfg.get('shift_heatmap', False)),
                 flip_indices=[int(i) for i in meta.get('flip_indices', [])],
                 keypoint_names=[names[i] for i in sorted(names)],
@@ -209,7 +207,8 @@ def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, An
     elif task == 'pose':
         recipe['pose'] = _pose(model)
         if not recipe['pose']['keypoint_names']:
-            recipe['pose']['keypoint_names'] = [str(i) for i in range(model.head.out_channels)]
+            count = model.head.out_channels // (3 if recipe['pose']['codec'].get('heatmap_type') == 'combined' else 1)
+            recipe['pose']['keypoint_names'] = [str(i) for i in range(count)]
     elif task == 'classification':
         recipe['classification'] = dict(num_classes=_class_count(model, task))
     return recipe

@@ -151,28 +151,35 @@ def _gaussian_maps(k: int, h: int, w: int, seed: int) -> np.ndarray:
     dict(type='MSRAHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2),
     dict(type='MSRAHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2, unbiased=True),
     dict(type='UDPHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2),
-], ids=['msra', 'dark', 'udp'])
+    dict(type='UDPHeatmap', input_size=(96, 128), heatmap_size=(24, 32), heatmap_type='combined'),
+], ids=['msra', 'dark', 'udp', 'udp-combined'])
 def test_heatmap_decoding_equals_mmpose_codecs(codec):
     from mmpose.registry import KEYPOINT_CODECS
 
     ref_codec = KEYPOINT_CODECS.build(dict(codec))
     recipe = dict(type=codec['type'], input_size=list(codec['input_size']), heatmap_size=list(codec['heatmap_size']),
-                  unbiased=codec.get('unbiased', False), blur_kernel_size=ref_codec.blur_kernel_size
-                  if hasattr(ref_codec, 'blur_kernel_size') else 11)
+                  unbiased=codec.get('unbiased', False), blur_kernel_size=ref_codec.blur_kernel_size,
+                  heatmap_type=codec.get('heatmap_type', 'gaussian'),
+                  radius_factor=getattr(ref_codec, 'radius_factor', 0.0))
     for seed in range(3):
         maps = _gaussian_maps(17, 32, 24, seed)
+        if recipe['heatmap_type'] == 'combined':  # a heatmap and x/y offsets per keypoint
+            offsets = np.random.default_rng(seed).normal(0, 0.3, (17, 2, 32, 24)).astype(np.float32)
+            maps = np.concatenate([maps[:, None], offsets], axis=1).reshape(51, 32, 24)
         ref_kpts, ref_scores = ref_codec.decode(maps.copy())
         kpts, scores = K.decode(maps, recipe)
         assert np.abs(kpts - ref_kpts[0]).max() < 1e-4 and np.array_equal(scores, ref_scores[0])
 
 
+@pytest.mark.parametrize('mode', ['heatmap', 'udp_combined'])
 @pytest.mark.parametrize('shift', [False, True])
-def test_flip_merge_equals_mmpose(shift):
+def test_flip_merge_equals_mmpose(shift, mode):
     from mmpose.models.utils.tta import flip_heatmaps
 
-    maps = torch.randn(2, 17, 8, 6)
-    flipped = torch.randn(2, 17, 8, 6)
+    channels = 51 if mode == 'udp_combined' else 17
+    maps = torch.randn(2, channels, 8, 6)
+    flipped = torch.randn(2, channels, 8, 6)
     indices = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
-    ref = (maps + flip_heatmaps(flipped, flip_mode='heatmap', flip_indices=indices, shift_heatmap=shift)) * 0.5
-    got = K.merge_flipped(maps.numpy(), flipped.numpy(), indices, shift)
+    ref = (maps + flip_heatmaps(flipped.clone(), flip_mode=mode, flip_indices=indices, shift_heatmap=shift)) * 0.5
+    got = K.merge_flipped(maps.numpy(), flipped.numpy(), indices, shift, mode)
     assert np.abs(got - ref.numpy()).max() < 1e-6
