@@ -10,7 +10,8 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   and rescales to the original image). In sliding-window mode the runtime runs the graph on each window.
 * :class:`PoseGraph` (``TopdownPoseEstimator`` with a heatmap head): ``heatmaps`` ``(N, K, h, w)``. The
   flip test is the runtime's: it runs the image and its mirror as one batch.
-* :class:`TwoStageDetectorGraph` (``TwoStageDetector`` with a ``StandardRoIHead`` box head: Faster R-CNN):
+* :class:`TwoStageDetectorGraph` (Faster R-CNN: ``RPNHead`` and ``StandardRoIHead``; Cascade R-CNN:
+  ``CascadeRoIHead``):
   inputs ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` (height and width of the image inside the
   padded input, float). It runs mmdet's RPN proposal step (per level top ``nms_pre`` scores, delta decoding
   clipped to ``img_shape``, the ``min_bbox_size`` filter, NMS per level, ``max_per_img``) and the RoI box
@@ -19,10 +20,11 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   Outputs ``rois`` ``(R, 4)`` (input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits),
   ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic) and the ``proposals``. Cascade
   R-CNN's stages run in the graph too.
+* :class:`MaskRCNNGraph` (Mask R-CNN and Cascade Mask R-CNN: the same with mask heads): the mask head needs
+  the final boxes, so mmdet's box post-processing (per-class NMS included) runs in the graph; outputs
+  ``boxes`` ``(N, 4)``, ``scores``, ``labels`` and ``mask_logits`` ``(N, S, 28, 28)``, each mask head's
+  logits of the box's class.
 * :class:`DenseDetectorGraph` (FCOS): each pyramid level's class, distance and centerness maps.
-* :class:`MaskRCNNGraph` (the same with mask heads): the mask head needs the final boxes, so mmdet's box
-  post-processing (per-class NMS included) runs in the graph; outputs ``boxes`` ``(N, 4)``, ``scores``,
-  ``labels`` and ``mask_logits`` ``(N, S, 28, 28)``, each mask head's logits of the box's class.
 """
 from __future__ import annotations
 
