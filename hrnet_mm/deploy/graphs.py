@@ -20,8 +20,9 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   Outputs ``rois`` ``(R, 4)`` (input pixels), ``cls_scores`` ``(R, num_classes + 1)`` (logits),
   ``bbox_deltas`` ``(R, 4 * num_classes)`` (or ``(R, 4)`` class-agnostic) and the ``proposals``. Cascade
   R-CNN's stages run in the graph too.
-* :class:`MaskRCNNGraph` (Mask R-CNN and Cascade Mask R-CNN: the same with mask heads): the mask head needs
-  the final boxes, so mmdet's box post-processing (per-class NMS included) runs in the graph; outputs
+* :class:`MaskRCNNGraph` (Mask R-CNN, Cascade Mask R-CNN and HTC, with its semantic branch and mask information
+  flow): the mask head needs the final boxes, so mmdet's box post-processing (per-class NMS included) runs in
+  the graph; outputs
   ``boxes`` ``(N, 4)``, ``scores``, ``labels`` and ``mask_logits`` ``(N, S, 28, 28)``, each mask head's
   logits of the box's class.
 * :class:`DenseDetectorGraph` (FCOS): each pyramid level's class, distance and centerness maps.
@@ -164,9 +165,9 @@ class TwoStageDetectorGraph(nn.Module):
                                         f'{type(rpn).__name__}')
         if cfg.nms.get('type', 'nms') != 'nms' or not rpn.use_sigmoid_cls:
             raise UnsupportedModelError('two-stage export supports a sigmoid RPN with plain NMS')
-        if type(roi).__name__ not in ('StandardRoIHead', 'CascadeRoIHead'):
-            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead and CascadeRoIHead, got '
-                                        f'{type(roi).__name__}')
+        if type(roi).__name__ not in ('StandardRoIHead', 'CascadeRoIHead', 'HybridTaskCascadeRoIHead'):
+            raise UnsupportedModelError(f'two-stage export supports StandardRoIHead, CascadeRoIHead and '
+                                        f'HybridTaskCascadeRoIHead, got {type(roi).__name__}')
         if getattr(roi, 'with_shared_head', False):
             raise UnsupportedModelError('two-stage export does not support a shared RoI head')
         coder = rpn.bbox_coder
@@ -179,8 +180,12 @@ class TwoStageDetectorGraph(nn.Module):
         self.register_buffer('means', torch.tensor(coder.means, dtype=torch.float32), persistent=False)
         self.register_buffer('stds', torch.tensor(coder.stds, dtype=torch.float32), persistent=False)
         self.max_ratio = abs(math.log(16 / 1000))  # DeltaXYWHBBoxCoder.decode's default wh_ratio_clip
-        cascade = type(roi).__name__ == 'CascadeRoIHead'
+        cascade = type(roi).__name__ != 'StandardRoIHead'
         self.box_heads = list(roi.bbox_head) if cascade else [roi.bbox_head]  # plain lists: no double registration
+        # HTC: a semantic head's features pooled per RoI and added to the box (and mask) features
+        self.semantic_fusion = tuple(roi.semantic_fusion) if getattr(roi, 'with_semantic', False) else ()
+        if self.semantic_fusion:
+            self.semantic_pooling = _RoIPooling(roi.semantic_roi_extractor)
         extractors = list(roi.bbox_roi_extractor) if cascade else [roi.bbox_roi_extractor]
         self.box_pooling = nn.ModuleList(_RoIPooling(e) for e in extractors)
         self.stage_means, self.stage_stds, self.stage_agnostic = [], [], []
@@ -212,14 +217,28 @@ class TwoStageDetectorGraph(nn.Module):
         keep = _nms_per_group(boxes, scores, levels, self.rpn_iou)[:self.max_proposals]
         return boxes[keep]
 
-    def roi_stages(self, feats: List[torch.Tensor], proposals: torch.Tensor,
-                   img_shape: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def semantic(self, feats: List[torch.Tensor]):
+        """HTC's semantic feature map (``None`` without a semantic head)."""
+        return self.model.roi_head.semantic_head(feats)[1] if self.semantic_fusion else None
+
+    def pool(self, pooling: nn.Module, feats: List[torch.Tensor], rois: torch.Tensor, semantic, branch: str):
+        """RoI features, plus HTC's pooled semantic features where the ``branch`` ('bbox' or 'mask') fuses them."""
+        pooled = pooling(feats, rois)
+        if semantic is not None and branch in self.semantic_fusion:
+            extra = self.semantic_pooling([semantic], rois)
+            if extra.shape[-2:] != pooled.shape[-2:]:
+                extra = F.adaptive_avg_pool2d(extra, pooled.shape[-2:])
+            pooled = pooled + extra
+        return pooled
+
+    def roi_stages(self, feats: List[torch.Tensor], proposals: torch.Tensor, img_shape: torch.Tensor,
+                   semantic=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The RoI box head (every stage of a cascade) on ``(R, 4)`` proposals: ``(rois, cls_scores,
         bbox_deltas)`` as :meth:`forward` returns them."""
         rois, total = proposals, None
         stages = len(self.box_heads)
         for stage, (head, pooling) in enumerate(zip(self.box_heads, self.box_pooling)):
-            cls, deltas = head(pooling(feats, rois))
+            cls, deltas = head(self.pool(pooling, feats, rois, semantic, 'bbox'))
             total = cls if total is None else total + cls
             if stage < stages - 1:
                 d = deltas
@@ -233,12 +252,13 @@ class TwoStageDetectorGraph(nn.Module):
     def box_head(self, x: torch.Tensor, proposals: torch.Tensor,
                  img_shape: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`roi_stages` of an image on given proposals (the export check's PyTorch side)."""
-        return self.roi_stages(list(self.model.extract_feat(x)), proposals, img_shape)
+        feats = list(self.model.extract_feat(x))
+        return self.roi_stages(feats, proposals, img_shape, self.semantic(feats))
 
     def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = list(self.model.extract_feat(x))
         proposals = self.proposals(feats, img_shape)
-        rois, cls_scores, bbox_deltas = self.roi_stages(feats, proposals, img_shape)
+        rois, cls_scores, bbox_deltas = self.roi_stages(feats, proposals, img_shape, self.semantic(feats))
         return rois, cls_scores, bbox_deltas, proposals
 
 
@@ -260,10 +280,14 @@ class MaskRCNNGraph(TwoStageDetectorGraph):
             raise UnsupportedModelError('Mask R-CNN export supports plain NMS')
         if roi.share_roi_extractor:
             raise UnsupportedModelError('Mask R-CNN export needs its own mask RoI extractor')
-        cascade = type(roi).__name__ == 'CascadeRoIHead'
+        cascade = type(roi).__name__ != 'StandardRoIHead'
         self.mask_heads = list(roi.mask_head) if cascade else [roi.mask_head]
         extractors = list(roi.mask_roi_extractor) if cascade else [roi.mask_roi_extractor]
         self.mask_pooling = nn.ModuleList(_RoIPooling(e) for e in extractors)
+        # HTC's mask information flow: each mask head gets the previous one's features; mmdet keeps the last mask
+        self.info_flow = type(roi).__name__ == 'HybridTaskCascadeRoIHead'
+        if self.info_flow and not roi.mask_info_flow:
+            raise UnsupportedModelError('HTC export needs mask_info_flow=True (the recipe of every HTC config)')
         self.num_classes = int(head.num_classes)
         self.score_thr = float(cfg.score_thr)
         self.iou = float(cfg.nms.iou_threshold)
@@ -272,7 +296,8 @@ class MaskRCNNGraph(TwoStageDetectorGraph):
 
     def forward(self, x: torch.Tensor, img_shape: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = list(self.model.extract_feat(x))
-        rois, cls_scores, deltas = self.roi_stages(feats, self.proposals(feats, img_shape), img_shape)
+        semantic = self.semantic(feats)
+        rois, cls_scores, deltas = self.roi_stages(feats, self.proposals(feats, img_shape), img_shape, semantic)
         last = len(self.box_heads) - 1
         scores = cls_scores.softmax(-1)[:, :-1]
         per_class = 1 if self.stage_agnostic[-1] else self.num_classes
@@ -287,9 +312,17 @@ class MaskRCNNGraph(TwoStageDetectorGraph):
         groups = torch.zeros_like(labels) if self.class_agnostic_nms else labels
         keep = _nms_per_group(boxes, scores, groups, self.iou)[:self.max_per_img]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if self.info_flow:  # HTC: the last stage's RoI features through every head, the last head's mask kept
+            mask_feats = self.pool(self.mask_pooling[-1], feats, boxes, semantic, 'mask')
+            last_feat = None
+            for head in self.mask_heads:
+                masks, last_feat = head(mask_feats, last_feat)
+            outputs = [masks]
+        else:
+            outputs = [head(self.pool(pooling, feats, boxes, semantic, 'mask'))
+                       for head, pooling in zip(self.mask_heads, self.mask_pooling)]
         logits = []
-        for head, pooling in zip(self.mask_heads, self.mask_pooling):
-            masks = head(pooling(feats, boxes))
+        for head, masks in zip(self.mask_heads, outputs):
             if not head.class_agnostic:
                 masks = masks.gather(1, labels[:, None, None, None].expand(-1, 1, *masks.shape[2:]))
             logits.append(masks[:, :1])
@@ -357,8 +390,8 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
             raise UnsupportedModelError(f'pose export supports top-down HeatmapHead models, got {head}')
         return PoseGraph(model), 'pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
-        if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead'):
-            raise UnsupportedModelError(f'detector export supports Faster, Mask, Cascade and Cascade Mask R-CNN, '
+        if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead', 'HybridTaskCascadeRoIHead'):
+            raise UnsupportedModelError(f'detector export supports Faster, Mask, Cascade (Mask) R-CNN and HTC, '
                                         f'got {type(model.roi_head).__name__}; use --part backbone+neck')
         if model.roi_head.with_mask:
             return MaskRCNNGraph(model), 'detection'
@@ -367,5 +400,5 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, (Cascade) Faster/Mask R-CNN, FCOS; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, (Cascade) Faster/Mask R-CNN, HTC, FCOS; '
         f'use --part backbone or backbone+neck')

@@ -239,7 +239,11 @@ def _narrow_cascade(name: str, tmp_path) -> str:
         head.update(in_channels=32, fc_out_channels=64, num_classes=2)
     if 'mask_head' in roi:
         roi.mask_roi_extractor.out_channels = 32
-        roi.mask_head.update(in_channels=32, conv_out_channels=32, num_classes=2)
+        for head in roi.mask_head if isinstance(roi.mask_head, list) else [roi.mask_head]:
+            head.update(in_channels=32, conv_out_channels=32, num_classes=2)
+    if 'semantic_head' in roi:  # HTC
+        roi.semantic_roi_extractor.out_channels = 32
+        roi.semantic_head.update(in_channels=32, conv_out_channels=32)
     cfg.test_dataloader.dataset.pipeline = [
         dict(type='LoadImageFromFile'), dict(type='Resize', scale=(320, 160), keep_ratio=True),
         dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
@@ -249,8 +253,10 @@ def _narrow_cascade(name: str, tmp_path) -> str:
     return path
 
 
-@pytest.mark.parametrize('name', ['cascade-rcnn_hrnetv2p-w18-20e_coco.py',
-                                  'cascade-mask-rcnn_hrnetv2p-w18_20e_coco.py'], ids=['cascade', 'cascade-mask'])
+@pytest.mark.parametrize('name', [
+    'cascade-rcnn_hrnetv2p-w18-20e_coco.py', 'cascade-mask-rcnn_hrnetv2p-w18_20e_coco.py',
+    pytest.param('htc_hrnetv2p-w18_20e_coco.py', marks=pytest.mark.slow),  # a 50 s export
+], ids=['cascade', 'cascade-mask', 'htc'])
 def test_cascade_equals_mmdet(tmp_path, name):
     config = _narrow_cascade(name, tmp_path)
     with warnings.catch_warnings():
@@ -265,7 +271,8 @@ def test_cascade_equals_mmdet(tmp_path, name):
             conv.bias.zero_()
     ckpt, path = str(tmp_path / 'model.pth'), str(tmp_path / 'model.onnx')
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': dict(classes=('square', 'disc'))}}, ckpt)
-    export_model(model, model.cfg, path, (1, 3, 160, 224))
+    # HTC's random-weight mask branch (semantic head, three heads in series) reaches 1.2e-4 relative error
+    export_model(model, model.cfg, path, (1, 3, 160, 224), tolerance=1e-3 if name.startswith('htc') else 1e-4)
     detector = rt.load(path)
     inferencer = get_inferencer(config, ckpt)
     for seed, (h, w) in enumerate([(160, 320), (97, 203)]):
@@ -322,9 +329,6 @@ def test_runtime_rejects_bad_files_and_images(tmp_path):
 def test_unsupported_models_are_refused(tmp_path):
     model = get_model(os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), pretrained=False)
     with pytest.raises(UnsupportedModelError, match='no whole-model export for BottomupPoseEstimator'):
-        export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
-    model = get_model(os.path.join(ROOT, 'configs', 'detection', 'htc_hrnetv2p-w18_20e_coco.py'), pretrained=False)
-    with pytest.raises(UnsupportedModelError, match='HybridTaskCascadeRoIHead'):
         export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
     assert not os.listdir(tmp_path)
 
