@@ -248,10 +248,9 @@ def onnx_pipeline(root: str, work_dir: str, det_cfg: str, det_ckpt: str, pose_cf
     out = os.path.join(work_dir, 'onnx')
     os.makedirs(out, exist_ok=True)
     det_onnx, pose_onnx = os.path.join(out, 'people_detector.onnx'), os.path.join(out, 'pose.onnx')
-    _run([sys.executable, _tool(os.path.join('deploy', 'export_onnx.py')), det_cfg, det_ckpt, '--out', det_onnx],
-         os.path.join(out, 'export_detector.log'), root)
-    _run([sys.executable, _tool(os.path.join('deploy', 'export_onnx.py')), pose_cfg, pose_ckpt, '--out', pose_onnx],
-         os.path.join(out, 'export_pose.log'), root)
+    export = [sys.executable, _tool(os.path.join('deploy', 'export_onnx.py')), '--exporter', 'torchscript']  # 1 s
+    _run(export + [det_cfg, det_ckpt, '--out', det_onnx], os.path.join(out, 'export_detector.log'), root)
+    _run(export + [pose_cfg, pose_ckpt, '--out', pose_onnx], os.path.join(out, 'export_pose.log'), root)
     results, pictures = os.path.join(out, 'keypoints_val.json'), os.path.join(out, 'pictures')
     _run([sys.executable, '-m', 'hrnet_mm_runtime', pose_onnx, images, '--det-model', det_onnx, '--out-dir',
           pictures, '--pred-out', results], os.path.join(out, 'runtime.log'), root)

@@ -204,8 +204,10 @@ class TwoStageDetectorGraph(nn.Module):
             priors = rpn.prior_generator.single_level_grid_priors(cls.shape[-2:], level, device=cls.device)
             s = cls[0].permute(1, 2, 0).reshape(-1).sigmoid()
             d = reg[0].permute(1, 2, 0).reshape(-1, 4)
-            if self.nms_pre > 0:
-                s, keep = s.topk(min(self.nms_pre, s.shape[0]))
+            if self.nms_pre > 0:  # the top nms_pre by score; padded so that k is a constant for every exporter
+                s, keep = torch.cat([s, s.new_full((self.nms_pre, ), -1.0)]).topk(self.nms_pre)
+                keep = keep[s >= 0]  # sigmoid scores are >= 0: the padding drops out where a level is smaller
+                s = s[s >= 0]
                 d, priors = d[keep], priors[keep]
             boxes.append(_decode_deltas(priors, d, self.means, self.stds, self.max_ratio, img_shape))
             scores.append(s)
@@ -226,8 +228,8 @@ class TwoStageDetectorGraph(nn.Module):
         pooled = pooling(feats, rois)
         if semantic is not None and branch in self.semantic_fusion:
             extra = self.semantic_pooling([semantic], rois)
-            if extra.shape[-2:] != pooled.shape[-2:]:
-                extra = F.adaptive_avg_pool2d(extra, pooled.shape[-2:])
+            if self.semantic_pooling.out_size != pooling.out_size:  # static sizes: every exporter sees constants
+                extra = F.adaptive_avg_pool2d(extra, pooling.out_size)
             pooled = pooled + extra
         return pooled
 

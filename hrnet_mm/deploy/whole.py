@@ -150,7 +150,7 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
             ``check_shapes``; raise :class:`ExportError` beyond ``tolerance`` (or, for a detector, more than
             5% unpaired proposals).
         check_shapes: More ``(N, C, H, W)`` inputs to check.
-        exporter: ``'dynamo'`` or ``'torchscript'`` (not for two-stage detectors).
+        exporter: ``'dynamo'`` or ``'torchscript'``.
         tolerance: Largest accepted relative error, per output.
         config_name: Stored in the recipe.
         log: Called with one line per step.
@@ -170,9 +170,6 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     two_stage = isinstance(graph, TwoStageDetectorGraph)
     if two_stage and any(s[0] != 1 for s in [input_shape] + check_shapes):
         raise ValueError('a two-stage detector graph takes one image: use batch size 1')
-    if two_stage and exporter != 'dynamo':  # the TorchScript tracer would freeze each level's top-k count
-        raise ValueError("a two-stage detector graph needs exporter='dynamo' (its per-level top-k count follows "
-                         "the input size)")
     folded, count = prepare(graph, fold_bn)
     if fold_bn:
         say(f'fold BN: {count} conv+BN pairs folded')
