@@ -188,7 +188,7 @@ class TwoStageDetectorGraph(nn.Module):
             self.semantic_pooling = _RoIPooling(roi.semantic_roi_extractor)
         extractors = list(roi.bbox_roi_extractor) if cascade else [roi.bbox_roi_extractor]
         self.box_pooling = nn.ModuleList(_RoIPooling(e) for e in extractors)
-        self.stage_means, self.stage_stds, self.stage_agnostic = [], [], []
+        self.stage_agnostic = []  # each stage's means and stds are the buffers stage{i}_means / stage{i}_stds
         for stage, head in enumerate(self.box_heads):
             means, stds = _box_coder(head, 'two-stage')
             self.register_buffer(f'stage{stage}_means', torch.tensor(means, dtype=torch.float32), persistent=False)

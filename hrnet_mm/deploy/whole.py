@@ -89,6 +89,14 @@ def _session(path: str):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
+def _pair_boxes(boxes: np.ndarray, want: np.ndarray, tolerance: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Each of ``boxes`` ``(N, 4)`` paired with its nearest row of ``want`` ``(M, 4)``; returns the indices into
+    ``want`` and whether that row lies within ``tolerance`` pixels on every coordinate."""
+    dist = np.abs(boxes[:, None, :].astype(np.float64) - want[None].astype(np.float64)).max(-1)
+    match = dist.argmin(1)
+    return match, dist[np.arange(len(boxes)), match] < tolerance
+
+
 def compare_detector(graph: TwoStageDetectorGraph, args: Tuple[torch.Tensor, ...], got: Sequence[np.ndarray],
                      ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
     """A detector's check: onnxruntime's proposals paired with PyTorch's by coordinates (within 1e-3 pixels),
@@ -102,9 +110,7 @@ def compare_detector(graph: TwoStageDetectorGraph, args: Tuple[torch.Tensor, ...
     unpaired = len(proposals)
     err = 0.0
     if len(proposals) and len(want):
-        dist = np.abs(proposals[:, None, :].astype(np.float64) - want[None]).max(-1)
-        match = dist.argmin(1)
-        paired = dist[np.arange(len(proposals)), match] < 1e-3
+        match, paired = _pair_boxes(proposals, want, 1e-3)
         unpaired = int((~paired).sum())
         if paired.any():
             err = rel_error(torch.from_numpy(proposals[paired]), ref[3][torch.from_numpy(match[paired])])
@@ -122,9 +128,8 @@ def compare_final_detections(got: Sequence[np.ndarray], ref: Sequence[torch.Tens
     boxes, want = got[0], ref[0].double().numpy()
     if len(boxes) == 0 or len(want) == 0:
         return 0.0, max(len(boxes), len(want))
-    dist = np.abs(boxes[:, None, :].astype(np.float64) - want[None]).max(-1)
-    match = dist.argmin(1)
-    paired = (dist[np.arange(len(boxes)), match] < 1e-2) & (got[2] == ref[2].numpy()[match])
+    match, paired = _pair_boxes(boxes, want, 1e-2)
+    paired &= got[2] == ref[2].numpy()[match]
     unpaired = int((~paired).sum()) + max(0, len(want) - len(boxes))
     if not paired.any():
         return 0.0, unpaired
