@@ -12,7 +12,18 @@ Example::
     people = rt.TopDownPose(detector, pose)(cv2.imread('people.jpg'))
     people['keypoints']   # (N, 17, 2) in image pixels
 """
-from .models import Classifier, Detector, Model, PoseEstimator, RuntimeModelError, Segmentor, TopDownPose, load
+from .models import (
+    BottomupPoseEstimator,
+    Classifier,
+    Detector,
+    Model,
+    PoseEstimator,
+    RuntimeModelError,
+    Segmentor,
+    TopDownPose,
+    load,
+)
 
-__all__ = ['load', 'Model', 'Detector', 'Segmentor', 'Classifier', 'PoseEstimator', 'TopDownPose',
+__all__ = ['load', 'Model', 'Detector', 'Segmentor', 'Classifier', 'PoseEstimator', 'BottomupPoseEstimator',
+           'TopDownPose',
            'RuntimeModelError']

@@ -3,10 +3,10 @@
 Writes ``OUT_DIR/<stem>.png`` for each image (boxes, class map, skeletons or the top class drawn on it) and,
 with ``--pred-out``, the detection or pose results as COCO results JSON in the format of ``tools/infer.py
 --pred-out`` (``image_id`` the image's 1-based position, ``file_name`` its path), so the two can be compared.
-A pose model runs on the boxes of ``--det-model`` (an exported person detector), or on the whole image
-without one. INPUTS are image files and folders (every image inside, recursively, sorted). Errors are one line
-``hrnet_mm_runtime: error: ...`` with exit status 2; the JSON file is written under a temporary name and
-renamed when complete.
+A top-down pose model runs on the boxes of ``--det-model`` (an exported person detector), or on the whole
+image without one; a bottom-up one (DEKR) finds the people itself. INPUTS are image files and folders (every
+image inside, recursively, sorted). Errors are one line ``hrnet_mm_runtime: error: ...`` with exit status 2;
+the JSON file is written under a temporary name and renamed when complete.
 
 Example::
 
@@ -25,7 +25,16 @@ import cv2
 import numpy as np
 
 from . import drawing
-from .models import Classifier, Detector, PoseEstimator, RuntimeModelError, Segmentor, TopDownPose, load
+from .models import (
+    BottomupPoseEstimator,
+    Classifier,
+    Detector,
+    PoseEstimator,
+    RuntimeModelError,
+    Segmentor,
+    TopDownPose,
+    load,
+)
 
 PROG = 'hrnet_mm_runtime'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -45,7 +54,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog=f'python -m {PROG}', description=__doc__.split('\n\n')[0])
     parser.add_argument('model', help='ONNX file written by tools/deploy/export_onnx.py')
     parser.add_argument('inputs', nargs='+', help='image files and folders')
-    parser.add_argument('--det-model', help='pose: an exported person detector (the whole image without)')
+    parser.add_argument('--det-model', help='top-down pose: an exported person detector (the whole image without)')
     parser.add_argument('--det-cat-ids', type=int, nargs='+', default=[0], help='pose: detector classes (0)')
     parser.add_argument('--bbox-thr', type=float, default=0.3, help='pose: lowest person box score (0.3)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='lowest box or keypoint score drawn (0.3)')
@@ -81,7 +90,7 @@ def coco_results(task: str, result: Dict[str, Any], image_id: int, file_name: st
             out.append(dict(image_id=image_id, file_name=file_name, category_id=int(label) + 1,
                             bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                             score=round(float(score), 5)))
-    elif task == 'pose':
+    elif task in ('pose', 'bottomup_pose'):
         for kpts, scores, (x0, y0, x1, y1), box_score in zip(result['keypoints'], result['keypoint_scores'],
                                                              result['bboxes'], result['bbox_scores']):
             flat = np.concatenate([kpts, scores[:, None]], axis=1).reshape(-1)
@@ -96,8 +105,10 @@ def run(args: argparse.Namespace) -> List[str]:
     images = collect_images(args.inputs)
     model = load(args.model, args.threads)
     if args.det_model and not isinstance(model, PoseEstimator):
-        raise UsageError(f'--det-model is for pose models; {args.model} is a {model.task} model')
-    if args.pred_out and model.task not in ('detection', 'pose'):
+        what = 'a bottom-up pose model: it finds the people itself' if isinstance(model, BottomupPoseEstimator) \
+            else f'a {model.task} model'
+        raise UsageError(f'--det-model is for top-down pose models; {args.model} is {what}')
+    if args.pred_out and model.task not in ('detection', 'pose', 'bottomup_pose'):
         raise UsageError(f'--pred-out: COCO results are written for detection and pose models, not {model.task}')
     predict = model
     if isinstance(model, PoseEstimator):
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> List[str]:
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise UsageError(f'cannot read image {path}: not a readable image file')
-        if isinstance(model, PoseEstimator):
+        if isinstance(model, (PoseEstimator, BottomupPoseEstimator)):
             result = predict(img) if predict is not None else dict(model(img), bbox_scores=np.ones(1, np.float32))
             drawn = drawing.draw_pose(img, result, model.recipe['pose']['skeleton'], args.score_thr)
         else:

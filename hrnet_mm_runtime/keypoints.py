@@ -9,19 +9,27 @@ import cv2
 import numpy as np
 
 
+def flip_back(flipped: np.ndarray, flip_indices: Sequence[int], mode: str = 'heatmap') -> np.ndarray:
+    """mmpose's ``flip_heatmaps`` without the shift: ``(N, C, h, w)`` maps of mirrored images in the originals'
+    frame, mirrored and their keypoints swapped by ``flip_indices``. ``mode='udp_combined'``: maps in threes
+    per keypoint (heatmap, x offset, y offset), the x offsets negated; ``mode='offset'``: maps in twos (x and y
+    displacement), the x displacements negated."""
+    if mode == 'heatmap':
+        return flipped[..., ::-1][:, list(flip_indices)].copy()
+    n, c, h, w = flipped.shape
+    group = 3 if mode == 'udp_combined' else 2
+    back = flipped.reshape(n, c // group, group, h, w)[..., ::-1][:, list(flip_indices)].copy()
+    x = 1 if mode == 'udp_combined' else 0
+    back[:, :, x] = -back[:, :, x]
+    return back.reshape(n, c, h, w)
+
+
 def merge_flipped(heatmaps: np.ndarray, flipped: np.ndarray, flip_indices: Sequence[int], shift: bool,
                   mode: str = 'heatmap') -> np.ndarray:
     """mmpose's flip test for ``(N, K, h, w)`` heatmaps of the crops and of their mirrors: the mirror's maps
-    flipped back, their keypoints swapped by ``flip_indices``, shifted one pixel right when ``shift``, and
-    averaged with the crops' maps. ``mode='udp_combined'``: maps in threes per keypoint (heatmap, x offset,
-    y offset), the x offsets negated."""
-    if mode == 'udp_combined':
-        n, c, h, w = flipped.shape
-        back = flipped.reshape(n, c // 3, 3, h, w)[..., ::-1][:, list(flip_indices)].copy()
-        back[:, :, 1] = -back[:, :, 1]
-        back = back.reshape(n, c, h, w)
-    else:
-        back = flipped[..., ::-1][:, list(flip_indices)].copy()
+    flipped back (:func:`flip_back`), shifted one pixel right when ``shift``, and averaged with the crops'
+    maps."""
+    back = flip_back(flipped, flip_indices, mode)
     if shift:
         back[..., 1:] = back[..., :-1].copy()
     return (heatmaps + back) * np.float32(0.5)

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import transforms as T
+from .bottomup import RescoreNet, decode_spr, merge_flipped_dekr, nearby_joints_nms
 from .boxes import batched_nms, decode_deltas, paste_masks, person_nms
 from .keypoints import decode, merge_flipped
 
@@ -84,7 +85,8 @@ class Model:
 
     def preprocess(self, img: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
         """The recipe's image steps and normalisation: ``(1, 3, H, W)`` input and the image's metadata
-        (``ori_shape``, ``img_shape`` ``(h, w)`` and ``scale_factor`` ``(w_scale, h_scale)``)."""
+        (``ori_shape``, ``img_shape`` ``(h, w)`` and ``scale_factor`` ``(w_scale, h_scale)``; after a bottom-up
+        resize also ``input_center``, ``input_scale`` and ``input_size``)."""
         img = _check_image(img)
         meta = dict(ori_shape=img.shape[:2], scale_factor=(1.0, 1.0))
         for step in self.recipe['preprocess']['steps']:
@@ -94,6 +96,10 @@ class Model:
                 img, meta['scale_factor'] = T.resize_edge(img, step['scale'], step['edge'], step.get('backend', 'cv2'))
             elif step['type'] == 'center_crop':
                 img = T.center_crop(img, step['size'])
+            elif step['type'] == 'bottomup_resize':
+                img, warp = T.bottomup_resize(img, step['input_size'], step['size_factor'], step['resize_mode'],
+                                              step['use_udp'], step['pad_val'])
+                meta.update(warp)
             else:
                 raise RuntimeModelError(f'the image step {step["type"]} needs boxes (a pose model)')
         pre = self.recipe['preprocess']
@@ -309,6 +315,46 @@ class PoseEstimator(Model):
                              cfg.get('flip_mode', 'heatmap'))
 
 
+class BottomupPoseEstimator(Model):
+    """Bottom-up pose (DEKR): ``pose(img)`` -> ``dict(keypoints=(N, K, 2), keypoint_scores=(N, K),
+    bboxes=(N, 4), bbox_scores=(N,))`` in image pixels, as mmpose's ``BottomupPoseEstimator.predict`` computes
+    them: the image warped into the input (``BottomupResize``), heatmaps and displacements (merged with the
+    mirror image's under the flip test), the ``SPR`` decoding, the rescoring net, the pose NMS, then the input's
+    pixels mapped back to the image. ``keypoint_scores`` are the centre score times the keypoint's; the boxes
+    are those around the keypoints, with score 1 (what ``tools/infer.py --pred-out`` writes)."""
+
+    task = 'bottomup_pose'
+
+    def __call__(self, img: np.ndarray) -> Dict[str, np.ndarray]:
+        x, meta = self.preprocess(img)
+        if 'input_size' not in meta:
+            raise RuntimeModelError('the bottom-up pose recipe has no BottomupResize step')
+        cfg = self.recipe['pose']
+        if cfg['flip_test']:
+            heatmaps, displacements = self.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
+            heatmaps, displacements = merge_flipped_dekr(heatmaps[:1], displacements[:1], heatmaps[1:],
+                                                         displacements[1:], cfg['flip_indices'],
+                                                         cfg['shift_heatmap'], x.shape[-1])
+        else:
+            heatmaps, displacements = self.run(x)
+        keypoints, root_scores, keypoint_scores = decode_spr(heatmaps[0], displacements[0], cfg['codec'])
+        if cfg.get('rescore') and cfg['skeleton'] and len(keypoints):
+            if not hasattr(self, '_rescore'):
+                self._rescore = RescoreNet(cfg['rescore'])
+            root_scores = root_scores * self._rescore(keypoints, keypoint_scores, cfg['skeleton'])
+        scores = root_scores[:, None] * keypoint_scores
+        if len(keypoints) and cfg['nms_dist_thr'] > 0:
+            keep = nearby_joints_nms(keypoints, keypoint_scores, cfg['nms_dist_thr'], cfg['nms_joints_thr'],
+                                     cfg['max_num_people'])
+            keypoints, scores = keypoints[keep], scores[keep]
+        scale, center = meta['input_scale'], meta['input_center']
+        keypoints = keypoints / meta['input_size'] * scale + center - 0.5 * scale
+        boxes = np.concatenate([keypoints.min(axis=1), keypoints.max(axis=1)], axis=1) if len(keypoints) else \
+            np.zeros((0, 4), np.float32)
+        return dict(keypoints=keypoints.astype(np.float32), keypoint_scores=scores.astype(np.float32),
+                    bboxes=boxes.astype(np.float32), bbox_scores=np.ones(len(keypoints), np.float32))
+
+
 class TopDownPose:
     """A person detector then a top-down pose model, as mmpose's ``Pose2DInferencer`` chains them: the
     detector's boxes of ``cat_ids`` scoring above ``bbox_thr``, NMS at ``nms_thr`` (mmpose's), then the pose
@@ -336,12 +382,12 @@ class TopDownPose:
         return result
 
 
-_TASKS = {cls.task: cls for cls in (Detector, Segmentor, Classifier, PoseEstimator)}
+_TASKS = {cls.task: cls for cls in (Detector, Segmentor, Classifier, PoseEstimator, BottomupPoseEstimator)}
 
 
 def load(path: str, threads: Optional[int] = None) -> Model:
     """The predictor of an exported model's task (:class:`Detector`, :class:`Segmentor`,
-    :class:`Classifier` or :class:`PoseEstimator`).
+    :class:`Classifier`, :class:`PoseEstimator` or :class:`BottomupPoseEstimator`).
 
     Raises:
         RuntimeModelError: The file cannot be opened or has no hrnet_mm recipe.

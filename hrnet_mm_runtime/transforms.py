@@ -6,7 +6,7 @@ image (BGR, as OpenCV reads it), so an exported model sees the same input array 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -129,6 +129,44 @@ def topdown_affine(img: np.ndarray, center: np.ndarray, scale: np.ndarray, input
     scale = fix_aspect_ratio(scale, w / h)
     crop = cv2.warpAffine(img, warp_matrix(center, scale, (w, h), udp), (int(w), int(h)), flags=cv2.INTER_LINEAR)
     return crop, scale
+
+
+def _ceil_to(size: Sequence[float], base: int) -> Tuple[int, int]:
+    return tuple(int(np.ceil(s / base) * base) for s in size)  # type: ignore[return-value]
+
+
+def bottomup_sizes(img_size: Tuple[int, int], input_size: Sequence[int], size_factor: int,
+                   resize_mode: str) -> Tuple[Tuple[float, float], Tuple[int, int]]:
+    """mmpose ``BottomupResize._get_input_size``: the ``(w, h)`` the image is resized to and the ``(w, h)`` of
+    the model input holding it ('fit': inside ``input_size``; 'expand': covering it, rounded up to
+    ``size_factor``)."""
+    img_w, img_h = img_size
+    ratio = img_w / img_h
+    pad_w, pad_h = _ceil_to(input_size, size_factor)
+    if resize_mode == 'fit':
+        return (min(pad_w, pad_h * ratio), min(pad_h, pad_w / ratio)), (pad_w, pad_h)
+    actual = (max(pad_w, pad_h * ratio), max(pad_h, pad_w / ratio))
+    return actual, _ceil_to(actual, size_factor)
+
+
+def bottomup_resize(img: np.ndarray, input_size: Sequence[int], size_factor: int, resize_mode: str, use_udp: bool,
+                    pad_val: Sequence[float] = (0, 0, 0)) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """mmpose ``BottomupResize`` (one scale): the image warped into the model input.
+
+    Returns the input image and ``dict(input_center, input_scale, input_size)``: the warp's centre and scale in
+    image pixels and the input's ``(w, h)``, which map the model's input pixels back to the image."""
+    img_h, img_w = img.shape[:2]
+    actual, padded = bottomup_sizes((img_w, img_h), input_size, size_factor, resize_mode)
+    if use_udp:
+        center = np.array([(img_w - 1.0) / 2, (img_h - 1.0) / 2], dtype=np.float32)
+        scale = np.array([img_w, img_h], dtype=np.float32)
+        mat = warp_matrix(center, scale, actual, udp=True)
+    else:
+        center = np.array([img_w / 2, img_h / 2], dtype=np.float32)
+        scale = np.array([img_w * padded[0] / actual[0], img_h * padded[1] / actual[1]], dtype=np.float32)
+        mat = warp_matrix(center, scale, padded, udp=False)
+    out = cv2.warpAffine(img, mat, padded, flags=cv2.INTER_LINEAR, borderValue=tuple(pad_val))
+    return out, dict(input_center=center, input_scale=scale, input_size=np.array(padded))
 
 
 def _source_index(out_size: int, in_size: int, align_corners: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

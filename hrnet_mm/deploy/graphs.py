@@ -10,6 +10,11 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   and rescales to the original image). In sliding-window mode the runtime runs the graph on each window.
 * :class:`PoseGraph` (``TopdownPoseEstimator`` with a heatmap head): ``heatmaps`` ``(N, K, h, w)``. The
   flip test is the runtime's: it runs the image and its mirror as one batch.
+* :class:`BottomupPoseGraph` (``BottomupPoseEstimator`` with DEKR's head): ``heatmaps`` ``(N, K + 1, h, w)``
+  (the keypoints' maps, then the people's centres) and ``displacements`` ``(N, 2K, h, w)`` (each keypoint's
+  offset from the centre at that pixel, in heatmap pixels). The head's deformable convolutions run on
+  torchvision's operator, exported as ONNX ``DeformConv`` (opset 19; :mod:`hrnet_mm.deploy.deform_conv`).
+  The flip test is the runtime's.
 * :class:`TwoStageDetectorGraph` (Faster R-CNN: ``RPNHead`` and ``StandardRoIHead``; Cascade R-CNN:
   ``CascadeRoIHead``):
   inputs ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` (height and width of the image inside the
@@ -29,12 +34,15 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .deform_conv import MIN_OPSET, swap_deform_convs
 
 
 class UnsupportedModelError(ValueError):
@@ -81,6 +89,24 @@ class PoseGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, None, mode='tensor')
+
+
+class BottomupPoseGraph(nn.Module):
+    """mmpose bottom-up DEKR model: ``(N, 3, H, W)`` image -> ``heatmaps`` ``(N, K + 1, H / 4, W / 4)`` and
+    ``displacements`` ``(N, 2K, H / 4, W / 4)`` (``DEKRHead.forward``). Built on a copy of the model whose
+    deformable convolutions are :class:`~hrnet_mm.deploy.deform_conv.DeformConv`."""
+
+    output_names = ('heatmaps', 'displacements')
+    min_opset = MIN_OPSET
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        swap_deform_convs(self.model)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        heatmaps, displacements = self.model.head.forward(self.model.extract_feat(x))
+        return heatmaps, displacements
 
 
 class DenseDetectorGraph(nn.Module):
@@ -371,7 +397,7 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
 
     Returns:
         ``(graph, task)`` with ``task`` one of ``'classification'``, ``'segmentation'``, ``'pose'``,
-        ``'detection'``.
+        ``'bottomup_pose'``, ``'detection'``.
 
     Raises:
         UnsupportedModelError: The model type has no graph (the message names the supported ones).
@@ -391,6 +417,12 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         if head != 'HeatmapHead':
             raise UnsupportedModelError(f'pose export supports top-down HeatmapHead models, got {head}')
         return PoseGraph(model), 'pose'
+    if kind == 'BottomupPoseEstimator':
+        head = type(model.head).__name__
+        if head != 'DEKRHead':
+            raise UnsupportedModelError(f'bottom-up pose export supports DEKR (DEKRHead), got {head}; use --part '
+                                        f'backbone or backbone+neck')
+        return BottomupPoseGraph(model), 'bottomup_pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead', 'HybridTaskCascadeRoIHead'):
             raise UnsupportedModelError(f'detector export supports Faster, Mask, Cascade (Mask) R-CNN and HTC, '
@@ -402,5 +434,6 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, (Cascade) Faster/Mask R-CNN, HTC, FCOS; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, BottomupPoseEstimator with DEKRHead, '
+        f'(Cascade) Faster/Mask R-CNN, HTC, FCOS; '
         f'use --part backbone or backbone+neck')

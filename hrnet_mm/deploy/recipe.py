@@ -8,10 +8,11 @@ settings (score threshold, NMS, codec, flip test). The exporter stores it as the
 
 Recipe keys: ``format`` (:data:`FORMAT`), ``task``, ``config`` (file name), ``classes``, ``preprocess``
 (``mean``, ``std``, ``to_rgb``, ``pad_divisor``, ``pad_value``, ``steps``), and one of ``detection``,
-``segmentation``, ``pose``, ``classification`` with that task's settings.
+``segmentation``, ``pose`` (top-down and bottom-up), ``classification`` with that task's settings.
 """
 from __future__ import annotations
 
+import base64
 from typing import Any, Dict, List
 
 import torch.nn as nn
@@ -66,12 +67,20 @@ def _steps(pipeline: List[dict]) -> List[Dict[str, Any]]:
             steps.append(dict(type='center_crop', size=_size(step['crop_size'])))
         elif kind == 'GetBBoxCenterScale':
             steps.append(dict(type='bbox_center_scale', padding=float(step.get('padding', 1.25))))
+        elif kind == 'BottomupResize':
+            if step.get('aug_scales'):
+                raise UnsupportedModelError('BottomupResize with aug_scales (multi-scale test) is not supported')
+            steps.append(dict(type='bottomup_resize', input_size=_size(step['input_size']),
+                              size_factor=int(step.get('size_factor', 32)),
+                              resize_mode=step.get('resize_mode', 'fit'), use_udp=bool(step.get('use_udp', False)),
+                              pad_val=[float(v) for v in step.get('pad_val', (0, 0, 0))]))
         elif kind == 'TopdownAffine':
             steps.append(dict(type='topdown_affine', input_size=_size(step['input_size']),
                               udp=bool(step.get('use_udp', False))))
         else:
             raise UnsupportedModelError(f'the test pipeline step {kind} has no runtime equivalent; supported: '
-                                        f'Resize, ResizeEdge, CenterCrop, GetBBoxCenterScale, TopdownAffine')
+                                        f'Resize, ResizeEdge, CenterCrop, GetBBoxCenterScale, TopdownAffine, '
+                                        f'BottomupResize')
     return steps
 
 
@@ -156,6 +165,42 @@ def _pose(model) -> Dict[str, Any]:
                 skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])])
 
 
+def _array(t) -> Dict[str, Any]:
+    """A float32 tensor as ``dict(shape, data)`` with the bytes in base64 (exact, and 4/3 of the binary size)."""
+    a = t.detach().cpu().float().numpy()
+    return dict(shape=list(a.shape), data=base64.b64encode(a.astype('<f4').tobytes()).decode('ascii'))
+
+
+def _bottomup_pose(model) -> Dict[str, Any]:
+    """DEKR's decoding settings: the ``SPR`` codec, the flip test, the pose NMS and the rescoring net."""
+    codec = model.head.decoder
+    if type(codec).__name__ != 'SPR' or not codec.generate_keypoint_heatmaps:
+        raise UnsupportedModelError('bottom-up export needs the SPR codec with keypoint heatmaps')
+    test_cfg = model.test_cfg or {}
+    if test_cfg.get('multiscale_test', False):
+        raise UnsupportedModelError('multiscale_test is not supported by the runtime')
+    meta = model.dataset_meta or {}
+    names = meta.get('keypoint_id2name') or {}
+    rescore = None
+    net = getattr(model.head, 'rescore_net', None)
+    if net is not None:
+        rescore = dict(norm_indexes=[int(i) for i in net.norm_indexes],
+                       layers=[dict(weight=_array(layer.weight), bias=_array(layer.bias))
+                               for layer in (net.l1, net.l2, net.l3)])
+    count = model.head.num_keypoints
+    return dict(codec=dict(type='SPR', input_size=_size(codec.input_size), heatmap_size=_size(codec.heatmap_size),
+                           nms_kernel=int(codec.decode_nms_kernel), max_instances=int(codec.decode_max_instances),
+                           score_thr=float(codec.decode_thr)),
+                flip_test=bool(test_cfg.get('flip_test', False)),
+                shift_heatmap=bool(test_cfg.get('shift_heatmap', False)),
+                flip_indices=[int(i) for i in meta.get('flip_indices', [])],
+                nms_dist_thr=float(test_cfg.get('nms_dist_thr', 0) or 0),
+                nms_joints_thr=test_cfg.get('nms_joints_thr'), max_num_people=int(test_cfg.get('max_num_people', 30)),
+                rescore=rescore,
+                keypoint_names=[names[i] for i in sorted(names)] or [str(i) for i in range(count)],
+                skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])])
+
+
 def _class_count(model, task: str) -> int:
     if task == 'detection':
         head = model.roi_head.bbox_head if hasattr(model, 'roi_head') else model.bbox_head
@@ -177,7 +222,7 @@ def _classes(model, cfg, task: str) -> List[str]:
     for names in ((getattr(model, 'dataset_meta', None) or {}).get('classes'), metainfo.get('classes')):
         if names is not None and len(names) == count:
             return [str(c) for c in names]
-    return ['person'] if task == 'pose' else [str(i) for i in range(count)]
+    return ['person'] if task in ('pose', 'bottomup_pose') else [str(i) for i in range(count)]
 
 
 def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, Any]:
@@ -209,6 +254,8 @@ def runtime_recipe(model, cfg, task: str, config_name: str = '') -> Dict[str, An
         if not recipe['pose']['keypoint_names']:
             count = model.head.out_channels // (3 if recipe['pose']['codec'].get('heatmap_type') == 'combined' else 1)
             recipe['pose']['keypoint_names'] = [str(i) for i in range(count)]
+    elif task == 'bottomup_pose':
+        recipe['pose'] = _bottomup_pose(model)
     elif task == 'classification':
         recipe['classification'] = dict(num_classes=_class_count(model, task))
     return recipe

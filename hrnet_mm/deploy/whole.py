@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .deform_conv import dynamo_translations, has_deform_conv, register_torchscript_symbolic
 from .export import MIN_SIZE, ExportError, OnnxReport, Shape, _check_shape, _quiet, prepare, rel_error
 from .graphs import MaskRCNNGraph, TwoStageDetectorGraph, build_graph
 from .recipe import METADATA_KEY, runtime_recipe
@@ -60,9 +61,13 @@ def _export(graph: nn.Module, args: Tuple[torch.Tensor, ...], path: str, opset: 
         if batch_dynamic:
             image[0] = Dim.DYNAMIC
         shapes = (image, ) + (None, ) * (len(args) - 1)
+        table = dynamo_translations() if has_deform_conv(graph) else None
         torch.onnx.export(graph, args, path, dynamo=True, opset_version=opset, input_names=input_names,
-                          output_names=output_names, dynamic_shapes=shapes, verbose=False, external_data=False)
+                          output_names=output_names, dynamic_shapes=shapes, verbose=False, external_data=False,
+                          custom_translation_table=table)
     else:
+        if has_deform_conv(graph):
+            register_torchscript_symbolic(opset)
         axes = {input_names[0]: ({0: 'batch'} if batch_dynamic else {}) | {2: 'height', 3: 'width'}}
         axes.update({name: {0: f'{name}_0', 1: f'{name}_1'} for name in output_names})
         torch.onnx.export(graph, args, path, dynamo=False, opset_version=opset, input_names=input_names,
@@ -149,7 +154,8 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         cfg: Its config (``mmengine.Config``), for the test pipeline stored in the recipe.
         path: The ONNX file to write (its folder is created; written under a temporary name first).
         input_shape: ``(N, C, H, W)`` of the example input; ``N`` must be 1 for a two-stage detector.
-        opset: ONNX opset (18 by default; NMS and RoiAlign need at least 16 with the torchscript exporter).
+        opset: ONNX opset (18 by default; NMS and RoiAlign need at least 16 with the torchscript exporter;
+            DEKR's deformable convolutions raise it to 19).
         fold_bn: Fold every BN into the conv before it.
         check: Run ``onnx.checker`` and compare onnxruntime with PyTorch at ``input_shape`` and
             ``check_shapes``; raise :class:`ExportError` beyond ``tolerance`` (or, for a detector, more than
@@ -171,6 +177,9 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     input_shape = _check_shape(input_shape)
     check_shapes = [_check_shape(s) for s in check_shapes]
     graph, task = build_graph(model)
+    if opset < getattr(graph, 'min_opset', 0):
+        say(f'opset {opset} -> {graph.min_opset}: the graph needs ONNX DeformConv')
+        opset = graph.min_opset
     recipe = runtime_recipe(model, cfg, task, config_name)
     two_stage = isinstance(graph, TwoStageDetectorGraph)
     if two_stage and any(s[0] != 1 for s in [input_shape] + check_shapes):

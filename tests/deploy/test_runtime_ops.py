@@ -183,3 +183,80 @@ def test_flip_merge_equals_mmpose(shift, mode):
     ref = (maps + flip_heatmaps(flipped.clone(), flip_mode=mode, flip_indices=indices, shift_heatmap=shift)) * 0.5
     got = K.merge_flipped(maps.numpy(), flipped.numpy(), indices, shift, mode)
     assert np.abs(got - ref.numpy()).max() < 1e-6
+
+
+@pytest.mark.parametrize('mode,udp', [('expand', False), ('fit', False), ('expand', True)])
+def test_bottomup_resize_equals_mmpose(mode, udp):
+    from mmpose.datasets.transforms import BottomupResize
+
+    transform = BottomupResize(input_size=(128, 128), size_factor=32, resize_mode=mode, use_udp=udp)
+    for seed, shape in enumerate([(90, 200), (128, 128), (301, 140)]):
+        img = _image(*shape, seed)
+        ref = transform.transform(dict(img=img.copy(), ori_shape=shape))
+        got, meta = T.bottomup_resize(img, (128, 128), 32, mode, udp)
+        assert np.array_equal(got, ref['img'])
+        for key in ('input_center', 'input_scale', 'input_size'):
+            assert np.array_equal(meta[key], np.asarray(ref[key])), key
+
+
+def _dekr_maps(seed: int, k: int = 17, h: int = 24, w: int = 20):
+    """Centre and keypoint heatmaps with a few peaks, and displacements of a few pixels."""
+    rng = np.random.default_rng(seed)
+    heatmaps = np.concatenate([_gaussian_maps(k, h, w, seed), _gaussian_maps(1, h, w, seed + 7)])
+    for _ in range(4):  # more centres
+        heatmaps[-1] += _gaussian_maps(1, h, w, int(rng.integers(1000)))[0] * rng.uniform(0.2, 1)
+    return heatmaps, rng.normal(0, 3, (2 * k, h, w)).astype(np.float32)
+
+
+def test_dekr_flip_merge_and_spr_decoding_equal_mmpose():
+    from mmpose.codecs import SPR
+    from mmpose.models.utils.tta import flip_heatmaps
+
+    from hrnet_mm_runtime import bottomup as U
+
+    indices = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+    (h1, d1), (h2, d2) = _dekr_maps(0), _dekr_maps(1)
+    heatmaps, displacements = U.merge_flipped_dekr(h1[None], d1[None], h2[None], d2[None], indices, True, 80)
+    back = flip_heatmaps(torch.from_numpy(h2[None]), flip_mode='heatmap', flip_indices=indices + [17],
+                         shift_heatmap=True)
+    ref_h = (torch.from_numpy(h1[None]) + back) / 2.0
+    flipped = flip_heatmaps(torch.from_numpy(d2[None]), flip_mode='offset', flip_indices=indices, shift_heatmap=False)
+    flipped[:, ::2] += (80 / 20 - 1) / (80 / 20)  # DEKRHead.predict's x correction, input 80 px wide
+    ref_d = (torch.from_numpy(d1[None]) + flipped) / 2.0
+    assert np.array_equal(heatmaps, ref_h.numpy()) and np.array_equal(displacements, ref_d.numpy())
+
+    codec = SPR(input_size=(80, 96), heatmap_size=(20, 24), sigma=(4, 2), generate_keypoint_heatmaps=True,
+                decode_max_instances=3)
+    recipe = dict(input_size=[80, 96], heatmap_size=[20, 24], nms_kernel=5, max_instances=3, score_thr=0.01)
+    ref_kpts, (ref_roots, ref_scores) = codec.decode(ref_h[0], ref_d[0])
+    kpts, roots, scores = U.decode_spr(heatmaps[0], displacements[0], recipe)
+    assert len(kpts) == 3
+    assert np.array_equal(kpts, ref_kpts.numpy()) and np.array_equal(roots, ref_roots.numpy())
+    assert np.abs(scores - ref_scores.numpy()).max() < 1e-6  # grid_sample's bilinear weights, another order
+
+
+def test_dekr_rescoring_and_pose_nms_equal_mmpose():
+    from mmpose.evaluation.functional import nearby_joints_nms
+    from mmpose.models.heads.hybrid_heads.dekr_head import RescoreNet
+
+    from hrnet_mm.deploy.recipe import _array
+    from hrnet_mm_runtime import bottomup as U
+
+    torch.manual_seed(0)
+    net = RescoreNet(in_channels=74, norm_indexes=(5, 6)).eval()
+    skeleton = [[15, 13], [13, 11], [16, 14], [14, 12], [11, 12], [5, 11], [6, 12], [5, 6], [5, 7], [6, 8], [7, 9],
+                [8, 10], [1, 2], [0, 1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6]]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 200, (6, 17, 2))
+    keypoints = np.concatenate([base, base + rng.normal(0, 2, base.shape), base[:3] + 40]).astype(np.float32)
+    scores = rng.uniform(0, 1, (15, 17)).astype(np.float32)
+    ours = U.RescoreNet(dict(norm_indexes=[5, 6], layers=[dict(weight=_array(layer.weight), bias=_array(layer.bias))
+                                                          for layer in (net.l1, net.l2, net.l3)]))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(keypoints), torch.from_numpy(scores), skeleton).numpy()
+    assert np.abs(ours(keypoints, scores, skeleton) - ref).max() < 1e-5 * np.abs(ref).max()
+    for max_dets in (30, 4):
+        db = [dict(keypoints=k, score=s) for k, s in zip(keypoints, scores)]
+        want = nearby_joints_nms(db, 0.05, None, score_per_joint=True, max_dets=max_dets)
+        assert U.nearby_joints_nms(keypoints, scores, 0.05, None, max_dets) == [int(i) for i in want]
+        assert len(want) == min(max_dets, 9)  # the 6 noisy copies are dropped

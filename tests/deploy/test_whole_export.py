@@ -27,6 +27,7 @@ FCN = os.path.join(DEMO, 'fcn_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
 OCR = os.path.join(DEMO, 'ocrnet_hrnetv2-tiny_1xb4-300it_demo-cityscapes.py')
 CLS = os.path.join(DEMO, 'hrnet-tiny_1xb8-6e_demo-imagenet.py')
 MASK = os.path.join(DEMO, 'mask-rcnn_hrnetv2p-tiny_1xb2-8e_demo-coco.py')
+DEKR = os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py')
 CLI = os.path.join(ROOT, 'tools', 'deploy', 'export_onnx.py')
 
 
@@ -330,10 +331,61 @@ def test_runtime_rejects_bad_files_and_images(tmp_path):
 
 
 def test_unsupported_models_are_refused(tmp_path):
-    model = get_model(os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), pretrained=False)
-    with pytest.raises(UnsupportedModelError, match='no whole-model export for BottomupPoseEstimator'):
+    model = get_model('ae_hrnet-w32_8xb24-300e_coco-512x512', pretrained=False)
+    with pytest.raises(UnsupportedModelError, match='supports DEKR .DEKRHead., got AssociativeEmbeddingHead'):
         export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
     assert not os.listdir(tmp_path)
+
+
+def test_bottom_up_dekr_equals_mmpose(tmp_path):
+    """DEKR with the flip test and the rescoring net (mmpose's zoo recipes have both): the deformable
+    convolutions export as ONNX DeformConv; the runtime's people equal ``inference_bottomup``'s."""
+    config = tmp_path / 'dekr.py'
+    config.write_text(f"_base_ = {DEKR!r}\nmodel = dict(head=dict(rescore_cfg=dict(_delete_=True, in_channels=74, "
+                      f"norm_indexes=(5, 6))), test_cfg=dict(flip_test=True))\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
+    with torch.no_grad():  # realistic output ranges: heatmaps near 1, displacements of a few pixels, OKS near 1
+        for conv in (model.head.heatmap_conv_layers[-1], model.head.displacement_conv_layers[-1],
+                     model.head.rescore_net.l3):
+            conv.weight.mul_(0.01)
+            conv.bias.zero_()
+    ckpt = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': model.dataset_meta}}, ckpt)
+    path = str(tmp_path / 'model.onnx')
+    report = export_model(model, model.cfg, path, (1, 3, 128, 128), exporter='torchscript',
+                          check_shapes=[(2, 3, 96, 160)])
+    assert report.opset == 19 and max(report.errors.values()) < 1e-4
+    import onnx
+
+    assert 'DeformConv' in {node.op_type for node in onnx.load(path).graph.node}
+    pose = rt.load(path)
+    assert isinstance(pose, rt.BottomupPoseEstimator) and pose.recipe['pose']['rescore'] is not None
+    from mmengine.registry import init_default_scope
+    from mmpose.apis import inference_bottomup
+
+    reference = get_model(str(config), ckpt)
+    init_default_scope('mmpose')  # inference_bottomup builds the pipeline in the current scope
+    people = 0
+    for seed, (h, w) in enumerate([(90, 200), (128, 128), (200, 130)]):
+        img = _scene(h, w, seed)
+        (sample, ) = inference_bottomup(reference, img)
+        want = sample.pred_instances
+        got = pose(img)
+        assert got['keypoints'].shape == want.keypoints.shape
+        assert np.abs(got['keypoints'] - want.keypoints).max() < 1e-3
+        assert np.abs(got['keypoint_scores'] - want.keypoint_scores).max() < 1e-4 * np.abs(want.keypoint_scores).max()
+        people += len(want.keypoints)
+    assert people >= 3
+    cv2.imwrite(str(tmp_path / 'scene.png'), img)
+    proc = _runtime_cli(tmp_path, path, 'scene.png', '--out-dir', 'vis', '--pred-out', 'people.json')
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / 'people.json') as f:
+        results = json.load(f)
+    assert len(results) == len(got['keypoints']) and os.path.exists(tmp_path / 'vis' / 'scene.png')
+    got_kpts = np.array([r['keypoints'] for r in results]).reshape(len(results), -1, 3)[..., :2]
+    assert np.abs(got_kpts - got['keypoints']).max() <= 1e-3
 
 
 def _cli(cwd, *args):
@@ -357,8 +409,8 @@ def test_cli_exports_the_whole_model(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['no-such-model', '--out', 'm.onnx'], 'no-such-model'),
     (['missing.py', '--out', 'm.onnx'], 'config file not found: missing.py'),
-    ([os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), '--out', 'm.onnx'],
-     'no whole-model export for BottomupPoseEstimator'),
+    ([os.path.join(ROOT, 'configs', 'pose', 'ae_hrnet-w32_8xb24-300e_coco-512x512.py'), '--out', 'm.onnx'],
+     'supports DEKR (DEKRHead), got AssociativeEmbeddingHead'),
     ([DET, '--out', 'm.onnx', '--batch', '2'], 'a detector graph takes one image'),
     ([POSE, '--out', 'm.onnx', '--static'], 'always dynamic'),
     ([POSE, 'bad.pth', '--out', 'm.onnx'], 'bad.pth'),
@@ -402,7 +454,7 @@ def test_runtime_cli_writes_pictures_and_coco_results(tmp_path, detector_export)
     (['DET', 'missing.jpg'], 'image file or folder not found: missing.jpg'),
     (['DET', 'page.jpg'], 'cannot read image page.jpg'),
     (['page.jpg', 'page.jpg'], 'cannot open page.jpg with onnxruntime'),
-    (['DET', 'page.jpg', '--det-model', 'DET'], '--det-model is for pose models'),
+    (['DET', 'page.jpg', '--det-model', 'DET'], '--det-model is for top-down pose models'),
     (['DET', 'page.jpg', '--bbox-thr', 'x'], "argument --bbox-thr: invalid float value: 'x'"),
 ])
 def test_runtime_cli_errors_are_one_line(tmp_path, detector_export, args, message):

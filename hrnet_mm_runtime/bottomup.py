@@ -1,0 +1,140 @@
+"""DEKR's bottom-up decoding in NumPy and OpenCV, as mmpose computes it: the flip test's merge of heatmaps and
+displacements, the ``SPR`` codec's decoding (people's centres from the centre heatmap, their keypoints from
+the displacements there, keypoint scores sampled from the keypoint heatmaps), the rescoring net and the
+pose NMS (``nearby_joints_nms``)."""
+from __future__ import annotations
+
+import base64
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .keypoints import flip_back
+
+
+def merge_flipped_dekr(heatmaps: np.ndarray, displacements: np.ndarray, flipped_heatmaps: np.ndarray,
+                       flipped_displacements: np.ndarray, flip_indices: Sequence[int], shift: bool,
+                       input_width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``DEKRHead.predict``'s flip test: ``(N, K + 1, h, w)`` heatmaps (the centre map last, kept in place)
+    and ``(N, 2K, h, w)`` displacements of the images and of their mirrors. The mirror's displacements get
+    ``(s - 1) / s`` added to x, ``s`` the input's width over the heatmap's, before the average."""
+    count = len(flip_indices)
+    back = flip_back(flipped_heatmaps, list(flip_indices) + [count])
+    if shift:
+        back[..., 1:] = back[..., :-1].copy()
+    merged_heatmaps = (heatmaps + back) / np.float32(2.0)
+    back = flip_back(flipped_displacements, flip_indices, 'offset')
+    x_scale = input_width / heatmaps.shape[-1]
+    back[:, ::2] += np.float32((x_scale - 1) / x_scale)
+    return merged_heatmaps, (displacements + back) / np.float32(2.0)
+
+
+def heatmap_nms(heatmap: np.ndarray, kernel: int) -> np.ndarray:
+    """mmpose's ``batch_heatmap_nms`` for one ``(h, w)`` map: each value where it is the maximum of its
+    ``kernel`` x ``kernel`` neighbourhood, 0 elsewhere."""
+    maximum = cv2.dilate(heatmap, np.ones((kernel, kernel), np.uint8))  # the border does not raise the maximum
+    return heatmap * (heatmap == maximum).astype(np.float32)
+
+
+def grid_sample_border(maps: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``F.grid_sample(maps[:, None], grid, padding_mode='border')`` (bilinear, ``align_corners=False``) at the
+    ``(K, M, 2)`` pixel coordinates ``points`` of ``(K, h, w)`` maps, with mmpose's normalisation by
+    ``w - 1`` and ``h - 1``: ``(K, M)`` values."""
+    k, h, w = maps.shape
+    gx = points[..., 0] / np.float32(w - 1) * 2 - 1
+    gy = points[..., 1] / np.float32(h - 1) * 2 - 1
+    x = np.clip(((gx + 1) * w - 1) / 2, 0, w - 1)
+    y = np.clip(((gy + 1) * h - 1) / 2, 0, h - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    rows = np.arange(k)[:, None]
+    return (maps[rows, y0, x0] * (1 - fx) * (1 - fy) + maps[rows, y0, x1] * fx * (1 - fy)
+            + maps[rows, y1, x0] * (1 - fx) * fy + maps[rows, y1, x1] * fx * fy).astype(np.float32)
+
+
+def decode_spr(heatmaps: np.ndarray, displacements: np.ndarray,
+               codec: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mmpose's ``SPR.decode`` of one image's ``(K + 1, h, w)`` heatmaps and ``(2K, h, w)`` displacements.
+
+    Returns ``(N, K, 2)`` keypoints in input pixels, ``(N,)`` centre scores and ``(N, K)`` keypoint scores
+    of the at most ``max_instances`` local maxima of the centre map above ``score_thr``, highest first."""
+    heatmaps = heatmaps.astype(np.float32)
+    k2, h, w = displacements.shape
+    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing='ij')
+    posemaps = (np.stack([xs, ys])[None] + displacements.reshape(k2 // 2, 2, h, w)).reshape(k2 // 2, 2, -1)
+    peaks = heatmap_nms(heatmaps[-1], codec['nms_kernel']).reshape(-1)
+    order = np.argsort(-peaks, kind='stable')[:codec['max_instances']]
+    order = order[peaks[order] > codec['score_thr']]
+    keypoints = posemaps[:, :, order].transpose(2, 0, 1)
+    scores = grid_sample_border(heatmaps[:-1], keypoints.transpose(1, 0, 2)).T
+    factor = np.array(codec['input_size'], np.float32) / np.array(codec['heatmap_size'], np.float32)
+    return (keypoints * factor).astype(np.float32), peaks[order], np.ascontiguousarray(scores)
+
+
+def _array(entry: Dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(entry['data']), dtype='<f4').reshape(entry['shape'])
+
+
+class RescoreNet:
+    """DEKR's rescoring net (mmpose's ``RescoreNet``): an MLP that predicts each person's OKS from the
+    skeleton's limb vectors and lengths (normalised by the torso) and the keypoint scores.
+
+    Args:
+        recipe: ``dict(norm_indexes, layers=[dict(weight, bias)] * 3)`` as the exporter stores it.
+    """
+
+    def __init__(self, recipe: Dict) -> None:
+        self.norm_indexes = recipe['norm_indexes']
+        self.layers = [(_array(layer['weight']), _array(layer['bias'])) for layer in recipe['layers']]
+
+    def features(self, keypoints: np.ndarray, scores: np.ndarray, skeleton: Sequence[Sequence[int]]) -> np.ndarray:
+        a, b = (list(j) for j in zip(*skeleton))
+        limbs = keypoints[:, a] - keypoints[:, b]
+        lengths = np.sqrt((limbs ** 2).sum(axis=2))
+        i, j = self.norm_indexes
+        norm = np.maximum((lengths[:, i] + lengths[:, j]) / 2, 1)[:, None]
+        return np.concatenate([(limbs / norm[..., None]).reshape(len(limbs), -1), lengths / norm, scores],
+                              axis=1).astype(np.float32)
+
+    def __call__(self, keypoints: np.ndarray, scores: np.ndarray, skeleton: Sequence[Sequence[int]]) -> np.ndarray:
+        """``(N, K, 2)`` keypoints and ``(N, K)`` scores -> ``(N,)`` predicted OKS (0 where not finite)."""
+        x = self.features(keypoints, scores, skeleton)
+        for index, (weight, bias) in enumerate(self.layers):
+            x = x @ weight.T + bias
+            if index < len(self.layers) - 1:
+                x = np.maximum(x, 0)
+        out = x[:, 0]
+        out[np.isnan(out)] = 0
+        return out
+
+
+def nearby_joints_nms(keypoints: np.ndarray, scores: np.ndarray, dist_thr: float,
+                      joints_thr: Optional[int] = None, max_dets: int = 30) -> List[int]:
+    """mmpose's ``nearby_joints_nms`` (``score_per_joint=True``): people with more than ``joints_thr`` (half the
+    keypoints by default) keypoints within ``dist_thr`` of their pose's diagonal of a better person's are
+    dropped. ``keypoints`` ``(N, K, 2)``, ``scores`` ``(N, K)``; returns the kept indices."""
+    if len(keypoints) == 0:
+        return []
+    person = scores.mean(axis=1)
+    count, joints = keypoints.shape[:2]
+    if joints_thr is None:
+        joints_thr = joints // 2
+    area = keypoints.max(axis=1) - keypoints.min(axis=1)
+    area = np.sqrt(np.power(area, 2).sum(axis=1))
+    close_thr = np.tile(area.reshape(count, 1, 1), (count, joints)) * dist_thr
+    dist = np.sqrt(np.power(keypoints[:, None] - keypoints, 2).sum(axis=3))
+    close = (dist < close_thr).sum(2) > joints_thr
+    ignored, keep = set(), []
+    for i in np.argsort(person)[::-1]:
+        if i in ignored:
+            continue
+        near = close[i].nonzero()[0]
+        best = near[np.argmax(person[near])]
+        if best not in ignored:
+            keep.append(int(best))
+            ignored |= set(near.tolist())
+    if max_dets > 0 and len(keep) > max_dets:
+        keep = [keep[i] for i in np.argsort(person[keep])[-1:-max_dets - 1:-1]]
+    return keep
