@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from test_demo_training import DEMO, _tool, _train_and_test
+from test_demo_training import DEMO, _env, _tool, _train_and_test
 
 
 def _mean_shape_errors(train_ann: str, test_ann: str):
@@ -74,6 +76,20 @@ def test_dekr_bottom_up_finds_several_people_above_chance(tmp_path):
     ap = coco_keypoint_ap(str(data / 'annotations' / 'person_keypoints_val.json'), str(tmp_path / 'people.json'))
     print(f'DEKR through tools/infer.py: {ap}')
     assert ap['AP50'] > 0.5 and ap['detections'] >= 2 * len(os.listdir(data / 'val')) * 0.8, ap
+    # Exported whole and run by the PyTorch-free runtime on the same pictures: the same people and keypoints.
+    config = os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py')
+    _tool(tmp_path, os.path.join('deploy', 'export_onnx.py'), config, ckpt, '--exporter', 'torchscript', '--shape',
+          '128', '--out', 'dekr.onnx')
+    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm_runtime', 'dekr.onnx', str(data / 'val'), '--out-dir',
+                           'runtime_pictures', '--pred-out', 'runtime.json'], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / 'people.json') as f, open(tmp_path / 'runtime.json') as g:
+        want, got = json.load(f), json.load(g)
+    assert [p['image_id'] for p in got] == [p['image_id'] for p in want]
+    error = np.abs(np.array([p['keypoints'] for p in got]) - np.array([p['keypoints'] for p in want]))
+    print(f'DEKR runtime vs tools/infer.py: {len(got)} people, keypoint and score differences up to {error.max()}')
+    assert error.max() <= 0.01  # the JSON's 0.001 px rounding and onnxruntime's float error
 
 
 @pytest.mark.slow
