@@ -1,7 +1,9 @@
-"""DEKR's bottom-up decoding in NumPy and OpenCV, as mmpose computes it: the flip test's merge of heatmaps and
-displacements, the ``SPR`` codec's decoding (people's centres from the centre heatmap, their keypoints from
-the displacements there, keypoint scores sampled from the keypoint heatmaps), the rescoring net and the
-pose NMS (``nearby_joints_nms``)."""
+"""Bottom-up pose decoding in NumPy and OpenCV, as mmpose computes it.
+
+DEKR: the flip test's merge of heatmaps and displacements, the ``SPR`` codec's decoding (people's centres from
+the centre heatmap, their keypoints from the displacements there, keypoint scores sampled from the keypoint
+heatmaps), the rescoring net and the pose NMS (``nearby_joints_nms``). CID: the ``DecoupledHeatmap`` codec's
+decoding of each person's heatmaps (the graph holds the rest)."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .keypoints import flip_back
+from .keypoints import flip_back, heatmap_maximum, refine_shift
 
 
 def merge_flipped_dekr(heatmaps: np.ndarray, displacements: np.ndarray, flipped_heatmaps: np.ndarray,
@@ -138,3 +140,26 @@ def nearby_joints_nms(keypoints: np.ndarray, scores: np.ndarray, dist_thr: float
     if max_dets > 0 and len(keep) > max_dets:
         keep = [keep[i] for i in np.argsort(person[keep])[-1:-max_dets - 1:-1]]
     return keep
+
+
+def decode_cid(instance_heatmaps: np.ndarray, instance_scores: np.ndarray, codec: Dict,
+               input_size: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """``CIDHead.predict``'s decoding: of the ``(M, K, h, w)`` per-person heatmaps, those whose centre scores above
+    ``score_thr``; each keypoint at its map's maximum moved a quarter pixel towards the higher neighbour, scaled
+    to the codec's input size and moved by half a heatmap pixel of the ``(w, h)`` ``input_size``.
+
+    Returns ``(N, K, 2)`` keypoints in input pixels and ``(N, K)`` scores (the maximum times the centre score).
+    """
+    keep = instance_scores > codec['score_thr']
+    heatmaps, scores = instance_heatmaps[keep].astype(np.float32), instance_scores[keep].astype(np.float32)
+    count, joints, h, w = heatmaps.shape
+    factor = (np.array(codec['input_size']) / codec['heatmap_size']).astype(np.float32)
+    keypoints = np.zeros((count, joints, 2), np.float32)
+    keypoint_scores = np.zeros((count, joints), np.float32)
+    for i, (maps, score) in enumerate(zip(heatmaps, scores)):
+        locs, values = heatmap_maximum(maps)
+        keypoints[i] = refine_shift(locs, maps) * factor
+        keypoint_scores[i] = values * score
+    keypoints[..., 0] += input_size[0] / w / 2.0
+    keypoints[..., 1] += input_size[1] / h / 2.0
+    return keypoints, keypoint_scores

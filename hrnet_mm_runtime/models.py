@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import transforms as T
-from .bottomup import RescoreNet, decode_spr, merge_flipped_dekr, nearby_joints_nms
+from .bottomup import RescoreNet, decode_cid, decode_spr, merge_flipped_dekr, nearby_joints_nms
 from .boxes import batched_nms, decode_deltas, paste_masks, person_nms
 from .keypoints import decode, merge_flipped
 
@@ -316,12 +316,13 @@ class PoseEstimator(Model):
 
 
 class BottomupPoseEstimator(Model):
-    """Bottom-up pose (DEKR): ``pose(img)`` -> ``dict(keypoints=(N, K, 2), keypoint_scores=(N, K),
+    """Bottom-up pose (DEKR, CID): ``pose(img)`` -> ``dict(keypoints=(N, K, 2), keypoint_scores=(N, K),
     bboxes=(N, 4), bbox_scores=(N,))`` in image pixels, as mmpose's ``BottomupPoseEstimator.predict`` computes
-    them: the image warped into the input (``BottomupResize``), heatmaps and displacements (merged with the
-    mirror image's under the flip test), the ``SPR`` decoding, the rescoring net, the pose NMS, then the input's
-    pixels mapped back to the image. ``keypoint_scores`` are the centre score times the keypoint's; the boxes
-    are those around the keypoints, with score 1 (what ``tools/infer.py --pred-out`` writes)."""
+    them: the image warped into the input (``BottomupResize``); for DEKR, heatmaps and displacements (merged with
+    the mirror image's under the flip test), the ``SPR`` decoding, the rescoring net and the pose NMS; for CID,
+    the graph's per-person heatmaps decoded; then the input's pixels mapped back to the image.
+    ``keypoint_scores`` are the centre score times the keypoint's; the boxes are those around the keypoints,
+    with score 1 (what ``tools/infer.py --pred-out`` writes)."""
 
     task = 'bottomup_pose'
 
@@ -330,6 +331,19 @@ class BottomupPoseEstimator(Model):
         if 'input_size' not in meta:
             raise RuntimeModelError('the bottom-up pose recipe has no BottomupResize step')
         cfg = self.recipe['pose']
+        if cfg['codec']['type'] == 'DecoupledHeatmap':  # CID: flip test and decoupling in the graph
+            keypoints, scores = decode_cid(*self.run(x)[:2], cfg['codec'], meta['input_size'])
+        else:
+            keypoints, scores = self.dekr(x, cfg)
+        scale, center = meta['input_scale'], meta['input_center']
+        keypoints = keypoints / meta['input_size'] * scale + center - 0.5 * scale
+        boxes = np.concatenate([keypoints.min(axis=1), keypoints.max(axis=1)], axis=1) if len(keypoints) else \
+            np.zeros((0, 4), np.float32)
+        return dict(keypoints=keypoints.astype(np.float32), keypoint_scores=scores.astype(np.float32),
+                    bboxes=boxes.astype(np.float32), bbox_scores=np.ones(len(keypoints), np.float32))
+
+    def dekr(self, x: np.ndarray, cfg: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+        """DEKR's keypoints and scores in input pixels for the normalised input ``x``."""
         if cfg['flip_test']:
             heatmaps, displacements = self.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
             heatmaps, displacements = merge_flipped_dekr(heatmaps[:1], displacements[:1], heatmaps[1:],
@@ -347,12 +361,7 @@ class BottomupPoseEstimator(Model):
             keep = nearby_joints_nms(keypoints, keypoint_scores, cfg['nms_dist_thr'], cfg['nms_joints_thr'],
                                      cfg['max_num_people'])
             keypoints, scores = keypoints[keep], scores[keep]
-        scale, center = meta['input_scale'], meta['input_center']
-        keypoints = keypoints / meta['input_size'] * scale + center - 0.5 * scale
-        boxes = np.concatenate([keypoints.min(axis=1), keypoints.max(axis=1)], axis=1) if len(keypoints) else \
-            np.zeros((0, 4), np.float32)
-        return dict(keypoints=keypoints.astype(np.float32), keypoint_scores=scores.astype(np.float32),
-                    bboxes=boxes.astype(np.float32), bbox_scores=np.ones(len(keypoints), np.float32))
+        return keypoints, scores
 
 
 class TopDownPose:

@@ -15,6 +15,10 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   offset from the centre at that pixel, in heatmap pixels). The head's deformable convolutions run on
   torchvision's operator, exported as ONNX ``DeformConv`` (opset 19; :mod:`hrnet_mm.deploy.deform_conv`).
   The flip test is the runtime's.
+* :class:`CIDGraph` (``BottomupPoseEstimator`` with CID's head): one image in; ``instance_heatmaps``
+  ``(M, K, h, w)``, ``instance_scores`` ``(M,)`` and ``instance_coords`` ``(M, 2)`` of the ``max_instances``
+  highest centres (the runtime keeps those above the score threshold). CID's flip test, centre selection and
+  instance decoupling run in the graph.
 * :class:`TwoStageDetectorGraph` (Faster R-CNN: ``RPNHead`` and ``StandardRoIHead``; Cascade R-CNN:
   ``CascadeRoIHead``):
   inputs ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` (height and width of the image inside the
@@ -107,6 +111,71 @@ class BottomupPoseGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         heatmaps, displacements = self.model.head.forward(self.model.extract_feat(x))
         return heatmaps, displacements
+
+
+class CIDGraph(nn.Module):
+    """mmpose CID model (``CIDHead.predict`` up to the decoding): ``(1, 3, H, W)`` image ->
+    ``instance_heatmaps`` ``(M, K, H / 4, W / 4)`` (decoupled per person, flip-merged, smoothed),
+    ``instance_scores`` ``(M,)`` and ``instance_coords`` ``(M, 2)`` (each centre's ``x, y`` heatmap pixel),
+    ``M`` = ``test_cfg.max_instances``, highest score first.
+
+    The centre map's local maxima use mmpose's size-dependent pooling window (3, 5 or 7 pixels above a mean
+    heatmap side of 200 and 300); the graph pools with all three and selects by the map's size, so the choice
+    follows the input size in the exported file as well. mmpose runs the decoupling on the centres above
+    ``score_threshold`` only; it is per person, so the runtime's selection afterwards gives the same maps.
+    """
+
+    output_names = ('instance_heatmaps', 'instance_scores', 'instance_coords')
+    one_image = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.test_cfg or {}
+        self.flip_test = bool(cfg.get('flip_test', False))
+        self.blur = int(cfg.get('blur_kernel_size', 3))
+        self.max_instances = int(cfg.get('max_instances', 30))
+        indices = (model.dataset_meta or {}).get('flip_indices')
+        if self.flip_test and not indices:
+            raise UnsupportedModelError('CID flip test: the model has no dataset_meta flip_indices (load a '
+                                        'checkpoint or set the test dataset metainfo)')
+        self.flip_indices = list(indices or [])
+
+    def smooth(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """mmpose's ``smooth_heatmaps``: the mean of the maps and their box-blurred copies."""
+        return (heatmaps + F.avg_pool2d(heatmaps, self.blur, 1, (self.blur - 1) // 2)) / 2.0
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        head = self.model.head
+        if self.flip_test:
+            feats = self.model.extract_feat(torch.cat([x, x.flip(-1)]))[-1]
+            feats = torch.cat([feats[:1], feats[1:].flip(-1)])
+        else:
+            feats = self.model.extract_feat(x)[-1]
+        iia = head.iia_module
+        centres = iia.forward(feats)[:, -1:]  # the centre map (narrow(1, -1, 1) exports as an empty slice)
+        if self.flip_test:
+            centres = centres.mean(dim=0, keepdim=True)
+        smoothed = self.smooth(centres)
+        # the map's height and width as tensors computed from the data, so that both exporters keep them dynamic
+        height = torch.ones_like(smoothed[0, 0, :, 0], dtype=torch.long).sum()
+        width = torch.ones_like(smoothed[0, 0, 0, :], dtype=torch.long).sum()
+        side = (height + width).float() / 2.0
+        large, middle = (side > 300).to(smoothed), ((side > 200) & (side <= 300)).to(smoothed)
+        maximum = F.max_pool2d(smoothed, 7, 1, 3) * large + F.max_pool2d(smoothed, 5, 1, 2) * middle + \
+            F.max_pool2d(smoothed, 3, 1, 1) * (1 - large - middle)
+        peaks = (smoothed * torch.eq(maximum, smoothed).float()).reshape(-1)
+        scores, index = peaks.topk(self.max_instances, dim=0)
+        coords = torch.stack((index % width, torch.div(index, width, rounding_mode='floor')), dim=1)
+        instance_feats = iia._sample_feats(feats, coords)
+        ids = torch.zeros_like(index)
+        if self.flip_test:
+            coords, ids = torch.cat((coords, coords)), torch.cat((ids, ids + 1))
+        heatmaps = head.gfd_module(feats, instance_feats, coords, ids)
+        if self.flip_test:
+            heatmaps, flipped = torch.chunk(heatmaps, 2, dim=0)
+            heatmaps = (heatmaps + flipped[:, self.flip_indices]) / 2.0
+        return self.smooth(heatmaps), scores, coords[:self.max_instances]
 
 
 class DenseDetectorGraph(nn.Module):
@@ -419,9 +488,11 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return PoseGraph(model), 'pose'
     if kind == 'BottomupPoseEstimator':
         head = type(model.head).__name__
+        if head == 'CIDHead':
+            return CIDGraph(model), 'bottomup_pose'
         if head != 'DEKRHead':
-            raise UnsupportedModelError(f'bottom-up pose export supports DEKR (DEKRHead), got {head}; use --part '
-                                        f'backbone or backbone+neck')
+            raise UnsupportedModelError(f'bottom-up pose export supports DEKR (DEKRHead) and CID (CIDHead), got '
+                                        f'{head}; use --part backbone or backbone+neck')
         return BottomupPoseGraph(model), 'bottomup_pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead', 'HybridTaskCascadeRoIHead'):
@@ -434,6 +505,6 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, BottomupPoseEstimator with DEKRHead, '
-        f'(Cascade) Faster/Mask R-CNN, HTC, FCOS; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, BottomupPoseEstimator with DEKRHead or '
+        f'CIDHead, (Cascade) Faster/Mask R-CNN, HTC, FCOS; '
         f'use --part backbone or backbone+neck')

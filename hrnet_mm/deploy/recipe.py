@@ -172,33 +172,40 @@ def _array(t) -> Dict[str, Any]:
 
 
 def _bottomup_pose(model) -> Dict[str, Any]:
-    """DEKR's decoding settings: the ``SPR`` codec, the flip test, the pose NMS and the rescoring net."""
+    """The decoding settings of a bottom-up model: DEKR's ``SPR`` codec, flip test, pose NMS and rescoring net,
+    or CID's ``DecoupledHeatmap`` codec (CID's flip test runs in the graph)."""
     codec = model.head.decoder
-    if type(codec).__name__ != 'SPR' or not codec.generate_keypoint_heatmaps:
-        raise UnsupportedModelError('bottom-up export needs the SPR codec with keypoint heatmaps')
+    kind = type(codec).__name__
     test_cfg = model.test_cfg or {}
     if test_cfg.get('multiscale_test', False):
         raise UnsupportedModelError('multiscale_test is not supported by the runtime')
     meta = model.dataset_meta or {}
     names = meta.get('keypoint_id2name') or {}
+    count = model.head.num_keypoints
+    common = dict(keypoint_names=[names[i] for i in sorted(names)] or [str(i) for i in range(count)],
+                  skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])],
+                  flip_test=bool(test_cfg.get('flip_test', False)))
+    if kind == 'DecoupledHeatmap':
+        return dict(common, codec=dict(type=kind, input_size=_size(codec.input_size),
+                                       heatmap_size=_size(codec.heatmap_size),
+                                       score_thr=float(test_cfg.get('score_threshold', 0.01))))
+    if kind != 'SPR' or not codec.generate_keypoint_heatmaps:
+        raise UnsupportedModelError(f'bottom-up export needs the SPR codec with keypoint heatmaps (DEKR) or the '
+                                    f'DecoupledHeatmap codec (CID), got {kind}')
     rescore = None
     net = getattr(model.head, 'rescore_net', None)
     if net is not None:
         rescore = dict(norm_indexes=[int(i) for i in net.norm_indexes],
                        layers=[dict(weight=_array(layer.weight), bias=_array(layer.bias))
                                for layer in (net.l1, net.l2, net.l3)])
-    count = model.head.num_keypoints
-    return dict(codec=dict(type='SPR', input_size=_size(codec.input_size), heatmap_size=_size(codec.heatmap_size),
-                           nms_kernel=int(codec.decode_nms_kernel), max_instances=int(codec.decode_max_instances),
-                           score_thr=float(codec.decode_thr)),
-                flip_test=bool(test_cfg.get('flip_test', False)),
+    return dict(common, codec=dict(type=kind, input_size=_size(codec.input_size),
+                                   heatmap_size=_size(codec.heatmap_size), nms_kernel=int(codec.decode_nms_kernel),
+                                   max_instances=int(codec.decode_max_instances), score_thr=float(codec.decode_thr)),
                 shift_heatmap=bool(test_cfg.get('shift_heatmap', False)),
                 flip_indices=[int(i) for i in meta.get('flip_indices', [])],
                 nms_dist_thr=float(test_cfg.get('nms_dist_thr', 0) or 0),
                 nms_joints_thr=test_cfg.get('nms_joints_thr'), max_num_people=int(test_cfg.get('max_num_people', 30)),
-                rescore=rescore,
-                keypoint_names=[names[i] for i in sorted(names)] or [str(i) for i in range(count)],
-                skeleton=[[int(a), int(b)] for a, b in meta.get('skeleton_links', [])])
+                rescore=rescore)
 
 
 def _class_count(model, task: str) -> int:

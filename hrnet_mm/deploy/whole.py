@@ -1,7 +1,8 @@
 """Whole-model ONNX export: image in, the task head's raw tensors out, with the runtime recipe inside.
 
 :func:`export_model` wraps a built model in its export graph (:func:`hrnet_mm.deploy.graphs.build_graph`),
-folds BN, exports with dynamic height and width (and batch, except for two-stage detectors: one image),
+folds BN, exports with dynamic height and width (and batch, except for two-stage detectors and CID: one
+image),
 stores the runtime recipe (:func:`hrnet_mm.deploy.recipe.runtime_recipe`) as the ONNX metadata entry
 ``hrnet_mm`` and checks the file: ``onnx.checker``, then onnxruntime against the unfolded PyTorch graph at
 the export size and at each further size, ``max|ort - torch| / max|torch|`` per output.
@@ -34,7 +35,7 @@ import torch.nn as nn
 
 from .deform_conv import dynamo_translations, has_deform_conv, register_torchscript_symbolic
 from .export import MIN_SIZE, ExportError, OnnxReport, Shape, _check_shape, _quiet, prepare, rel_error
-from .graphs import MaskRCNNGraph, TwoStageDetectorGraph, build_graph
+from .graphs import CIDGraph, MaskRCNNGraph, TwoStageDetectorGraph, build_graph
 from .recipe import METADATA_KEY, runtime_recipe
 
 OPSET = 18  # the dynamo exporter's native opset; NMS, TopK and RoiAlign are exported as ONNX operators
@@ -143,6 +144,21 @@ def compare_final_detections(got: Sequence[np.ndarray], ref: Sequence[torch.Tens
     return err, unpaired
 
 
+def compare_instances(got: Sequence[np.ndarray], ref: Sequence[torch.Tensor]) -> Tuple[float, int]:
+    """A CID check: onnxruntime's people (centres with a score above 0) paired with PyTorch's by their centre
+    pixel (``instance_coords``). Near-equal centre scores may come out of the top-k in another order, or one may
+    swap with the next one outside it; returns ``(max relative error of the paired heatmaps and scores,
+    unpaired)``."""
+    want = {tuple(c): i for i, c in enumerate(ref[2].tolist())}
+    peaks = got[1] > 0  # fewer local maxima than M: the top-k fills up with zeros at arbitrary pixels
+    pairs = [(i, want[tuple(c)]) for i, c in enumerate(got[2].tolist()) if peaks[i] and tuple(c) in want]
+    if not pairs:
+        return 0.0, int(peaks.sum())
+    mine, theirs = (torch.tensor(index) for index in zip(*pairs))
+    err = max(rel_error(torch.from_numpy(got[i])[mine], ref[i][theirs]) for i in (0, 1))
+    return err, int(peaks.sum()) - len(pairs)
+
+
 def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = (1, 3, 224, 224),
                  opset: int = OPSET, fold_bn: bool = True, check: bool = True,
                  check_shapes: Sequence[Sequence[int]] = (), exporter: str = 'dynamo', tolerance: float = 1e-4,
@@ -182,8 +198,10 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         opset = graph.min_opset
     recipe = runtime_recipe(model, cfg, task, config_name)
     two_stage = isinstance(graph, TwoStageDetectorGraph)
-    if two_stage and any(s[0] != 1 for s in [input_shape] + check_shapes):
-        raise ValueError('a two-stage detector graph takes one image: use batch size 1')
+    one_image = two_stage or getattr(graph, 'one_image', False)
+    if one_image and any(s[0] != 1 for s in [input_shape] + check_shapes):
+        raise ValueError(f'a {"detector" if two_stage else type(graph).__name__} graph takes one image: use '
+                         f'batch size 1')
     folded, count = prepare(graph, fold_bn)
     if fold_bn:
         say(f'fold BN: {count} conv+BN pairs folded')
@@ -198,7 +216,7 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     start = time.perf_counter()
     try:
         with _quiet(), torch.no_grad():
-            _export(folded, args, tmp, opset, exporter, input_names, output_names, not two_stage)
+            _export(folded, args, tmp, opset, exporter, input_names, output_names, not one_image)
         _store_recipe(tmp, recipe)
     except Exception as e:  # the exporters raise many types; report the first line
         if os.path.exists(tmp):
@@ -211,7 +229,7 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     file_opset = next((o.version for o in onnx.load(path, load_external_data=False).opset_import
                        if o.domain in ('', 'ai.onnx')), opset)
     say(f'export: {path} ({task}, {exporter} exporter, opset {file_opset}, dynamic '
-        f'{"height/width" if two_stage else "batch/height/width"}, outputs {", ".join(output_names)}, '
+        f'{"height/width" if one_image else "batch/height/width"}, outputs {", ".join(output_names)}, '
         f'{os.path.getsize(path) / 2 ** 20:.1f} MiB) in {seconds:.1f} s')
     report = OnnxReport(path=path, exporter=exporter, opset=file_opset, input_shape=input_shape, dynamic=True,
                         folded_bn=count, input_names=input_names, output_names=output_names,
@@ -234,12 +252,16 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
             err, unpaired = compare_final_detections(got, ref)
         elif two_stage:
             err, unpaired = compare_detector(graph, args, got, ref)
+        elif isinstance(graph, CIDGraph):
+            err, unpaired = compare_instances(got, ref)
         else:
             err = max(rel_error(torch.from_numpy(g), r) for g, r in zip(got, ref))
         report.errors[shape] = err
         size = 'x'.join(map(str, shape))
-        kind = 'detections' if isinstance(graph, MaskRCNNGraph) else 'proposals'
-        extra = f', {unpaired} of {len(ref[0])} {kind} unpaired' if two_stage else ''
+        kind = 'detections' if isinstance(graph, MaskRCNNGraph) else 'people' if isinstance(graph, CIDGraph) \
+            else 'proposals'
+        paired = two_stage or isinstance(graph, CIDGraph)
+        extra = f', {unpaired} of {len(ref[0])} {kind} unpaired' if paired else ''
         say(f'check {size}: onnxruntime vs PyTorch max relative error {err:.2e}{extra}')
         if err > tolerance or unpaired > UNPAIRED_LIMIT * max(len(ref[0]), 1):
             failures.append(f'{size}: {err:.2e}{extra}')
@@ -258,5 +280,5 @@ def read_recipe(path: str) -> Dict:
     raise ExportError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by export_model')
 
 
-__all__ = ['export_model', 'read_recipe', 'compare_detector', 'compare_final_detections', 'OPSET', 'MIN_SIZE',
-           'UNPAIRED_LIMIT']
+__all__ = ['export_model', 'read_recipe', 'compare_detector', 'compare_final_detections', 'compare_instances',
+           'OPSET', 'MIN_SIZE', 'UNPAIRED_LIMIT']

@@ -332,7 +332,8 @@ def test_runtime_rejects_bad_files_and_images(tmp_path):
 
 def test_unsupported_models_are_refused(tmp_path):
     model = get_model('ae_hrnet-w32_8xb24-300e_coco-512x512', pretrained=False)
-    with pytest.raises(UnsupportedModelError, match='supports DEKR .DEKRHead., got AssociativeEmbeddingHead'):
+    with pytest.raises(UnsupportedModelError, match='supports DEKR .DEKRHead. and CID .CIDHead., got '
+                                                    'AssociativeEmbeddingHead'):
         export_model(model, model.cfg, str(tmp_path / 'x.onnx'), (1, 3, 128, 128))
     assert not os.listdir(tmp_path)
 
@@ -388,6 +389,63 @@ def test_bottom_up_dekr_equals_mmpose(tmp_path):
     assert np.abs(got_kpts - got['keypoints']).max() <= 1e-3
 
 
+CID_TINY = """_base_ = 'hrnet_mm::pose/cid_hrnet-w32_8xb20-140e_coco-512x512.py'
+channels = [16, 32, 64, 128]
+extra = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(16, )),
+    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=channels[:2]),
+    stage3=dict(num_modules=1, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=channels[:3]),
+    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1), num_channels=channels))
+codec = dict(type='DecoupledHeatmap', input_size=(128, 128), heatmap_size=(32, 32))
+model = dict(backbone=dict(extra=extra, init_cfg=None), neck=dict(in_channels=channels),
+             head=dict(in_channels=sum(channels), gfd_channels=8, decoder=codec))
+test_dataloader = dict(dataset=dict(pipeline=[
+    dict(type='LoadImage'),
+    dict(type='BottomupResize', input_size=(128, 128), size_factor=64, resize_mode='expand'),
+    dict(type='PackPoseInputs', meta_keys=('id', 'img_id', 'img_path', 'ori_shape', 'img_shape', 'input_size',
+                                           'input_center', 'input_scale', 'flip_indices', 'skeleton_links'))]))
+"""
+
+
+def test_bottom_up_cid_equals_mmpose(tmp_path):
+    """CID (mmpose's zoo recipe, narrowed) with its flip test: the centre selection and the per-person
+    decoupling run in the graph; the runtime's people equal ``inference_bottomup``'s, including a wide image
+    whose heatmap selects the 5-pixel peak window."""
+    config = tmp_path / 'cid.py'
+    config.write_text(CID_TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
+    with torch.no_grad():  # unsaturated sigmoid maps: a plateau at the clamp would make every argmax a tie
+        for conv in (model.head.iia_module.keypoint_root_conv, model.head.gfd_module.heatmap_conv):
+            conv.weight.mul_(0.001)
+            conv.bias.zero_()
+    ckpt = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': model.dataset_meta}}, ckpt)
+    path = str(tmp_path / 'model.onnx')
+    report = export_model(model, model.cfg, path, (1, 3, 128, 128), exporter='torchscript',
+                          check_shapes=[(1, 3, 64, 1280)])
+    assert max(report.errors.values()) < 1e-4
+    pose = rt.load(path)
+    assert isinstance(pose, rt.BottomupPoseEstimator) and pose.recipe['pose']['codec']['type'] == 'DecoupledHeatmap'
+    from mmengine.registry import init_default_scope
+    from mmpose.apis import inference_bottomup
+
+    reference = get_model(str(config), ckpt)
+    init_default_scope('mmpose')
+    for seed, (h, w) in enumerate([(90, 200), (150, 100), (100, 1300)]):  # the last: 32x416 heatmaps
+        img = _scene(h, w, seed)
+        (sample, ) = inference_bottomup(reference, img)
+        want = sample.pred_instances
+        got = pose(img)
+        assert got['keypoints'].shape == want.keypoints.shape and len(want.keypoints) > 0
+        # each maximum moves a quarter heatmap pixel towards its higher neighbour; where both neighbours are
+        # equal within rounding, the direction may differ (half a heatmap pixel, 1.6 image pixels here)
+        error = np.abs(got['keypoints'] - want.keypoints).max(axis=-1)
+        assert (error < 1e-3).mean() > 0.99 and error.max() < 2.0, error.max()
+        assert np.abs(got['keypoint_scores'] - want.keypoint_scores).max() < 1e-5
+
+
 def _cli(cwd, *args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='2')
     return subprocess.run([sys.executable, CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -410,7 +468,7 @@ def test_cli_exports_the_whole_model(tmp_path):
     (['no-such-model', '--out', 'm.onnx'], 'no-such-model'),
     (['missing.py', '--out', 'm.onnx'], 'config file not found: missing.py'),
     ([os.path.join(ROOT, 'configs', 'pose', 'ae_hrnet-w32_8xb24-300e_coco-512x512.py'), '--out', 'm.onnx'],
-     'supports DEKR (DEKRHead), got AssociativeEmbeddingHead'),
+     'and CID (CIDHead), got AssociativeEmbeddingHead'),
     ([DET, '--out', 'm.onnx', '--batch', '2'], 'a detector graph takes one image'),
     ([POSE, '--out', 'm.onnx', '--static'], 'always dynamic'),
     ([POSE, 'bad.pth', '--out', 'm.onnx'], 'bad.pth'),
