@@ -1,12 +1,13 @@
 """``python -m hrnet_mm_runtime MODEL.onnx INPUTS...``: an exported model on images, without PyTorch.
 
 Writes ``OUT_DIR/<stem>.png`` for each image (boxes, class map, skeletons or the top class drawn on it) and,
-with ``--pred-out``, the detection or pose results as COCO results JSON in the format of ``tools/infer.py
---pred-out`` (``image_id`` the image's 1-based position, ``file_name`` its path), so the two can be compared.
-A top-down pose model runs on the boxes of ``--det-model`` (an exported person detector), or on the whole
-image without one; a bottom-up one (DEKR) finds the people itself. INPUTS are image files and folders (every
-image inside, recursively, sorted). Errors are one line ``hrnet_mm_runtime: error: ...`` with exit status 2;
-the JSON file is written under a temporary name and renamed when complete.
+with ``--pred-out``, the detection (boxes scoring at least ``--score-thr``, masks in COCO's run-length
+encoding) or pose results as COCO results JSON in the format of ``tools/infer.py --pred-out`` (``image_id`` the
+image's 1-based position, ``file_name`` its path), so the two can be compared. A top-down pose model runs on
+the boxes of ``--det-model`` (an exported person detector), or on the whole image without one; a bottom-up one
+(DEKR, CID) finds the people itself. INPUTS are image files and folders (every image inside, recursively,
+sorted). Errors are one line ``hrnet_mm_runtime: error: ...`` with exit status 2; the JSON file is written
+under a temporary name and renamed when complete.
 
 Example::
 
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from . import drawing
+from .boxes import mask_to_rle
 from .models import (
     BottomupPoseEstimator,
     Classifier,
@@ -57,7 +59,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--det-model', help='top-down pose: an exported person detector (the whole image without)')
     parser.add_argument('--det-cat-ids', type=int, nargs='+', default=[0], help='pose: detector classes (0)')
     parser.add_argument('--bbox-thr', type=float, default=0.3, help='pose: lowest person box score (0.3)')
-    parser.add_argument('--score-thr', type=float, default=0.3, help='lowest box or keypoint score drawn (0.3)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='lowest box score drawn and written, lowest keypoint score drawn (0.3)')
     parser.add_argument('--out-dir', default='runtime_vis', help='folder of the pictures (runtime_vis)')
     parser.add_argument('--pred-out', help='detection and pose: write COCO results JSON here')
     parser.add_argument('--threads', type=int, help="onnxruntime's intra-op threads (its default without)")
@@ -82,14 +85,22 @@ def collect_images(inputs: List[str]) -> List[str]:
     return images
 
 
-def coco_results(task: str, result: Dict[str, Any], image_id: int, file_name: str) -> List[Dict[str, Any]]:
-    """One image's detections or people as COCO results (the format of ``tools/infer.py --pred-out``)."""
+def coco_results(task: str, result: Dict[str, Any], image_id: int, file_name: str,
+                 score_thr: float = 0.0) -> List[Dict[str, Any]]:
+    """One image's detections (those scoring at least ``score_thr``, with their masks in COCO's run-length
+    encoding) or people as COCO results (the format of ``tools/infer.py --pred-out``)."""
     out = []
     if task == 'detection':
-        for label, score, (x0, y0, x1, y1) in zip(result['labels'], result['scores'], result['bboxes']):
+        masks = result.get('masks')
+        for i, (label, score, (x0, y0, x1, y1)) in enumerate(zip(result['labels'], result['scores'],
+                                                                 result['bboxes'])):
+            if score < score_thr:
+                continue
             out.append(dict(image_id=image_id, file_name=file_name, category_id=int(label) + 1,
                             bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                             score=round(float(score), 5)))
+            if masks is not None:
+                out[-1]['segmentation'] = mask_to_rle(masks[i])
     elif task in ('pose', 'bottomup_pose'):
         for kpts, scores, (x0, y0, x1, y1), box_score in zip(result['keypoints'], result['keypoint_scores'],
                                                              result['bboxes'], result['bbox_scores']):
@@ -134,7 +145,7 @@ def run(args: argparse.Namespace) -> List[str]:
             else:
                 assert isinstance(model, Classifier)
                 drawn = drawing.draw_label(img, result, model.classes)
-        results += coco_results(model.task, result, index, path)
+        results += coco_results(model.task, result, index, path, args.score_thr)
         out_file = os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
         cv2.imwrite(out_file, drawn)
         written.append(out_file)

@@ -120,3 +120,26 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, img_h: int, img_w: int, th
         iy = ((gy + 1) * m_h - 1) / 2
         out[i, y0_int:y1_int, x0_int:x1_int] = _sample_zero_padded(mask, ix, iy) >= threshold
     return out
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """An ``(H, W)`` binary mask in COCO's compressed run-length encoding, as ``pycocotools.mask.encode`` writes
+    it (and mmdet's ``encode_mask_results``): ``dict(size=[H, W], counts=str)``, runs over the column-major
+    pixels starting with a run of zeros, each count written as the difference to the one two before in
+    6-bit groups offset by 48."""
+    h, w = mask.shape
+    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    chars = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        more = True
+        while more:
+            c = x & 0x1f
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            chars.append(chr((c | 0x20 if more else c) + 48))
+    return dict(size=[int(h), int(w)], counts=''.join(chars))

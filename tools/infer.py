@@ -132,16 +132,21 @@ def coco_results(prediction: Dict[str, Any], image_id: int, file_name: str, scop
         prediction: The inferencer's prediction of the image (``predictions[0]``; for pose, the list of people).
         image_id: The image's id (its 1-based position among the inputs).
         file_name: The image file.
-        scope: ``mmdet`` (boxes: ``category_id`` is the class index + 1) or ``mmpose`` (people, ``category_id``
+        scope: ``mmdet`` (boxes: ``category_id`` is the class index + 1; instance masks as ``segmentation`` in
+            COCO's run-length encoding) or ``mmpose`` (people, ``category_id``
             1, ``keypoints`` as ``[x, y, score] * K``, ``score`` the mean keypoint score times the box score; a
             bottom-up model's people have no box: the box around their keypoints, score 1).
     """
     results = []
     if scope == 'mmdet':
-        for label, score, (x0, y0, x1, y1) in zip(prediction['labels'], prediction['scores'], prediction['bboxes']):
+        masks = prediction.get('masks') or [None] * len(prediction['labels'])
+        for label, score, (x0, y0, x1, y1), mask in zip(prediction['labels'], prediction['scores'],
+                                                        prediction['bboxes'], masks):
             results.append(dict(image_id=image_id, file_name=file_name, category_id=int(label) + 1,
                                 bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                                 score=round(float(score), 5)))
+            if mask is not None:  # mmdet's pred2dict: COCO run-length encoding
+                results[-1]['segmentation'] = dict(size=[int(v) for v in mask['size']], counts=str(mask['counts']))
     else:
         for person in prediction:
             kpts, scores = np.asarray(person['keypoints']), np.asarray(person['keypoint_scores'])
@@ -190,7 +195,7 @@ class Predictor:
                               pred_score_thr=thr)[0]
         pred = inf.pred2dict(sample)
         keep = [i for i, s in enumerate(pred['scores']) if s >= thr]
-        return drawn, {k: [pred[k][i] for i in keep] for k in ('labels', 'scores', 'bboxes')}
+        return drawn, {k: [pred[k][i] for i in keep] for k in ('labels', 'scores', 'bboxes', 'masks') if k in pred}
 
     def _run_seg(self, bgr: np.ndarray) -> Tuple[np.ndarray, Any]:
         inf = self.inferencer
@@ -267,7 +272,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--pred-out', help='detection, pose: also write the predictions as COCO-format results JSON')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu', help='device (default: cpu)')
     parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: lowest box score drawn; pose: lowest keypoint score drawn (default 0.3)')
+                        help='detection: lowest box score drawn and written to --pred-out; pose: lowest keypoint '
+                             'score drawn (default 0.3)')
     parser.add_argument('--topk', type=int, default=3, help='classification: classes written (default 3)')
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)

@@ -260,3 +260,16 @@ def test_dekr_rescoring_and_pose_nms_equal_mmpose():
         want = nearby_joints_nms(db, 0.05, None, score_per_joint=True, max_dets=max_dets)
         assert U.nearby_joints_nms(keypoints, scores, 0.05, None, max_dets) == [int(i) for i in want]
         assert len(want) == min(max_dets, 9)  # the 6 noisy copies are dropped
+
+
+def test_mask_rle_equals_pycocotools():
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((5, 7), bool), np.ones((4, 3), bool), rng.random((37, 23)) < 0.5, rng.random((1, 40)) < 0.9]
+    block = np.zeros((300, 200), bool)
+    block[40:260, 30:170] = True  # a first run of 9040 zeros: three 5-bit groups
+    for mask in masks + [block]:
+        want = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        got = B.mask_to_rle(mask)
+        assert got == dict(size=[int(v) for v in want['size']], counts=want['counts'].decode())

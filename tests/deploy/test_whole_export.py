@@ -40,6 +40,16 @@ def _restore_default_scope():
         yield
 
 
+def _load_tool(name: str):
+    """A script of tools/ imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f'hrnet_mm_tool_{name[:-3]}', os.path.join(ROOT, 'tools', name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _scene(h: int, w: int, seed: int) -> np.ndarray:
     """A smooth random picture with a few bright blobs (random weights see structure, not noise)."""
     rng = np.random.default_rng(seed)
@@ -177,6 +187,19 @@ def test_mask_rcnn_equals_mmdet(tmp_path):
         assert np.abs(got['scores'] - ref.scores.numpy()[match]).max() < 1e-4
         # mask probabilities within onnxruntime's error of the 0.5 threshold may land on either side
         assert (got['masks'] == ref.masks.numpy()[match]).mean() > 0.999
+    # --pred-out of both command lines: the masks as COCO run-length encoding, decoded by pycocotools
+    from pycocotools import mask as coco_mask
+
+    import hrnet_mm_runtime.__main__ as runtime_cli
+    infer = _load_tool('infer.py')
+    mine = runtime_cli.coco_results('detection', got, 1, 'x.png', 0.0)
+    theirs = infer.coco_results(inferencer.pred2dict(sample), 1, 'x.png', 'mmdet')
+    assert len(mine) == len(theirs) == len(got['masks'])
+    for result, mask in zip(mine, got['masks']):
+        assert np.array_equal(coco_mask.decode(result['segmentation']).astype(bool), mask)
+    for result, mask in zip(theirs, ref.masks.numpy()):
+        assert np.array_equal(coco_mask.decode(result['segmentation']).astype(bool), mask)
+    json.dumps(mine + theirs)  # plain JSON types
 
 
 FCOS_TINY = '''
