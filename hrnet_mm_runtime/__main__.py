@@ -5,9 +5,10 @@ with ``--pred-out``, the detection (boxes scoring at least ``--score-thr``, mask
 encoding) or pose results as COCO results JSON in the format of ``tools/infer.py --pred-out`` (``image_id`` the
 image's 1-based position, ``file_name`` its path), so the two can be compared. A top-down pose model runs on
 the boxes of ``--det-model`` (an exported person detector), or on the whole image without one; a bottom-up one
-(DEKR, CID) finds the people itself. INPUTS are image files and folders (every image inside, recursively,
-sorted). Errors are one line ``hrnet_mm_runtime: error: ...`` with exit status 2; the JSON file is written
-under a temporary name and renamed when complete.
+(DEKR, CID) finds the people itself. INPUTS are image and video files and folders (every image inside,
+recursively, sorted); a video gives ``OUT_DIR/<stem>.mp4`` at its frame rate, its frames named ``PATH#INDEX``
+in the JSON (as ``tools/infer.py`` names them). Errors are one line ``hrnet_mm_runtime: error: ...`` with exit
+status 2; the JSON file and the videos are written under temporary names and renamed when complete.
 
 Example::
 
@@ -37,6 +38,7 @@ from .models import (
     TopDownPose,
     load,
 )
+from .video import VideoError, VideoWriter, is_video, probe, read_video
 
 PROG = 'hrnet_mm_runtime'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -55,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog=f'python -m {PROG}', description=__doc__.split('\n\n')[0])
     parser.add_argument('model', help='ONNX file written by tools/deploy/export_onnx.py')
-    parser.add_argument('inputs', nargs='+', help='image files and folders')
+    parser.add_argument('inputs', nargs='+', help='image and video files, folders of images')
     parser.add_argument('--det-model', help='top-down pose: an exported person detector (the whole image without)')
     parser.add_argument('--det-cat-ids', type=int, nargs='+', default=[0], help='pose: detector classes (0)')
     parser.add_argument('--bbox-thr', type=float, default=0.3, help='pose: lowest person box score (0.3)')
@@ -67,8 +69,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def collect_images(inputs: List[str]) -> List[str]:
-    images: List[str] = []
+def collect_inputs(inputs: List[str]) -> List[str]:
+    """Image and video files, and the images inside folders (recursively, sorted)."""
+    files: List[str] = []
     for item in inputs:
         if os.path.isdir(item):
             found = []
@@ -77,12 +80,12 @@ def collect_images(inputs: List[str]) -> List[str]:
                 found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 raise UsageError(f'no images in folder {item}')
-            images += found
+            files += found
         elif os.path.isfile(item):
-            images.append(item)
+            files.append(item)
         else:
-            raise UsageError(f'image file or folder not found: {item}')
-    return images
+            raise UsageError(f'image or video file or folder not found: {item}')
+    return files
 
 
 def coco_results(task: str, result: Dict[str, Any], image_id: int, file_name: str,
@@ -113,7 +116,8 @@ def coco_results(task: str, result: Dict[str, Any], image_id: int, file_name: st
 
 
 def run(args: argparse.Namespace) -> List[str]:
-    images = collect_images(args.inputs)
+    inputs = collect_inputs(args.inputs)
+    videos = {path: probe(path) for path in inputs if is_video(path)}  # unreadable videos fail before any work
     model = load(args.model, args.threads)
     if args.det_model and not isinstance(model, PoseEstimator):
         what = 'a bottom-up pose model: it finds the people itself' if isinstance(model, BottomupPoseEstimator) \
@@ -128,11 +132,13 @@ def run(args: argparse.Namespace) -> List[str]:
             raise UsageError(f'--det-model {args.det_model} is a {detector.task} model, not a detector')
         predict = TopDownPose(detector, model, args.det_cat_ids, args.bbox_thr) if detector else None
     os.makedirs(args.out_dir, exist_ok=True)
-    written, results, start = [], [], time.perf_counter()
-    for index, path in enumerate(images, 1):
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise UsageError(f'cannot read image {path}: not a readable image file')
+    written: List[str] = []
+    results: List[Dict[str, Any]] = []
+    names: List[str] = []  # the images and frames done, in order
+    start = time.perf_counter()
+
+    def annotate(img: np.ndarray, name: str) -> np.ndarray:
+        """The picture of one image or frame; its COCO results appended (``image_id``: its position)."""
         if isinstance(model, (PoseEstimator, BottomupPoseEstimator)):
             result = predict(img) if predict is not None else dict(model(img), bbox_scores=np.ones(1, np.float32))
             drawn = drawing.draw_pose(img, result, model.recipe['pose']['skeleton'], args.score_thr)
@@ -145,12 +151,31 @@ def run(args: argparse.Namespace) -> List[str]:
             else:
                 assert isinstance(model, Classifier)
                 drawn = drawing.draw_label(img, result, model.classes)
-        results += coco_results(model.task, result, index, path, args.score_thr)
+        names.append(name)
+        if args.pred_out:
+            results.extend(coco_results(model.task, result, len(names), name, args.score_thr))
+        return drawn
+
+    for path in inputs:
+        if path in videos:
+            continue
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise UsageError(f'cannot read image {path}: not a readable image file')
         out_file = os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
-        cv2.imwrite(out_file, drawn)
+        cv2.imwrite(out_file, annotate(img, path))
+        written.append(out_file)
+    for path, info in videos.items():
+        out_file = os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + '.mp4')
+        with VideoWriter(out_file, info.fps, info.width, info.height) as video:
+            for index, frame in enumerate(read_video(path)):
+                video.write(annotate(frame, f'{path}#{index}'))
+                print(f'\r{path}: frame {index + 1}' + (f' of {info.frames}' if info.frames else ''), end='',
+                      file=sys.stderr, flush=True)
+        print(file=sys.stderr)
         written.append(out_file)
     seconds = time.perf_counter() - start
-    print(f'{len(images)} image(s) in {seconds:.1f} s: {len(images) / max(seconds, 1e-9):.2f} images/s',
+    print(f'{len(names)} frame(s) in {seconds:.1f} s: {len(names) / max(seconds, 1e-9):.2f} frames/s',
           file=sys.stderr)
     if args.pred_out:
         tmp = args.pred_out + '.part'
@@ -165,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
         written = run(args)
-    except (UsageError, RuntimeModelError) as exc:
+    except (UsageError, RuntimeModelError, VideoError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         sys.exit(2)
     for path in written:

@@ -238,7 +238,7 @@ def split_model_args(args: argparse.Namespace) -> None:
     given or the next input is an image or a folder: then the weights table's weights of the config); a name
     takes its published weights."""
     from hrnet_mm.apis.models import is_config_file
-    from hrnet_mm.cli.video import VIDEO_EXTENSIONS
+    from hrnet_mm_runtime.video import VIDEO_EXTENSIONS
 
     rest = list(args.inputs)
     first = rest[0] if rest else ''
@@ -302,8 +302,8 @@ def run(args: argparse.Namespace) -> List[str]:
 
     from hrnet_mm.apis.models import ModelNotFoundError, resolve
     from hrnet_mm.cli.errors import UserInputError
-    from hrnet_mm.cli.video import VideoWriter, is_video, probe, read_video
     from hrnet_mm.models.checkpoint import CheckpointMismatchError
+    from hrnet_mm_runtime.video import VideoError, VideoWriter, is_video, probe, read_video
 
     split_model_args(args)
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> List[str]:
                 videos[path] = probe(path)
             else:
                 read_image(path)
-        except UserInputError as exc:
+        except (UserInputError, VideoError) as exc:
             raise ToolError(str(exc)) from None
     try:
         if osp.isfile(args.model):

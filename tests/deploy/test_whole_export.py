@@ -516,10 +516,15 @@ def test_runtime_cli_writes_pictures_and_coco_results(tmp_path, detector_export)
     (tmp_path / 'images').mkdir()
     for i in range(2):
         cv2.imwrite(str(tmp_path / 'images' / f'{i}.jpg'), _scene(160, 320, 10 + i))
-    proc = _runtime_cli(tmp_path, pose_path, 'images', '--det-model', det_path, '--out-dir', 'vis', '--pred-out',
-                        'people.json')
+    writer = cv2.VideoWriter(str(tmp_path / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 10, (320, 160))
+    for i in range(4):
+        writer.write(_scene(160, 320, 20 + i))
+    writer.release()
+    proc = _runtime_cli(tmp_path, pose_path, 'images', 'clip.mp4', '--det-model', det_path, '--out-dir', 'vis',
+                        '--pred-out', 'people.json')
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ['vis/0.png', 'vis/1.png', 'people.json'] and '2 image(s)' in proc.stderr
+    assert proc.stdout.split() == ['vis/0.png', 'vis/1.png', 'vis/clip.mp4', 'people.json']
+    assert '6 frame(s)' in proc.stderr
     with open(tmp_path / 'people.json') as f:
         results = json.load(f)
     pipeline = rt.TopDownPose(rt.load(det_path), rt.load(pose_path))
@@ -529,10 +534,16 @@ def test_runtime_cli_writes_pictures_and_coco_results(tmp_path, detector_export)
     got = np.array([r['keypoints'] for r in first]).reshape(len(first), -1, 3)
     assert np.abs(got[..., :2] - want['keypoints']).max() <= 1e-3
     assert cv2.imread(str(tmp_path / 'vis' / '0.png')).shape == (160, 320, 3)
+    # the video: one annotated frame per frame, named PATH#INDEX in the results
+    assert {r['file_name'] for r in results if r['image_id'] > 2} <= {f'clip.mp4#{i}' for i in range(4)}
+    video = cv2.VideoCapture(str(tmp_path / 'vis' / 'clip.mp4'))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and video.read()[1].shape == (160, 320, 3)
+    video.release()
 
 
 @pytest.mark.parametrize('args,message', [
-    (['DET', 'missing.jpg'], 'image file or folder not found: missing.jpg'),
+    (['DET', 'missing.jpg'], 'image or video file or folder not found: missing.jpg'),
+    (['DET', 'clip.mp4'], 'cannot open video clip.mp4: OpenCV has no decoder for it'),
     (['DET', 'page.jpg'], 'cannot read image page.jpg'),
     (['page.jpg', 'page.jpg'], 'cannot open page.jpg with onnxruntime'),
     (['DET', 'page.jpg', '--det-model', 'DET'], '--det-model is for top-down pose models'),
@@ -540,6 +551,7 @@ def test_runtime_cli_writes_pictures_and_coco_results(tmp_path, detector_export)
 ])
 def test_runtime_cli_errors_are_one_line(tmp_path, detector_export, args, message):
     (tmp_path / 'page.jpg').write_text('<html>not found</html>')
+    (tmp_path / 'clip.mp4').write_text('<html>not found</html>')
     args = [detector_export[1] if a == 'DET' else a for a in args]
     proc = _runtime_cli(tmp_path, *args, '--out-dir', 'vis', '--pred-out', 'out.json')
     assert proc.returncode == 2

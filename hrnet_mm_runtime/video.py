@@ -1,7 +1,8 @@
-"""Video files for the tools: frames read with OpenCV, annotated frames written to a new video file atomically.
+"""Video files for ``tools/infer.py`` and ``python -m hrnet_mm_runtime``: frames read with OpenCV, annotated
+frames written to a new video file atomically.
 
 :func:`probe` checks a file (:class:`VideoInfo`), so that one OpenCV cannot open or decode (a missing codec, not
-a video) is one :class:`~hrnet_mm.cli.errors.UserInputError`; :func:`read_video` yields its BGR ``uint8`` frames.
+a video) is one :class:`VideoError` line; :func:`read_video` yields its BGR ``uint8`` frames.
 :class:`VideoWriter` writes to a temporary file beside the target and renames it into place only when every
 frame is written, so an interrupted run leaves nothing half-written.
 """
@@ -15,9 +16,17 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import UserInputError
-
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv')
+
+
+def _quiet_ffmpeg() -> None:
+    """FFmpeg's own log lines (``moov atom not found`` and the like) off unless the user set a level: the
+    tools report an unreadable video in one line of their own."""
+    os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
+
+
+class VideoError(ValueError):
+    """A video file that cannot be read or written (the message is one line naming the file and the fix)."""
 
 
 @dataclass(frozen=True)
@@ -39,21 +48,22 @@ def probe(path: str) -> VideoInfo:
     """Opens ``path`` and decodes its first frame.
 
     Raises:
-        UserInputError: The file is missing, OpenCV cannot open it (no decoder for its codec, or not a video), or
+        VideoError: The file is missing, OpenCV cannot open it (no decoder for its codec, or not a video), or
             it has no frame that decodes.
     """
     import cv2
 
     if not osp.isfile(path):
-        raise UserInputError(f'video file not found: {path}')
+        raise VideoError(f'video file not found: {path}')
+    _quiet_ffmpeg()
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise UserInputError(f'cannot open video {path}: OpenCV has no decoder for it (unknown codec or '
-                                 'container, or not a video); convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4')
+            raise VideoError(f'cannot open video {path}: OpenCV has no decoder for it (unknown codec or '
+                             'container, or not a video); convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4')
         ok, frame = cap.read()
         if not ok or frame is None:
-            raise UserInputError(f'cannot read video {path}: no frame decodes (damaged file or unsupported codec)')
+            raise VideoError(f'cannot read video {path}: no frame decodes (damaged file or unsupported codec)')
         fps = cap.get(cv2.CAP_PROP_FPS)
         return VideoInfo(fps=fps if fps and fps > 0 else 25.0, frames=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0),
                          width=frame.shape[1], height=frame.shape[0])
@@ -66,14 +76,15 @@ def read_video(path: str) -> Iterator[np.ndarray]:
     does not decode.
 
     Raises:
-        UserInputError: OpenCV cannot open the file.
+        VideoError: OpenCV cannot open the file.
     """
     import cv2
 
+    _quiet_ffmpeg()
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise UserInputError(f'cannot open video {path}')
+            raise VideoError(f'cannot open video {path}')
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -100,7 +111,7 @@ class VideoWriter:
         self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
         if not self.writer.isOpened():
             os.unlink(self.tmp)
-            raise UserInputError(f'cannot write video {path}: OpenCV has no mp4v encoder in this build')
+            raise VideoError(f'cannot write video {path}: OpenCV has no mp4v encoder in this build')
 
     def write(self, frame: np.ndarray) -> None:
         """Appends one BGR frame (resized to the video's size if it differs)."""
