@@ -60,7 +60,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('inputs', nargs='+', help='image and video files, folders of images')
     parser.add_argument('--det-model', help='top-down pose: an exported person detector (the whole image without)')
     parser.add_argument('--det-cat-ids', type=int, nargs='+', default=[0], help='pose: detector classes (0)')
-    parser.add_argument('--bbox-thr', type=float, default=0.3, help='pose: lowest person box score (0.3)')
+    parser.add_argument('--bbox-thr', type=float, default=0.3,
+                        help='pose: lowest person box score; bottom-up: lowest person score (0.3)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='lowest box score drawn and written, lowest keypoint score drawn (0.3)')
     parser.add_argument('--out-dir', default='runtime_vis', help='folder of the pictures (runtime_vis)')
@@ -141,6 +142,9 @@ def run(args: argparse.Namespace) -> List[str]:
         """The picture of one image or frame; its COCO results appended (``image_id``: its position)."""
         if isinstance(model, (PoseEstimator, BottomupPoseEstimator)):
             result = predict(img) if predict is not None else dict(model(img), bbox_scores=np.ones(1, np.float32))
+            if isinstance(model, BottomupPoseEstimator):  # as mmpose's Pose2DInferencer filters bottom-up people
+                keep = result['bbox_scores'] > args.bbox_thr
+                result = {key: value[keep] for key, value in result.items()}
             drawn = drawing.draw_pose(img, result, model.recipe['pose']['skeleton'], args.score_thr)
         else:
             result = predict(img)

@@ -3,7 +3,9 @@
 DEKR: the flip test's merge of heatmaps and displacements, the ``SPR`` codec's decoding (people's centres from
 the centre heatmap, their keypoints from the displacements there, keypoint scores sampled from the keypoint
 heatmaps), the rescoring net and the pose NMS (``nearby_joints_nms``). CID: the ``DecoupledHeatmap`` codec's
-decoding of each person's heatmaps (the graph holds the rest)."""
+decoding of each person's heatmaps (the graph holds the rest). Associative embedding: the
+``AssociativeEmbedding`` codec's decoding (keypoint candidates grouped into people by their tags with the
+Munkres assignment of the ``munkres`` package, which mmpose uses too)."""
 from __future__ import annotations
 
 import base64
@@ -163,3 +165,110 @@ def decode_cid(instance_heatmaps: np.ndarray, instance_scores: np.ndarray, codec
     keypoints[..., 0] += input_size[0] / w / 2.0
     keypoints[..., 1] += input_size[1] / h / 2.0
     return keypoints, keypoint_scores
+
+
+def _munkres(cost: np.ndarray) -> np.ndarray:
+    try:
+        from munkres import Munkres
+    except ImportError:
+        raise ImportError('associative-embedding decoding needs the munkres package: pip install munkres') from None
+    return np.array(Munkres().compute(cost)).astype(int)
+
+
+def group_by_tags(vals: np.ndarray, tags: np.ndarray, locs: np.ndarray, order: Sequence[int], val_thr: float,
+                  tag_thr: float, max_groups: Optional[int]) -> np.ndarray:
+    """mmpose's ``_group_keypoints_by_tags``: the ``(K, M)`` candidates (``tags`` ``(K, M, L)``, ``locs``
+    ``(K, M, 2)``) above ``val_thr``, keypoint by keypoint in ``order``, each assigned (Munkres, cost: the
+    rounded tag distance times 100 minus the score) to the person whose mean tag is nearest if that distance
+    is below ``tag_thr``, else starting a person. Returns ``(G, K, 3)``: x, y, score (zeros where missing)."""
+    count, candidates, dims = locs.shape
+    default = np.zeros((count, 3 + tags.shape[2]), dtype=np.float32)
+    people: Dict = {}
+    person_tags: Dict = {}
+    for i in range(count):
+        idx = order[i]
+        joints = np.concatenate((locs[idx], vals[idx, :, None], tags[idx]), 1)
+        mask = joints[:, 2] > val_thr
+        joint_tags, joints = tags[idx][mask], joints[mask]
+        if joints.shape[0] == 0:
+            continue
+        if i == 0 or len(people) == 0:
+            for tag, joint in zip(joint_tags, joints):
+                people.setdefault(tag[0], np.copy(default))[idx] = joint
+                person_tags[tag[0]] = [tag]
+            continue
+        keys = list(people.keys())
+        means = [np.mean(person_tags[key], axis=0) for key in keys]
+        diff = joints[:, None, 3:] - np.array(means)[None, :, :]
+        dist = np.linalg.norm(diff, ord=2, axis=2)
+        cost = np.round(dist) * 100 - joints[:, 2:3]
+        added, grouped = diff.shape[:2]
+        if added > grouped:
+            cost = np.concatenate((cost, np.zeros((added, added - grouped), dtype=np.float32) + 1e10), axis=1)
+        for row, col in _munkres(cost):
+            if row < added and col < grouped and dist[row][col] < tag_thr:
+                people[keys[col]][idx] = joints[row]
+                person_tags[keys[col]].append(joint_tags[row])
+            else:
+                key = joint_tags[row][0]
+                people.setdefault(key, np.copy(default))[idx] = joints[row]
+                person_tags[key] = [joint_tags[row]]
+    keys = list(people.keys())[:max_groups]
+    if not keys:
+        return np.empty((0, count, dims + 1), dtype=np.float32)
+    return np.array([people[key] for key in keys]).astype(np.float32)[..., :dims + 1]
+
+
+def _fill_missing(keypoints: np.ndarray, scores: np.ndarray, heatmaps: np.ndarray,
+                  tags: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """mmpose's ``_fill_missing_keypoints``: each person's missing keypoint at the pixel of lowest rounded tag
+    distance to the person's mean tag times 100 minus the heatmap."""
+    count, joints = keypoints.shape[:2]
+    h, w = heatmaps.shape[1:]
+    dims = tags.shape[0] // joints
+    keypoint_tags = [tags[k::joints] for k in range(joints)]
+    for n in range(count):
+        found = []
+        for k in range(joints):
+            if scores[n, k] > 0:
+                x, y = keypoints[n, k, :2].astype(np.int64)
+                found.append(keypoint_tags[k][:, np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)])
+        tag = np.mean(found, axis=0).reshape(dims, 1, 1)
+        for k in range(joints):
+            if scores[n, k] > 0:
+                continue
+            cost = np.round(np.linalg.norm(keypoint_tags[k] - tag, ord=2, axis=0)) * 100 - heatmaps[k]
+            y, x = np.unravel_index(np.argmin(cost), shape=(h, w))
+            keypoints[n, k] = [x, y]
+            scores[n, k] = heatmaps[k, y, x]
+    return keypoints, scores
+
+
+def decode_associative_embedding(heatmaps: np.ndarray, tags: np.ndarray,
+                                 codec: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mmpose's ``AssociativeEmbedding.batch_decode`` of one image's ``(K, H, W)`` heatmaps and ``(L * K, H, W)``
+    tags: per keypoint the ``topk`` local maxima, grouped into people (:func:`group_by_tags`), each moved a
+    quarter pixel towards its higher neighbour and by ``center_shift``, the missing ones filled, scaled to the
+    codec's input size.
+
+    Returns ``(N, K, 2)`` keypoints, ``(N, K)`` scores and ``(N,)`` person scores (the mean of the grouped
+    keypoints' scores, before the filling)."""
+    heatmaps, tags = heatmaps.astype(np.float32), tags.astype(np.float32)
+    joints, h, w = heatmaps.shape
+    peaks = np.stack([heatmap_nms(m, codec['nms_kernel']) for m in heatmaps]).reshape(joints, -1)
+    index = np.argsort(-peaks, axis=1, kind='stable')[:, :codec['topk']]
+    vals = np.take_along_axis(peaks, index, axis=1)
+    dims = tags.shape[0] // joints
+    flat_tags = tags.reshape(dims, joints, h * w)
+    cand_tags = np.stack([np.take_along_axis(flat_tags[d], index, axis=1) for d in range(dims)], axis=-1)
+    locs = np.stack([index % w, index // w], axis=-1)
+    groups = group_by_tags(vals, cand_tags, locs, codec['keypoint_order'], codec['keypoint_thr'],
+                           codec['tag_thr'], codec['max_instances'])
+    keypoints, scores = groups[..., :-1], groups[..., -1]
+    person_scores = scores.mean(axis=-1)
+    if keypoints.size > 0:
+        keypoints = np.stack([refine_shift(k, heatmaps) for k in keypoints])
+        keypoints += codec['center_shift'] * (scores > 0).astype(keypoints.dtype)[..., None]
+        keypoints, scores = _fill_missing(keypoints, scores, heatmaps, tags)
+    factor = (np.array(codec['input_size']) / codec['heatmap_size']).astype(np.float32)
+    return keypoints * factor, scores, person_scores

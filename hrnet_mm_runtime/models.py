@@ -13,7 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import transforms as T
-from .bottomup import RescoreNet, decode_cid, decode_spr, merge_flipped_dekr, nearby_joints_nms
+from .bottomup import (
+    RescoreNet,
+    decode_associative_embedding,
+    decode_cid,
+    decode_spr,
+    merge_flipped_dekr,
+    nearby_joints_nms,
+)
 from .boxes import batched_nms, decode_deltas, paste_masks, person_nms
 from .keypoints import decode, merge_flipped
 
@@ -316,13 +323,15 @@ class PoseEstimator(Model):
 
 
 class BottomupPoseEstimator(Model):
-    """Bottom-up pose (DEKR, CID): ``pose(img)`` -> ``dict(keypoints=(N, K, 2), keypoint_scores=(N, K),
-    bboxes=(N, 4), bbox_scores=(N,))`` in image pixels, as mmpose's ``BottomupPoseEstimator.predict`` computes
-    them: the image warped into the input (``BottomupResize``); for DEKR, heatmaps and displacements (merged with
-    the mirror image's under the flip test), the ``SPR`` decoding, the rescoring net and the pose NMS; for CID,
-    the graph's per-person heatmaps decoded; then the input's pixels mapped back to the image.
-    ``keypoint_scores`` are the centre score times the keypoint's; the boxes are those around the keypoints,
-    with score 1 (what ``tools/infer.py --pred-out`` writes)."""
+    """Bottom-up pose (DEKR, CID, associative embedding): ``pose(img)`` -> ``dict(keypoints=(N, K, 2),
+    keypoint_scores=(N, K), bboxes=(N, 4), bbox_scores=(N,))`` in image pixels, as mmpose's
+    ``BottomupPoseEstimator.predict`` computes them: the image warped into the input (``BottomupResize``); for
+    DEKR, heatmaps and displacements (merged with the mirror image's under the flip test), the ``SPR`` decoding,
+    the rescoring net and the pose NMS; for CID, the graph's per-person heatmaps decoded; for associative
+    embedding, the keypoints grouped by their tags; then the input's pixels mapped back to the image. DEKR's and
+    CID's ``keypoint_scores`` are the centre score times the keypoint's; the boxes are those around the
+    keypoints, with score 1 (associative embedding: the mean score of the grouped keypoints, mmpose's
+    ``bbox_scores``)."""
 
     task = 'bottomup_pose'
 
@@ -331,8 +340,12 @@ class BottomupPoseEstimator(Model):
         if 'input_size' not in meta:
             raise RuntimeModelError('the bottom-up pose recipe has no BottomupResize step')
         cfg = self.recipe['pose']
+        person_scores = None
         if cfg['codec']['type'] == 'DecoupledHeatmap':  # CID: flip test and decoupling in the graph
             keypoints, scores = decode_cid(*self.run(x)[:2], cfg['codec'], meta['input_size'])
+        elif cfg['codec']['type'] == 'AssociativeEmbedding':  # flip test in the graph
+            heatmaps, tags = self.run(x)
+            keypoints, scores, person_scores = decode_associative_embedding(heatmaps[0], tags[0], cfg['codec'])
         else:
             keypoints, scores = self.dekr(x, cfg)
         scale, center = meta['input_scale'], meta['input_center']
@@ -340,7 +353,9 @@ class BottomupPoseEstimator(Model):
         boxes = np.concatenate([keypoints.min(axis=1), keypoints.max(axis=1)], axis=1) if len(keypoints) else \
             np.zeros((0, 4), np.float32)
         return dict(keypoints=keypoints.astype(np.float32), keypoint_scores=scores.astype(np.float32),
-                    bboxes=boxes.astype(np.float32), bbox_scores=np.ones(len(keypoints), np.float32))
+                    bboxes=boxes.astype(np.float32),
+                    bbox_scores=np.ones(len(keypoints), np.float32) if person_scores is None else
+                    person_scores.astype(np.float32))
 
     def dekr(self, x: np.ndarray, cfg: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
         """DEKR's keypoints and scores in input pixels for the normalised input ``x``."""

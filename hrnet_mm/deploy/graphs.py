@@ -19,6 +19,10 @@ PyTorch-free runtime (:mod:`hrnet_mm_runtime`) does that post-processing. The gr
   ``(M, K, h, w)``, ``instance_scores`` ``(M,)`` and ``instance_coords`` ``(M, 2)`` of the ``max_instances``
   highest centres (the runtime keeps those above the score threshold). CID's flip test, centre selection and
   instance decoupling run in the graph.
+* :class:`AssociativeEmbeddingGraph` (``BottomupPoseEstimator`` with ``AssociativeEmbeddingHead``): one image
+  in; ``heatmaps`` ``(1, K, H', W')`` and ``tags`` ``(1, L * K, H', W')`` after mmpose's flip test (the
+  mirror's maps flipped back; heatmaps averaged, tags concatenated: ``L`` is 2 with the flip test) and, with
+  ``restore_heatmap_size``, resized to the input (``H' = H``). The grouping is the runtime's.
 * :class:`TwoStageDetectorGraph` (Faster R-CNN: ``RPNHead`` and ``StandardRoIHead``; Cascade R-CNN:
   ``CascadeRoIHead``):
   inputs ``input`` ``(1, 3, H, W)`` and ``img_shape`` ``(2,)`` (height and width of the image inside the
@@ -176,6 +180,47 @@ class CIDGraph(nn.Module):
             heatmaps, flipped = torch.chunk(heatmaps, 2, dim=0)
             heatmaps = (heatmaps + flipped[:, self.flip_indices]) / 2.0
         return self.smooth(heatmaps), scores, coords[:self.max_instances]
+
+
+class AssociativeEmbeddingGraph(nn.Module):
+    """mmpose associative-embedding model (``AssociativeEmbeddingHead.predict`` up to the decoding):
+    ``(1, 3, H, W)`` image -> ``heatmaps`` ``(1, K, H', W')`` and ``tags`` ``(1, L * K, H', W')``."""
+
+    output_names = ('heatmaps', 'tags')
+    one_image = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.test_cfg or {}
+        self.flip_test = bool(cfg.get('flip_test', False))
+        self.shift = bool(cfg.get('shift_heatmap', False))
+        self.restore = bool(cfg.get('restore_heatmap_size', False))
+        self.align_corners = bool(cfg.get('align_corners', False))
+        indices = (model.dataset_meta or {}).get('flip_indices')
+        if self.flip_test and not indices:
+            raise UnsupportedModelError('associative-embedding flip test: the model has no dataset_meta '
+                                        'flip_indices (load a checkpoint or set the test dataset metainfo)')
+        self.flip_indices = list(indices or [])
+
+    def resize(self, maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if not self.restore:
+            return maps
+        return F.interpolate(maps, size=like.shape[2:], mode='bilinear', align_corners=self.align_corners)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        from mmpose.models.utils.tta import flip_heatmaps
+
+        head = self.model.head
+        if not self.flip_test:
+            heatmaps, tags = head.forward(self.model.extract_feat(x))
+            return self.resize(heatmaps, x), self.resize(tags, x)
+        heatmaps, tags = head.forward(self.model.extract_feat(torch.cat([x, x.flip(-1)])))
+        flipped = flip_heatmaps(heatmaps[1:], flip_mode='heatmap', flip_indices=self.flip_indices,
+                                shift_heatmap=self.shift)
+        flipped_tags = head._flip_tags(tags[1:], flip_indices=self.flip_indices, shift_heatmap=self.shift)
+        heatmaps = (self.resize(heatmaps[:1], x) + self.resize(flipped, x)).div(2)
+        return heatmaps, torch.cat([self.resize(tags[:1], x), self.resize(flipped_tags, x)], dim=1)
 
 
 class DenseDetectorGraph(nn.Module):
@@ -490,9 +535,12 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         head = type(model.head).__name__
         if head == 'CIDHead':
             return CIDGraph(model), 'bottomup_pose'
+        if head == 'AssociativeEmbeddingHead':
+            return AssociativeEmbeddingGraph(model), 'bottomup_pose'
         if head != 'DEKRHead':
-            raise UnsupportedModelError(f'bottom-up pose export supports DEKR (DEKRHead) and CID (CIDHead), got '
-                                        f'{head}; use --part backbone or backbone+neck')
+            raise UnsupportedModelError(f'bottom-up pose export supports DEKR (DEKRHead), CID (CIDHead) and '
+                                        f'associative embedding (AssociativeEmbeddingHead), got {head}; use '
+                                        f'--part backbone or backbone+neck')
         return BottomupPoseGraph(model), 'bottomup_pose'
     if module.startswith('mmdet') and hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         if type(model.roi_head).__name__ not in ('StandardRoIHead', 'CascadeRoIHead', 'HybridTaskCascadeRoIHead'):
@@ -505,6 +553,6 @@ def build_graph(model: nn.Module) -> Tuple[nn.Module, str]:
         return DenseDetectorGraph(model), 'detection'
     raise UnsupportedModelError(
         f'no whole-model export for {kind}: supported are ImageClassifier, EncoderDecoder/'
-        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, BottomupPoseEstimator with DEKRHead or '
-        f'CIDHead, (Cascade) Faster/Mask R-CNN, HTC, FCOS; '
+        f'CascadeEncoderDecoder, TopdownPoseEstimator with HeatmapHead, BottomupPoseEstimator with DEKRHead, '
+        f'CIDHead or AssociativeEmbeddingHead, (Cascade) Faster/Mask R-CNN, HTC, FCOS; '
         f'use --part backbone or backbone+neck')

@@ -173,7 +173,8 @@ def _array(t) -> Dict[str, Any]:
 
 def _bottomup_pose(model) -> Dict[str, Any]:
     """The decoding settings of a bottom-up model: DEKR's ``SPR`` codec, flip test, pose NMS and rescoring net,
-    or CID's ``DecoupledHeatmap`` codec (CID's flip test runs in the graph)."""
+    CID's ``DecoupledHeatmap`` codec or the ``AssociativeEmbedding`` codec (the flip tests of CID and associative
+    embedding run in the graph)."""
     codec = model.head.decoder
     kind = type(codec).__name__
     test_cfg = model.test_cfg or {}
@@ -189,9 +190,19 @@ def _bottomup_pose(model) -> Dict[str, Any]:
         return dict(common, codec=dict(type=kind, input_size=_size(codec.input_size),
                                        heatmap_size=_size(codec.heatmap_size),
                                        score_thr=float(test_cfg.get('score_threshold', 0.01))))
+    if kind == 'AssociativeEmbedding':
+        if codec.use_udp:
+            raise UnsupportedModelError('AssociativeEmbedding with use_udp=True is not supported by the runtime')
+        return dict(common, codec=dict(type=kind, input_size=_size(codec.input_size),
+                                       heatmap_size=_size(codec.heatmap_size), nms_kernel=int(codec.decode_nms_kernel),
+                                       topk=int(codec.decode_topk), keypoint_thr=float(codec.decode_keypoint_thr),
+                                       tag_thr=float(codec.decode_tag_thr),
+                                       center_shift=float(codec.decode_center_shift),
+                                       max_instances=codec.decode_max_instances,
+                                       keypoint_order=[int(i) for i in codec.decode_keypoint_order]))
     if kind != 'SPR' or not codec.generate_keypoint_heatmaps:
-        raise UnsupportedModelError(f'bottom-up export needs the SPR codec with keypoint heatmaps (DEKR) or the '
-                                    f'DecoupledHeatmap codec (CID), got {kind}')
+        raise UnsupportedModelError(f'bottom-up export needs the SPR codec with keypoint heatmaps (DEKR), the '
+                                    f'DecoupledHeatmap codec (CID) or AssociativeEmbedding, got {kind}')
     rescore = None
     net = getattr(model.head, 'rescore_net', None)
     if net is not None:
