@@ -263,6 +263,12 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
         paired = two_stage or isinstance(graph, CIDGraph)
         extra = f', {unpaired} of {len(ref[0])} {kind} unpaired' if paired else ''
         say(f'check {size}: onnxruntime vs PyTorch max relative error {err:.2e}{extra}')
+        if isinstance(graph, CIDGraph):
+            scores = ref[1][ref[1] > 0]
+            ties = len(scores) - len(torch.unique(scores))
+            if ties > UNPAIRED_LIMIT * max(len(scores), 1):  # which of equal centres the top-k takes is arbitrary
+                extra += (f' ({ties} centre scores tie with another, as in an untrained model\'s saturated centre '
+                          f'map: export trained weights, or skip the check with --no-check)')
         if err > tolerance or unpaired > UNPAIRED_LIMIT * max(len(ref[0]), 1):
             failures.append(f'{size}: {err:.2e}{extra}')
     if failures:
