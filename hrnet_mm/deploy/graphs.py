@@ -117,6 +117,15 @@ class BottomupPoseGraph(nn.Module):
         return heatmaps, displacements
 
 
+def _flip_indices(model: nn.Module, flip_test: bool, what: str) -> List[int]:
+    """The dataset's keypoint flip order, which a graph with the flip test inside needs."""
+    indices = (model.dataset_meta or {}).get('flip_indices')
+    if flip_test and not indices:
+        raise UnsupportedModelError(f'{what} flip test: the model has no dataset_meta flip_indices (load a '
+                                    f'checkpoint or set the test dataset metainfo)')
+    return [int(i) for i in indices or []]
+
+
 class CIDGraph(nn.Module):
     """mmpose CID model (``CIDHead.predict`` up to the decoding): ``(1, 3, H, W)`` image ->
     ``instance_heatmaps`` ``(M, K, H / 4, W / 4)`` (decoupled per person, flip-merged, smoothed),
@@ -139,11 +148,7 @@ class CIDGraph(nn.Module):
         self.flip_test = bool(cfg.get('flip_test', False))
         self.blur = int(cfg.get('blur_kernel_size', 3))
         self.max_instances = int(cfg.get('max_instances', 30))
-        indices = (model.dataset_meta or {}).get('flip_indices')
-        if self.flip_test and not indices:
-            raise UnsupportedModelError('CID flip test: the model has no dataset_meta flip_indices (load a '
-                                        'checkpoint or set the test dataset metainfo)')
-        self.flip_indices = list(indices or [])
+        self.flip_indices = _flip_indices(model, self.flip_test, 'CID')
 
     def smooth(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """mmpose's ``smooth_heatmaps``: the mean of the maps and their box-blurred copies."""
@@ -197,11 +202,7 @@ class AssociativeEmbeddingGraph(nn.Module):
         self.shift = bool(cfg.get('shift_heatmap', False))
         self.restore = bool(cfg.get('restore_heatmap_size', False))
         self.align_corners = bool(cfg.get('align_corners', False))
-        indices = (model.dataset_meta or {}).get('flip_indices')
-        if self.flip_test and not indices:
-            raise UnsupportedModelError('associative-embedding flip test: the model has no dataset_meta '
-                                        'flip_indices (load a checkpoint or set the test dataset metainfo)')
-        self.flip_indices = list(indices or [])
+        self.flip_indices = _flip_indices(model, self.flip_test, 'associative-embedding')
 
     def resize(self, maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if not self.restore:

@@ -424,21 +424,24 @@ def test_bottom_up_dekr_equals_mmpose(tmp_path):
     assert np.abs(got_kpts - got['keypoints']).max() <= 1e-3
 
 
-CID_TINY = """_base_ = 'hrnet_mm::pose/cid_hrnet-w32_8xb20-140e_coco-512x512.py'
-channels = [16, 32, 64, 128]
+# A narrow HRNet (all four branches) and mmpose's bottom-up test pipeline at 128 px, for the zoo's bottom-up recipes
+BOTTOM_UP_TINY = """channels = [16, 32, 64, 128]
 extra = dict(
     stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(16, )),
     stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=channels[:2]),
     stage3=dict(num_modules=1, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=channels[:3]),
     stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1), num_channels=channels))
-codec = dict(type='DecoupledHeatmap', input_size=(128, 128), heatmap_size=(32, 32))
-model = dict(backbone=dict(extra=extra, init_cfg=None), neck=dict(in_channels=channels),
-             head=dict(in_channels=sum(channels), gfd_channels=8, decoder=codec))
 test_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImage'),
     dict(type='BottomupResize', input_size=(128, 128), size_factor=64, resize_mode='expand'),
     dict(type='PackPoseInputs', meta_keys=('id', 'img_id', 'img_path', 'ori_shape', 'img_shape', 'input_size',
                                            'input_center', 'input_scale', 'flip_indices', 'skeleton_links'))]))
+"""
+CID_TINY = """_base_ = 'hrnet_mm::pose/cid_hrnet-w32_8xb20-140e_coco-512x512.py'
+""" + BOTTOM_UP_TINY + """
+codec = dict(type='DecoupledHeatmap', input_size=(128, 128), heatmap_size=(32, 32))
+model = dict(backbone=dict(extra=extra, init_cfg=None), neck=dict(in_channels=channels),
+             head=dict(in_channels=sum(channels), gfd_channels=8, decoder=codec))
 """
 
 
@@ -482,22 +485,12 @@ def test_bottom_up_cid_equals_mmpose(tmp_path):
 
 
 AE_TINY = """_base_ = 'hrnet_mm::pose/ae_hrnet-w32_8xb24-300e_coco-512x512.py'
-channels = [16, 32, 64, 128]
-extra = dict(
-    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(16, )),
-    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=channels[:2]),
-    stage3=dict(num_modules=1, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=channels[:3]),
-    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1), num_channels=channels))
+""" + BOTTOM_UP_TINY + """
 codec = dict(type='AssociativeEmbedding', input_size=(128, 128), heatmap_size=(32, 32), sigma=2, decode_topk=30,
              decode_keypoint_order=[0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16],
              decode_center_shift=0.5, decode_max_instances=30)
 model = dict(backbone=dict(extra=extra, init_cfg=None),
              head=dict(in_channels=16, decoder=dict(codec, heatmap_size=(128, 128))))
-test_dataloader = dict(dataset=dict(pipeline=[
-    dict(type='LoadImage'),
-    dict(type='BottomupResize', input_size=(128, 128), size_factor=64, resize_mode='expand'),
-    dict(type='PackPoseInputs', meta_keys=('id', 'img_id', 'img_path', 'ori_shape', 'img_shape', 'input_size',
-                                           'input_center', 'input_scale', 'flip_indices', 'skeleton_links'))]))
 """
 
 
