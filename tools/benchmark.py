@@ -30,6 +30,15 @@ Implementations:
                       in float64 like hrnet_mm-cl's, which compiles once more)
   mmdet, mmseg, mmpose, mmpretrain, timm   the peers' backbones (mmseg fuses with bilinear upsampling, so
                       hrnet_mm is compared with it in its bilinear setting)
+  onnxruntime, openvino, openvino-bf16   the runtimes users deploy to (infer only, CPU, ``--runtimes``): the
+                      same weights exported to ONNX at the case's shape (BN folded), run by onnxruntime (all graph
+                      optimisations) and OpenVINO (latency hint, one stream; f32, and bf16 where the processor has
+                      native bfloat16), each with torch's thread count and no spinning threads
+                      (:mod:`hrnet_mm.deploy.runtimes`); reduced-precision rows report their error, not fail on it
+
+Timing: the rows of a case run interleaved, round by round, so that machine noise hits all alike; with runtime
+rows, in blocks of ``--block`` calls (default 5) so that each runtime's thread pool runs alone for a while. A
+line under the table gives hrnet_mm-deploy's speed ratio to the fastest runtime at fp32 and at reduced precision.
 
 Allocator: with ``--allocator tuned`` (the default) the process first calls
 :func:`hrnet_mm.deploy.tune_cpu_allocator`, which :func:`~hrnet_mm.deploy.to_deploy` does for its users too: glibc
@@ -52,6 +61,7 @@ Examples::
     python tools/benchmark.py --cases w32-pose-b1 w18-seg-b1 --mode infer --compile   # + compiled deploy model
     python tools/benchmark.py --mode train --memory --memory-cases w32-mem-b2          # + CPU memory, with_cp
     python tools/benchmark.py --allocator-effect --cases w32-pose-b1 w18-seg-b1        # glibc vs tuned allocator
+    python tools/benchmark.py --mode infer --runtimes onnxruntime openvino --peers mmpose mmseg   # + the runtimes
     python tools/benchmark.py --device cuda --dtype bf16 --channels-last --mode infer --compile \
         --branch-streams --cuda-graphs --cases w32-pose-b1 w32-pose-b32     # the CUDA rows (tools/gpu_check.sh)
 """
@@ -77,6 +87,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hrnet_mm  # noqa: E402
 from hrnet_mm.deploy import allocator_tuned, to_deploy, tune_cpu_allocator  # noqa: E402
+from hrnet_mm.deploy.runtimes import native_bf16  # noqa: E402
 from hrnet_mm.models import HRModule, HRNet  # noqa: E402
 from hrnet_mm.models.arch import get_preset  # noqa: E402
 
@@ -104,6 +115,8 @@ CASES = {c.name: c for c in [
 DEFAULT_CASES = ['w32-pose-b1', 'w18-seg-b1', 'w18-train-b2']  # the rest: --cases, they take minutes on CPU
 PEERS = ['mmdet', 'mmseg', 'mmpose', 'mmpretrain', 'timm']
 CUDA_ONLY = ('hrnet_mm-deploy-streams', 'hrnet_mm-deploy-cudagraphs')  # checked against hrnet_mm on the device
+RUNTIMES = ['onnxruntime', 'openvino']
+REDUCED_PRECISION_TOL = 5e-2  # bf16 keeps 8 mantissa bits; this catches a broken graph, not rounding
 
 
 def _branch_streams_forward(self: HRModule, xs: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -178,7 +191,7 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
     prep = {} if prep is None else prep
     reference = None
     for name in names:
-        if name.startswith('hrnet_mm'):
+        if name.startswith('hrnet_mm') or name.split('-')[0] in RUNTIMES:
             continue
         try:
             peer = build_peer(name, case.arch)
@@ -223,7 +236,49 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
             if name == 'hrnet_mm-deploy-streams':
                 use_branch_streams(impls[name])
             prep[name] = time.perf_counter() - t0
+    runtime_rows = [n for n in names if n.split('-')[0] in RUNTIMES]
+    if runtime_rows:
+        impls.update(build_runtimes(ours, case, runtime_rows, prep))
     return impls
+
+
+def runtime_rows(runtimes: List[str]) -> List[str]:
+    """The rows of ``--runtimes``: each runtime at fp32, and OpenVINO at bf16 where the processor has it."""
+    rows = list(runtimes)
+    if 'openvino' in runtimes and native_bf16():
+        rows.append('openvino-bf16')
+    return rows
+
+
+def build_runtimes(model: nn.Module, case: Case, names: List[str], prep: Dict[str, float]) -> Dict[str, Any]:
+    """``model`` exported to ONNX at the case's shape (BN folded, TorchScript exporter) and opened by each runtime
+    of ``names`` with torch's thread count; a runtime that is not installed is reported and left out. ``prep``
+    receives each one's export and session time."""
+    import tempfile
+
+    from hrnet_mm.deploy.export import export_onnx
+    from hrnet_mm.deploy.runtimes import OnnxRuntimeModel, OpenVinoModel
+
+    shape = (case.batch, 3, case.height, case.width)
+    folder = tempfile.mkdtemp(prefix='hrnet_mm_benchmark_')
+    path = os.path.join(folder, f'{case.name}.onnx')
+    t0 = time.perf_counter()
+    export_onnx(model.eval(), path, shape, dynamic=False, check=False, exporter='torchscript')
+    exported = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    out: Dict[str, Any] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            if name == 'onnxruntime':
+                out[name] = OnnxRuntimeModel(path, threads)
+            else:
+                out[name] = OpenVinoModel(path, threads, 'bf16' if name.endswith('-bf16') else 'f32', shape)
+        except (ImportError, ValueError) as exc:
+            print(f'  skipping {name}: {exc}', file=sys.stderr)
+            continue
+        prep[name] = exported + time.perf_counter() - t0
+    return out
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
@@ -264,8 +319,9 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
             if name in prep:
                 prep[name] += time.perf_counter() - t0
             err = errs[name] = max_rel_err(outs, base)
-            if err > tol:
-                raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {tol}')
+            limit = REDUCED_PRECISION_TOL if name.endswith('-bf16') else tol
+            if err > limit:
+                raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {limit}')
     return errs
 
 
@@ -445,7 +501,8 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     if mode == 'infer':
         names = (['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
                  + (['hrnet_mm-deploy-streams'] if args.branch_streams else [])
-                 + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else []))
+                 + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else [])
+                 + (runtime_rows(args.runtimes) if device.type == 'cpu' else []))
     else:
         names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl', 'hrnet_mm-plain'])
                  + (['hrnet_mm-cl-compiled'] if args.compile else []))
@@ -459,10 +516,11 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
     if mode == 'train':
         errs.update(check_gradients(impls, check_x[..., :128, :128]))
         grad_errs = check_float32_gradients(impls, check_x[..., :128, :128])
+    modules = [k for k in impls if k.split('-')[0] not in RUNTIMES]  # the runtimes take NCHW arrays on the CPU
     if args.channels_last:
-        impls = {k: v.to(memory_format=torch.channels_last) for k, v in impls.items()}
+        impls.update({k: impls[k].to(memory_format=torch.channels_last) for k in modules})
         x = x.contiguous(memory_format=torch.channels_last)
-    impls = {k: v.to(device) for k, v in impls.items()}
+    impls.update({k: impls[k].to(device) for k in modules})
     x = x.to(device)
     errs.update(check_on_device(impls, x[:1], prep=prep))
     autocast = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
@@ -481,15 +539,19 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
         v.clear()
     times: Dict[str, List[float]] = {k: [] for k in steps}
     peak: Dict[str, Optional[float]] = {k: None for k in steps}
-    for _ in range(args.repeats):  # interleaved rounds: noise hits every implementation alike
+    # interleaved rounds: noise hits every implementation alike; with other runtimes, blocks of calls, so that
+    # each thread pool runs alone for a while
+    block = max(args.block or (5 if any(k.split('-')[0] in RUNTIMES for k in steps) else 1), 1)
+    for _ in range(-(-args.repeats // block)):
         for k, step in steps.items():
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats()
-            t0 = now()
-            step()
-            times[k].append(now() - t0)
-            if device.type == 'cuda':
-                peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated() / 2 ** 20)
+            for _ in range(block):
+                if device.type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = now()
+                step()
+                times[k].append(now() - t0)
+                if device.type == 'cuda':
+                    peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated() / 2 ** 20)
     split = {k: tuple(statistics.median(p) * 1e3 for p in zip(*v)) for k, v in phases.items() if v}
     if args.memory and device.type == 'cpu':
         for k, step in steps.items():
@@ -651,6 +713,26 @@ def format_phases(rows: List[Row]) -> List[str]:
     return lines
 
 
+def format_runtime_ratios(rows: List[Row]) -> List[str]:
+    """Per infer case with runtime rows: hrnet_mm-deploy's speed ratio to the fastest runtime at fp32 and at
+    reduced precision (> 1: hrnet_mm-deploy is faster)."""
+    lines = []
+    for case in dict.fromkeys(r.case for r in rows if r.mode == 'infer'):
+        get = {r.impl: r for r in rows if r.case == case and r.mode == 'infer'}
+        deploy = get.get('hrnet_mm-deploy')
+        found = [r for name, r in get.items() if name.split('-')[0] in RUNTIMES]
+        if deploy is None or not found:
+            continue
+        parts = []
+        for label, group in (('fp32', [r for r in found if not r.impl.endswith('-bf16')]),
+                             ('bf16', [r for r in found if r.impl.endswith('-bf16')])):
+            if group:
+                best = min(group, key=lambda r: r.median_ms)
+                parts.append(f'{best.median_ms / deploy.median_ms:.2f}x the fastest runtime at {label} ({best.impl})')
+        lines.append(f'{case} infer: hrnet_mm-deploy is ' + ', '.join(parts))
+    return lines
+
+
 def format_memory_table(rows: List[Row]) -> str:
     head = f'{"case":<14} {"impl":<18} {"peak MB":>8} {"vs no with_cp":>13} {"step s":>7}'
     lines = [head, '-' * len(head)]
@@ -761,6 +843,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='instead: time hrnet_mm and its deploy model (infer) with glibc\'s default allocator '
                              'and tuned, each in a fresh process, and print that table')
     parser.add_argument('--allocator-child', nargs=3, metavar=('CASE', 'IMPL', 'ALLOCATOR'), help=argparse.SUPPRESS)
+    parser.add_argument('--runtimes', nargs='*', default=[], choices=RUNTIMES,
+                        help='CPU infer: also time these runtimes on the ONNX export of the same weights '
+                             '(openvino: also at bf16 where the processor has native bfloat16)')
+    parser.add_argument('--block', type=int, default=0,
+                        help='calls in a row per implementation and round (default 1; 5 with --runtimes)')
     parser.add_argument('--json', help='also write the rows and the environment as JSON here')
     parser.add_argument('--markdown', metavar='RESULT_JSON',
                         help='instead: print the README\'s speed table from a --json result and exit')
@@ -818,7 +905,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'{case_name} train: float32 gradients vs float64, relative L2 (hrnet_mm rows: Winograd F(4x4)): '
               + ', '.join(f'{r.impl} {r.grad_err_fp32:.1e}' for r in rows
                           if r.case == case_name and r.grad_err_fp32 is not None))
-    for line in format_phases(rows):
+    for line in format_phases(rows) + format_runtime_ratios(rows):
         print(line)
     for line in failed:
         print(f'failed: {line}')

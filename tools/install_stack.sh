@@ -27,7 +27,7 @@ TORCH_VERSION=2.14.1
 # Everything that decides the installed set goes into the stamp, the CPU kernels' sources included (a changed kernel
 # is built by the install, not in a training step).
 stamp_inputs=(requirements.txt hrnet_mm-config-hook.pth requirements/special.txt requirements/tests.txt requirements/build.txt
-              requirements/constraints.txt
+              requirements/constraints.txt requirements/benchmark.txt
               setup.cfg setup.py tools/install_stack.sh hrnet_mm/ops/csrc/*)
 stamp_value() {
   (cd "$ROOT" && cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)
@@ -124,6 +124,7 @@ step "runtime stack (requirements.txt)" pip install "${CONSTRAINTS[@]}" -r "$ROO
 step "mmpose 1.3.2 + openmim 0.3.9 (--no-deps)" pip install --no-deps mmpose==1.3.2 openmim==0.3.9
 step "xtcocotools (from source, numpy 2)" pip install "${CONSTRAINTS[@]}" --no-build-isolation --no-binary xtcocotools xtcocotools==1.14.3
 step "test and lint tools" pip install "${CONSTRAINTS[@]}" -r "$ROOT/requirements/tests.txt"
+step "benchmark runtimes (OpenVINO)" pip install "${CONSTRAINTS[@]}" -r "$ROOT/requirements/benchmark.txt"
 step "hrnet_mm (editable)" pip install --no-deps --no-build-isolation -e "$ROOT"
 # An editable install does not carry the start-up .pth that a wheel install puts into site-packages
 # (it lets configs anywhere write `_base_ = 'hrnet_mm::...'`); put it there the same way.

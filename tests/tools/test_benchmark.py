@@ -124,3 +124,45 @@ def test_cuda_only_rows_need_a_cuda_device(flag, capsys):
         benchmark.main(['--device', 'cpu', flag, '--cases', 'w32-pose-b1'])
     assert exc.value.code == 2
     assert 'CUDA-only rows' in capsys.readouterr().err
+
+
+def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model():
+    """onnxruntime (and OpenVINO where installed) on the ONNX export of the same weights: outputs within 1e-4 of
+    hrnet_mm's (bf16 within the reduced-precision bound), and the ratio line under the table."""
+    from hrnet_mm.deploy.runtimes import openvino_available
+    from hrnet_mm.models import HRNet
+
+    case = benchmark.Case('tiny', 'w18_small', 64, 96, 1)
+    model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
+    names = benchmark.runtime_rows(runtimes)
+    prep = {}
+    impls = benchmark.build_runtimes(model, case, names, prep)
+    assert list(impls) == names and all(prep[n] > 0 for n in names)
+    impls['hrnet_mm'] = model
+    errs = benchmark.check_agreement(impls, torch.randn(1, 3, 64, 96))
+    for name in names:
+        assert errs[name] < (benchmark.REDUCED_PRECISION_TOL if name.endswith('-bf16') else 1e-4), (name, errs)
+    rows = [benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy', 10.0, 100.0, None),
+            benchmark.Row('tiny', 'infer', 'onnxruntime', 15.0, 66.7, None),
+            benchmark.Row('tiny', 'infer', 'openvino', 12.0, 83.3, None),
+            benchmark.Row('tiny', 'infer', 'openvino-bf16', 8.0, 125.0, None)]
+    (line, ) = benchmark.format_runtime_ratios(rows)
+    assert line == ('tiny infer: hrnet_mm-deploy is 1.20x the fastest runtime at fp32 (openvino), 0.80x the fastest '
+                    'runtime at bf16 (openvino-bf16)')
+
+
+def test_an_infer_case_with_the_runtimes_times_them_in_blocks():
+    from argparse import Namespace
+
+    from hrnet_mm.deploy.runtimes import openvino_available
+
+    runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
+    args = Namespace(compile=False, peers=['mmpose'], branch_streams=False, cuda_graphs=False, runtimes=runtimes,
+                     no_channels_last_row=True, allocator='tuned', channels_last=False, dtype='fp32', warmup=1,
+                     block=0, repeats=5, memory=False)
+    rows = benchmark.run_case(benchmark.Case('tiny', 'w18_small', 64, 96, 1), 'infer', args, torch.device('cpu'))
+    names = [r.impl for r in rows]
+    assert sorted(names) == sorted(['hrnet_mm', 'mmpose', 'hrnet_mm-deploy'] + benchmark.runtime_rows(runtimes))
+    assert all(r.median_ms > 0 and r.rel_err is not None for r in rows)
+    assert benchmark.format_runtime_ratios(rows)[0].startswith('tiny infer: hrnet_mm-deploy is ')

@@ -1,0 +1,132 @@
+"""The inference runtimes users deploy to, on the ONNX export of the same weights: onnxruntime and OpenVINO.
+
+Each wrapper is called with a float32 ``(N, C, H, W)`` tensor (or array) and returns its outputs as tensors, so
+``tools/benchmark.py`` checks and times it like a module. Both are set up for a fair CPU comparison in one
+process: as many intra-op threads as asked, one inference at a time, and no worker spinning after a call
+(onnxruntime spins its thread pool by default, which takes the cores from whatever runs next).
+
+* :class:`OnnxRuntimeModel`: onnxruntime's CPU execution provider with all graph optimisations.
+* :class:`OpenVinoModel`: OpenVINO's CPU plugin, latency hint, one stream, with an explicit inference precision
+  (``'f32'``, or ``'bf16'`` where the processor has native bfloat16: :func:`native_bf16`). OpenVINO is an
+  optional dependency (``requirements/benchmark.txt``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The processor's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return frozenset(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether the processor computes in bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
+    return bool({'avx512_bf16', 'amx_bf16'} & cpu_flags())
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _numpy(x: Array) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class OnnxRuntimeModel:
+    """An ONNX file in onnxruntime (CPU), without spinning threads.
+
+    Args:
+        path: The ONNX file (one input).
+        threads: Intra-op threads (inter-op: 1, sequential execution).
+    """
+
+    runtime = 'onnxruntime'
+
+    def __init__(self, path: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        options.add_session_config_entry('session.inter_op.allow_spinning', '0')
+        self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = 'f32'
+
+    def __call__(self, x: Array) -> List[torch.Tensor]:
+        return [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: _numpy(x)})]
+
+    def eval(self) -> 'OnnxRuntimeModel':  # the benchmark treats every row as a module
+        return self
+
+
+class OpenVinoModel:
+    """An ONNX file compiled by OpenVINO for the CPU.
+
+    Args:
+        path: The ONNX file (one input).
+        threads: ``INFERENCE_NUM_THREADS``.
+        precision: ``INFERENCE_PRECISION_HINT``: ``'f32'`` or ``'bf16'`` (OpenVINO's own default on a processor with
+            native bfloat16 is bf16).
+        shape: Compile for this static input shape (OpenVINO plans better for a known shape), or keep the file's
+            dynamic dimensions with None.
+
+    Raises:
+        ImportError: OpenVINO is not installed.
+        ValueError: ``precision='bf16'`` on a processor without native bfloat16.
+    """
+
+    runtime = 'openvino'
+
+    def __init__(self, path: str, threads: int, precision: str = 'f32',
+                 shape: Optional[Sequence[int]] = None) -> None:
+        if precision not in ('f32', 'bf16'):
+            raise ValueError(f"OpenVinoModel: precision must be 'f32' or 'bf16', got {precision!r}")
+        if precision == 'bf16' and not native_bf16():
+            raise ValueError('OpenVinoModel: bf16 needs a processor with AVX512_BF16 or AMX-BF16; this one has '
+                             'neither')
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError('OpenVINO is not installed: pip install -r requirements/benchmark.txt') from None
+        core = ov.Core()
+        model = core.read_model(path)
+        if shape is not None:
+            model.reshape(list(shape))
+        config = {'INFERENCE_NUM_THREADS': int(threads), 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY',
+                  'INFERENCE_PRECISION_HINT': precision}
+        self.compiled = core.compile_model(model, 'CPU', config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+
+    def __call__(self, x: Array) -> List[torch.Tensor]:
+        results = self.request.infer([_numpy(x)])
+        return [torch.from_numpy(np.array(results[out])) for out in self.compiled.outputs]
+
+    def eval(self) -> 'OpenVinoModel':
+        return self
