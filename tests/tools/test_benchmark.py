@@ -127,22 +127,18 @@ def test_cuda_only_rows_need_a_cuda_device(flag, capsys):
 
 
 def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model():
-    """onnxruntime (and OpenVINO where installed) on the ONNX export of the same weights: outputs within 1e-4 of
-    hrnet_mm's (bf16 within the reduced-precision bound), and the ratio line under the table."""
-    from hrnet_mm.deploy.runtimes import openvino_available
+    """onnxruntime on the ONNX export of the same weights: outputs within 1e-4 of hrnet_mm's; the ratio line under
+    the table. (OpenVINO runs in a subprocess, below.)"""
     from hrnet_mm.models import HRNet
 
     case = benchmark.Case('tiny', 'w18_small', 64, 96, 1)
     model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
-    runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
-    names = benchmark.runtime_rows(runtimes)
     prep = {}
-    impls = benchmark.build_runtimes(model, case, names, prep)
-    assert list(impls) == names and all(prep[n] > 0 for n in names)
+    impls = benchmark.build_runtimes(model, case, ['onnxruntime'], prep)
+    assert list(impls) == ['onnxruntime'] and prep['onnxruntime'] > 0
     impls['hrnet_mm'] = model
     errs = benchmark.check_agreement(impls, torch.randn(1, 3, 64, 96))
-    for name in names:
-        assert errs[name] < (benchmark.REDUCED_PRECISION_TOL if name.endswith('-bf16') else 1e-4), (name, errs)
+    assert errs['onnxruntime'] < 1e-4
     rows = [benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy', 10.0, 100.0, None),
             benchmark.Row('tiny', 'infer', 'onnxruntime', 15.0, 66.7, None),
             benchmark.Row('tiny', 'infer', 'openvino', 12.0, 83.3, None),
@@ -152,17 +148,38 @@ def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model
                     'runtime at bf16 (openvino-bf16)')
 
 
+RUN_CASE = """
+import json, sys
+from argparse import Namespace
+from dataclasses import asdict
+import torch
+sys.path.insert(0, sys.argv[1])
+import benchmark
+from hrnet_mm.deploy.runtimes import openvino_available
+runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
+args = Namespace(compile=False, peers=['mmpose'], branch_streams=False, cuda_graphs=False, runtimes=runtimes,
+                 no_channels_last_row=True, allocator='tuned', channels_last=False, dtype='fp32', warmup=1,
+                 block=0, repeats=5, memory=False)
+rows = benchmark.run_case(benchmark.Case('tiny', 'w18_small', 64, 96, 1), 'infer', args, torch.device('cpu'))
+print(json.dumps(dict(rows=[asdict(r) for r in rows], expected=benchmark.runtime_rows(runtimes),
+                      ratios=benchmark.format_runtime_ratios(rows))))
+"""
+
+
 def test_an_infer_case_with_the_runtimes_times_them_in_blocks():
-    from argparse import Namespace
+    """run_case with onnxruntime and OpenVINO (where installed) beside hrnet_mm, the peer and the deploy model; in
+    a subprocess: OpenVINO's thread pool, once loaded, makes a later test's SIGINT to the pytest process crash it."""
+    import json
+    import subprocess
 
-    from hrnet_mm.deploy.runtimes import openvino_available
-
-    runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
-    args = Namespace(compile=False, peers=['mmpose'], branch_streams=False, cuda_graphs=False, runtimes=runtimes,
-                     no_channels_last_row=True, allocator='tuned', channels_last=False, dtype='fp32', warmup=1,
-                     block=0, repeats=5, memory=False)
-    rows = benchmark.run_case(benchmark.Case('tiny', 'w18_small', 64, 96, 1), 'infer', args, torch.device('cpu'))
-    names = [r.impl for r in rows]
-    assert sorted(names) == sorted(['hrnet_mm', 'mmpose', 'hrnet_mm-deploy'] + benchmark.runtime_rows(runtimes))
-    assert all(r.median_ms > 0 and r.rel_err is not None for r in rows)
-    assert benchmark.format_runtime_ratios(rows)[0].startswith('tiny infer: hrnet_mm-deploy is ')
+    proc = subprocess.run([sys.executable, '-c', RUN_CASE, os.path.join(ROOT, 'tools')], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='2'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = result['rows']
+    names = [r['impl'] for r in rows]
+    assert sorted(names) == sorted(['hrnet_mm', 'mmpose', 'hrnet_mm-deploy'] + result['expected'])
+    for r in rows:
+        assert r['median_ms'] > 0 and r['rel_err'] is not None
+        assert r['rel_err'] < (benchmark.REDUCED_PRECISION_TOL if r['impl'].endswith('-bf16') else 1e-4), r
+    assert result['ratios'][0].startswith('tiny infer: hrnet_mm-deploy is ')
