@@ -22,7 +22,7 @@ import ctypes
 import functools
 import operator
 import platform
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -180,11 +180,12 @@ class OneDNNConv2d(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _fusable(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
-        """Whether the fused kernels (oneDNN, Winograd) can run on these inputs: float32 CPU tensors that need no
+        """Whether the fused kernels (oneDNN; Winograd for float32) can run on these inputs: float32 or bfloat16
+        (the weight's dtype) CPU tensors that need no
         gradient, channels that match the weight and a summand of the output's shape. Otherwise the plain ops
         run (and raise torch's own errors for a wrong input)."""
-        if not (x.dtype == torch.float32 and x.device.type == 'cpu' and x.dim() == 4
-                and self.weight.dtype == torch.float32 and self.weight.device.type == 'cpu' and onednn_available()):
+        if not (x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype and x.device.type == 'cpu'
+                and x.dim() == 4 and self.weight.device.type == 'cpu' and onednn_available()):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
@@ -238,7 +239,8 @@ class OneDNNConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         channels_last = torch.channels_last
-        if (self.winograd and x.is_contiguous(memory_format=channels_last) and self._fusable(x, other)
+        if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=channels_last)
+                and self._fusable(x, other)
                 and (other is None or other.is_contiguous(memory_format=channels_last))):
             tile, u = self._winograd_weight(x)
             if tile:
@@ -374,8 +376,10 @@ class CompiledDeploy(nn.Module):
 
 def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = False, inplace: bool = False,
               fuse: Optional[bool] = None, freezing: bool = True, compile_options: Optional[Dict[str, Any]] = None,
-              tune_allocator: bool = True, winograd: Optional[bool] = None) -> nn.Module:
-    """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, fused, optionally compiled.
+              tune_allocator: bool = True, winograd: Optional[bool] = None, precision: str = 'fp32',
+              calibration: Optional[Iterable[Any]] = None) -> nn.Module:
+    """An inference-only version of ``model``: eval mode, BN folded, ``channels_last``, fused, optionally compiled,
+    optionally in bfloat16 or int8.
 
     Args:
         model: Any module; it is copied unless ``inplace``. Only the hrnet_mm modules in it get fused.
@@ -396,10 +400,25 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
             Default: on when ``fuse`` is and the kernel builds here (C++ compiler and ninja; built once per machine,
             about a minute). Outputs then differ from the module's by about 1e-5 of their largest value instead of
             1e-6.
+        precision: ``'fp32'``, ``'bf16'`` or ``'int8'`` (:mod:`hrnet_mm.deploy.precision`): the convolutions in
+            bfloat16 (processors with AVX512_BF16 or AMX only) or int8 (per-channel weights, per-layer activation
+            ranges from ``calibration``). Both need the fused model (``fuse``, no ``compile``) and run without
+            Winograd. Layers they cannot convert stay float32, named in a warning; a bad request raises
+            :class:`hrnet_mm.deploy.precision.PrecisionError` naming the fix.
+        calibration: For ``'int8'``: the inputs to calibrate on, each passed as ``model(x)`` (a tensor),
+            ``model(*x)`` (a tuple) or ``model(**x)`` (a dict); a few dozen like those the model will see.
 
     Returns:
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
     """
+    from .precision import PrecisionError, check_precision, to_bfloat16, to_int8, warn_float32_layers
+    precision = check_precision(precision, calibration, {p.device for p in model.parameters()})
+    if precision != 'fp32':
+        if compile or fuse is False:
+            raise PrecisionError(f'precision={precision!r} needs the fused deploy model: leave compile off and fuse on')
+        if winograd:
+            raise PrecisionError(f"the Winograd kernels are float32 only: winograd=True with precision={precision!r}")
+        fuse, winograd = True, False
     m = model if inplace else copy.deepcopy(model)
     m.eval()
     revert_cpu_kernels(m)
@@ -414,6 +433,12 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         if winograd is None:
             winograd = all(p.device.type == 'cpu' for p in m.parameters()) and winograd_ops.available()
         m = _fuse_ours(m, bool(winograd))
+    if precision == 'bf16':
+        m = to_bfloat16(m)
+    elif precision == 'int8':
+        m = to_int8(m, calibration)
+    if precision != 'fp32':
+        warn_float32_layers(m, precision)
     if tune_allocator and all(p.device.type == 'cpu' for p in m.parameters()):
         tune_cpu_allocator()
     if compile:

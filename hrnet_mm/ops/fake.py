@@ -67,6 +67,11 @@ def batch_norm_act_backward(dy: torch.Tensor, x: torch.Tensor, y: Optional[torch
             mean.new_empty(mean.shape) if need_dweight else empty, _like(x, x.shape) if need_dz else empty)
 
 
+def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """The uint8 activations of the int8 deploy model: ``x``'s shape and memory format."""
+    return _like(x, x.shape).to(torch.uint8)
+
+
 def _format(t: torch.Tensor) -> torch.memory_format:
     cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
     return torch.channels_last if cl else torch.contiguous_format
@@ -78,6 +83,6 @@ def register() -> None:
     if _REGISTERED:
         return
     for fn in (winograd_conv3x3, winograd_conv3x3_add_, train_conv3x3, train_conv3x3_backward, batch_norm_act,
-               batch_norm_act_backward):
+               batch_norm_act_backward, quantize_u8):
         torch.library.register_fake(f'hrnet_mm::{fn.__name__}')(fn)
     _REGISTERED = True

@@ -37,9 +37,10 @@ TILES = (2, 4)
 
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
 _CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
-# one extension: the Winograd convolutions and the fused batch norm of hrnet_mm.ops.fused_norm (norm.cpp)
+# one extension: the Winograd convolutions, the fused batch norm of hrnet_mm.ops.fused_norm (norm.cpp) and the
+# int8 deploy model's activation quantization (quantize.cpp)
 _SOURCES = tuple(os.path.join(_CSRC, f) for f in ('forward.cpp', 'weight_grad.cpp', 'train.cpp', 'norm.cpp',
-                                                  'module.cpp'))
+                                                  'quantize.cpp', 'module.cpp'))
 _HEADERS = tuple(os.path.join(_CSRC, f) for f in ('winograd.h', 'transforms.h', 'gemm.h'))
 _BUILD_ERROR: Optional[str] = None
 

@@ -1,0 +1,345 @@
+"""Reduced-precision deploy models: bfloat16 and int8 (``to_deploy(model, precision=...)``).
+
+Both start from the float32 deploy model (BN folded, oneDNN convolutions with fused ReLU and sums:
+:func:`hrnet_mm.deploy.fold.fuse_onednn`) and change its convolutions, which hold nearly all of HRNet's arithmetic:
+
+* ``'bf16'`` (:func:`to_bfloat16`): the hrnet_mm modules (backbone, necks, classification head) run in bfloat16,
+  weights and activations, on oneDNN's bfloat16 convolutions (AVX512_BF16 / AMX); their float32 inputs are cast on
+  the way in and their outputs back to float32 on the way out. The other convolutions of a whole model (the
+  peers' heads) run in bfloat16 the same way, one by one. Refused on a processor without native bfloat16
+  (:func:`hrnet_mm.deploy.runtimes.native_bf16`), where oneDNN would emulate it slower than float32.
+* ``'int8'`` (:func:`to_int8`): static post-training quantization. Every convolution gets int8 weights, symmetric
+  per output channel, and quantizes its input to uint8 with one scale and zero point per layer, calibrated on
+  the inputs the caller gives (the range each layer's input took over them). oneDNN's int8 convolution (VNNI /
+  AMX) accumulates in int32, adds the float32 bias, the residual or multi-resolution sum and the ReLU, and
+  writes float32, so upsampling and the sums outside the convolutions stay exact.
+
+Convolutions that could not be fused (a forward that ``torch.fx`` cannot trace) are converted one by one, without
+the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions) stay float32:
+:func:`to_deploy` names them in a warning. A convolution that the calibration inputs never reached is an error.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from hrnet_mm.ops import winograd as winograd_ops
+from .fold import OneDNNConv2d, onednn_available
+from .runtimes import native_bf16
+
+PRECISIONS = ('fp32', 'bf16', 'int8')
+_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'f32': 'fp32', 'bf16': 'bf16', 'bfloat16': 'bf16', 'int8': 'int8'}
+
+
+class PrecisionError(ValueError):
+    """A reduced-precision deploy model that cannot be made as asked (the message names the fix)."""
+
+
+def check_precision(precision: str, calibration: Optional[Iterable[Any]], devices: Iterable[torch.device]) -> str:
+    """The canonical name of ``precision`` ('fp32', 'bf16' or 'int8'), or :class:`PrecisionError` when the model
+    (on ``devices``), the processor or the arguments cannot give it."""
+    name = _ALIASES.get(str(precision).lower())
+    if name is None:
+        raise PrecisionError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    if name == 'fp32':
+        if calibration is not None:
+            raise PrecisionError("calibration data is for precision='int8' only")
+        return name
+    cpu = all(d.type == 'cpu' for d in devices)
+    if not cpu and name == 'int8':
+        raise PrecisionError("precision='int8' runs on the CPU: move the model to the CPU first")
+    if cpu and not onednn_available():
+        raise PrecisionError(f"precision={name!r} needs torch's oneDNN (mkldnn) CPU kernels, which this torch lacks "
+                             'or has disabled')
+    if name == 'bf16':
+        if calibration is not None:
+            raise PrecisionError("calibration data is for precision='int8' only")
+        if cpu and not native_bf16():
+            raise PrecisionError("precision='bf16' needs a processor with native bfloat16 (AVX512_BF16 or AMX); "
+                                 "this one has neither and would emulate it slower than float32: use "
+                                 "precision='fp32'")
+        return name
+    if calibration is None:
+        raise PrecisionError("precision='int8' needs calibration data: pass calibration=[input, ...], a few dozen "
+                             'inputs like those the model will see (they set the range of every layer)')
+    if not hasattr(torch.ops.onednn, 'qconv2d_pointwise'):
+        raise PrecisionError("precision='int8' needs torch's oneDNN int8 convolutions (torch.ops.onednn."
+                             'qconv2d_pointwise), which this torch lacks')
+    return name
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    """``obj`` with every floating-point tensor in it (lists, tuples and dicts included) cast to ``dtype``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, (list, tuple)):
+        items = [_cast(o, dtype) for o in obj]
+        return type(obj)(items) if not hasattr(obj, '_fields') else type(obj)(*items)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+class Bfloat16Module(nn.Module):
+    """Runs ``module`` (converted to bfloat16) on float32 inputs: floating-point tensor arguments are cast to
+    bfloat16 on the way in, floating-point tensor outputs back to float32 on the way out (same shapes and memory
+    formats), so the rest of a whole model keeps working in float32. Public attributes of plain types
+    (``out_channels``, ...) are copied from ``module``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.to(torch.bfloat16)
+        plain = (bool, int, float, str, tuple, list)
+        for key, value in vars(module).items():
+            if not key.startswith('_') and key != 'training' and isinstance(value, plain):
+                setattr(self, key, value)
+
+    def forward(self, *args, **kwargs):
+        return _cast(self.module(*_cast(args, torch.bfloat16), **_cast(kwargs, torch.bfloat16)), torch.float32)
+
+
+class Int8Conv2d(nn.Module):
+    """``relu?(conv(x) [+ other])`` with int8 weights and uint8 activations, on oneDNN's int8 convolution.
+
+    ``x`` (float32, (N, C, H, W), channels_last for full speed) is quantized as ``q = clamp(round(x / x_scale) +
+    x_zero_point, 0, 255)`` (:func:`quantize_u8`); the weight ``w`` (K, C/groups, kh, kw) is stored as
+    ``round(w / w_scale[k])`` in int8 with ``w_scale[k] = max |w[k]| / 127``. The product accumulates in int32 and
+    is written in float32 with the float32 bias, the optional summand ``other`` (float32, (N, K, H', W')) and ReLU.
+
+    Args:
+        conv: The float32 convolution (a :class:`OneDNNConv2d`, whose fused ReLU and sum are kept, or an
+            ``nn.Conv2d`` with zero padding).
+        low, high: The range of ``x`` seen in calibration; the uint8 grid spans it, extended to include 0.
+    """
+
+    def __init__(self, conv: nn.Module, low: float, high: float) -> None:
+        super().__init__()
+        fused = isinstance(conv, OneDNNConv2d)
+        weight = conv.weight.detach().float()
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu, self.add = (conv.relu, conv.add) if fused else (False, False)
+        self.inplace = conv.inplace if fused else False
+        self.out_channels = weight.shape[0]
+        low, high = min(float(low), 0.0), max(float(high), 0.0)
+        scale = (high - low) / 255 if high > low else 1.0
+        self.x_scale = scale
+        self.x_zero_point = int(min(max(round(-low / scale), 0), 255))
+        w_scale = weight.abs().amax(dim=(1, 2, 3)) / 127
+        w_scale = torch.where(w_scale > 0, w_scale, torch.ones_like(w_scale))
+        qweight = torch.clamp(torch.round(weight / w_scale.view(-1, 1, 1, 1)), -127, 127).to(torch.int8)
+        self.register_buffer('qweight', qweight.contiguous(memory_format=torch.channels_last))
+        self.register_buffer('w_scale', w_scale.to(torch.float32))
+        self.register_buffer('w_zero_point', torch.zeros(weight.shape[0], dtype=torch.int64))
+        bias = conv.bias.detach().float() if conv.bias is not None else None
+        self.register_buffer('bias', bias)
+        self._packed: Dict[torch.Size, torch.Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return (f'{self.qweight.shape[1] * self.groups}, {self.out_channels}, '
+                f'kernel_size={tuple(self.qweight.shape[2:])}, stride={tuple(self.stride)}, relu={self.relu}, '
+                f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}')
+
+    def __deepcopy__(self, memo):  # packed weights are opaque oneDNN tensors: repack after a copy
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        import copy
+        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != '_packed'}
+        new._packed = {}
+        return new
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._packed.get(x.shape)
+        if w is None:
+            if len(self._packed) >= 8:
+                self._packed.pop(next(iter(self._packed)))
+            w = self._packed[x.shape] = torch.ops.onednn.qconv_prepack(
+                self.qweight, self.w_scale, self.x_scale, self.x_zero_point, self.stride, self.padding,
+                self.dilation, self.groups, list(x.shape))
+        return w
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
+            raise TypeError(f'Int8Conv2d takes a float32 (N, C, H, W) CPU tensor, got {x.dtype} {tuple(x.shape)} '
+                            f'on {x.device}')
+        x = x.contiguous(memory_format=torch.channels_last)
+        q = quantize_u8(x, self.x_scale, self.x_zero_point)
+        w = self._packed_weight(x)
+        common = (self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
+        if other is None:
+            return torch.ops.onednn.qconv2d_pointwise(q, self.x_scale, self.x_zero_point, w, self.w_scale,
+                                                      self.w_zero_point, self.bias, *common,
+                                                      'relu' if self.relu else 'none', [], '')
+        inplace = self.inplace and other.is_contiguous(memory_format=torch.channels_last)
+        accum = other if inplace else other.contiguous(memory_format=torch.channels_last).clone()
+        return torch.ops.onednn.qconv2d_pointwise.binary(q, self.x_scale, self.x_zero_point, w, self.w_scale,
+                                                         self.w_zero_point, accum, self.bias, *common, 1.0, 0, 'sum',
+                                                         1.0, 'relu' if self.relu else None, [], '')
+
+
+def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``clamp(round_half_even(x / scale) + zero_point, 0, 255)`` as uint8, in ``x``'s memory format (float32 CPU
+    ``x``): hrnet_mm's kernel (``torch.ops.hrnet_mm.quantize_u8``, one pass) where it is built, torch's per-tensor
+    quantization otherwise (the same integers)."""
+    if _kernel():
+        return torch.ops.hrnet_mm.quantize_u8(x, scale, zero_point)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # torch marks its quantized tensors deprecated; the integers are the same
+        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).int_repr()
+    return q.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) and x.dim() == 4 else q
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel() -> bool:
+    return winograd_ops.available() and hasattr(torch.ops.hrnet_mm, 'quantize_u8')
+
+
+def _is_ours(module: nn.Module) -> bool:
+    return type(module).__module__.startswith('hrnet_mm.') or isinstance(module, torch.fx.GraphModule)
+
+
+def _convs(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The convolutions a reduced-precision model converts: fused :class:`OneDNNConv2d` modules and the zero-padded
+    2-D ``nn.Conv2d`` layers outside them, with their qualified names."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, OneDNNConv2d) or _plain_conv(m)]
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    """A zero-padded ``nn.Conv2d`` whose forward is ``F.conv2d`` (mmcv's wrapper, which only adds empty-input
+    handling, included)."""
+    plain = type(m) is nn.Conv2d or (isinstance(m, nn.Conv2d) and type(m).__module__ == 'mmcv.cnn.bricks.wrappers')
+    return plain and m.padding_mode == 'zeros' and not isinstance(m.padding, str)
+
+
+def float32_layers(model: nn.Module) -> Dict[str, int]:
+    """Layer types with weights that neither reduced-precision form converts (linear layers, transposed and 1-D/3-D
+    convolutions, ...), and how many of each the model has."""
+    counts: Dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, (OneDNNConv2d, Int8Conv2d)) or _plain_conv(m):
+            continue
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return counts
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition('.')
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def to_bfloat16(model: nn.Module) -> nn.Module:
+    """The fused deploy ``model`` with its hrnet_mm modules and the other convolutions in bfloat16 (each wrapped
+    in :class:`Bfloat16Module`); changed in place and returned."""
+    if _is_ours(model):
+        return Bfloat16Module(model)
+
+    def walk(module: nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if _is_ours(child) or _plain_conv(child):
+                setattr(module, name, Bfloat16Module(child))
+            else:
+                walk(child)
+
+    walk(model)
+    return model
+
+
+def _inputs(item: Any) -> Tuple[tuple, dict]:
+    if isinstance(item, dict):
+        return (), item
+    if isinstance(item, (list, tuple)):
+        return tuple(item), {}
+    return (item,), {}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calibration: Iterable[Any]) -> Dict[str, Tuple[float, float]]:
+    """Runs ``model`` on each calibration item (a tensor: ``model(x)``; a tuple: ``model(*item)``; a dict:
+    ``model(**item)``) and returns the (min, max) that each convolution's input took, by qualified name."""
+    convs = _convs(model)
+    ranges: Dict[str, Tuple[float, float]] = {}
+
+    def hook(name: str):
+        def record(_: nn.Module, args: tuple) -> None:
+            x = args[0]
+            low, high = float(x.min()), float(x.max())
+            old = ranges.get(name)
+            ranges[name] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in convs]
+    count = 0
+    try:
+        for item in calibration:
+            args, kwargs = _inputs(item)
+            model(*args, **kwargs)
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if count == 0:
+        raise PrecisionError("precision='int8': the calibration data is empty; pass a few dozen inputs like those "
+                             'the model will see')
+    missed = [name for name, _ in convs if name not in ranges]
+    if missed:
+        raise PrecisionError(f"precision='int8': the calibration inputs never reached {len(missed)} convolutions "
+                             f'(first: {missed[0]}); give inputs that run the whole model')
+    return ranges
+
+
+def to_int8(model: nn.Module, calibration: Iterable[Any]) -> nn.Module:
+    """The fused float32 deploy ``model`` with every convolution replaced by an :class:`Int8Conv2d` calibrated on
+    ``calibration`` (see :func:`calibrate`); changed in place and returned."""
+    ranges = calibrate(model, calibration)
+    last_uses = _last_uses(model)
+    for name, conv in _convs(model):
+        new = Int8Conv2d(conv, *ranges[name])
+        new.inplace = new.inplace or name in last_uses
+        if name:
+            _replace(model, name, new)
+        else:
+            return new
+    return model
+
+
+def _last_uses(model: nn.Module) -> set:
+    """Qualified names of the fused convolutions with a summand that nothing reads afterwards, so that the sum may
+    be written into it (oneDNN's int8 convolution adds a summand only in place): the summand is a fresh result (of
+    a convolution, a sum or an upsampling), every reader of it is one of those too (no views), and this
+    convolution is its last reader."""
+    from .fold import _owns_result
+    found = set()
+    for prefix, gm in model.named_modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        order = {node: i for i, node in enumerate(gm.graph.nodes)}
+        for node in gm.graph.nodes:
+            if node.op != 'call_module' or len(node.args) != 2:
+                continue
+            if not isinstance(gm.get_submodule(node.target), OneDNNConv2d):
+                continue
+            other = node.args[1]
+            if not isinstance(other, torch.fx.Node) or not _owns_result(gm, other):
+                continue
+            readers = list(other.users)
+            if all(_owns_result(gm, r) for r in readers) and max(order[r] for r in readers) == order[node]:
+                found.add(f'{prefix}.{node.target}' if prefix else node.target)
+    return found
+
+
+def warn_float32_layers(model: nn.Module, precision: str) -> None:
+    """Warns, naming them, about the layers with weights that stay float32 in a ``precision`` model."""
+    counts = float32_layers(model)
+    if counts:
+        listed = ', '.join(f'{n} x{c}' for n, c in sorted(counts.items()))
+        warnings.warn(f'to_deploy(precision={precision!r}): these layers stay float32: {listed}', stacklevel=3)

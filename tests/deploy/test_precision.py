@@ -1,0 +1,159 @@
+"""Reduced-precision deploy models (``to_deploy(precision='bf16' | 'int8')``): checked against float32 models and
+torch's own quantization, and every refusal is one clear error."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TINY_EXTRA, randomize_, rel_err
+
+from hrnet_mm.deploy import precision as precision_mod
+from hrnet_mm.deploy import to_deploy
+from hrnet_mm.deploy.fold import OneDNNConv2d
+from hrnet_mm.deploy.precision import Bfloat16Module, Int8Conv2d, PrecisionError, quantize_u8
+from hrnet_mm.deploy.runtimes import native_bf16
+from hrnet_mm.models import HRNet, HRNetV2Neck
+
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason='the processor has no native bfloat16')
+
+
+def _tiny() -> nn.Module:
+    return randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+
+
+def _inputs(n: int, size=(64, 96), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, *size, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize('scale,zero_point', [(0.05, 0), (0.37, 128), (2e-3, 255)])
+def test_quantize_u8_equals_torch_per_tensor_quantization(scale, zero_point):
+    """Both paths (hrnet_mm's kernel where built, torch's quantization otherwise) give torch's integers, memory
+    format kept; values far outside the grid saturate."""
+    x = (torch.randn(2, 24, 7, 9) * 40).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        expected = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).int_repr()
+    q = quantize_u8(x, scale, zero_point)
+    assert q.dtype == torch.uint8 and q.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(q, expected)
+
+
+@pytest.mark.parametrize('stride,kernel,relu,add', [(1, 3, True, False), (2, 3, False, False), (1, 1, True, True),
+                                                    (1, 3, False, True)])
+def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, relu, add):
+    """oneDNN's int8 convolution computes exactly relu(conv(dequant(q(x)), dequant(q(w))) + b [+ other]): equal
+    to float32 rounding (1e-5 of the output's scale)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, kernel, stride, kernel // 2)
+    x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    fused = OneDNNConv2d(conv, relu=relu, add=add)
+    q = Int8Conv2d(fused, float(x.min()), float(x.max()))
+    other = torch.randn(2, 24, 12 // stride, 10 // stride) if add else None
+    y = q(x, other.contiguous(memory_format=torch.channels_last).clone()) if add else q(x)
+    xd = (quantize_u8(x, q.x_scale, q.x_zero_point).float() - q.x_zero_point) * q.x_scale
+    wd = q.qweight.float() * q.w_scale.view(-1, 1, 1, 1)
+    expected = F.conv2d(xd, wd, conv.bias, stride, kernel // 2)
+    expected = expected + other if add else expected
+    expected = F.relu(expected) if relu else expected
+    assert y.dtype == torch.float32 and rel_err(y, expected) < 1e-5
+    assert rel_err(y, fused(x, other) if add else fused(x)) < 3e-2  # and near the float32 convolution
+
+
+def test_int8_deploy_of_hrnet_and_neck():
+    """Every convolution of the backbone and the HRNetV2 neck becomes int8 (no float32 layer left, no warning);
+    outputs within 5% of the float32 model's scale on an input it was not calibrated on (a random network, whose
+    activations are wider-tailed than a trained one's), and the summands written in place where nothing reads
+    them later."""
+    bb = _tiny()
+    model = randomize_(nn.Sequential(bb, HRNetV2Neck(bb.out_channels, out_channels=16))).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        d = to_deploy(model, precision='int8', calibration=_inputs(4))
+    assert not any(isinstance(m, (nn.Conv2d, OneDNNConv2d)) for m in d.modules())
+    convs = [m for m in d.modules() if isinstance(m, Int8Conv2d)]
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert any(m.inplace for m in convs if m.add)
+    x = _inputs(1, seed=1)[0]
+    with torch.no_grad():
+        for a, b in zip(d(x), model(x)):
+            assert rel_err(a, b) < 5e-2
+
+
+@needs_bf16
+def test_bf16_deploy_of_hrnet():
+    """The backbone runs in bfloat16 (8 mantissa bits: within 3% of the output's scale) and hands float32 back."""
+    m = _tiny()
+    d = to_deploy(m, precision='bf16')
+    assert isinstance(d, Bfloat16Module) and d.out_channels == m.out_channels
+    assert all(p.dtype == torch.bfloat16 for p in d.parameters())
+    x = _inputs(1)[0]
+    with torch.no_grad():
+        for a, b in zip(d(x), m(x)):
+            assert a.dtype == torch.float32 and rel_err(a, b) < 3e-2
+
+
+def test_whole_pose_model_in_int8():
+    """A whole mmpose model (calibrated with ``model(inputs, data_samples)`` tuples): the head's convolution is
+    quantized too, and the heatmaps stay within 10% of the float32 model's scale (a random network calibrated on
+    four inputs; trained models are measured on their task metric in docs/benchmarks.md)."""
+    from mmengine.registry import DefaultScope
+    from mmpose.registry import MODELS
+    cfg = dict(type='TopdownPoseEstimator',
+               data_preprocessor=dict(type='PoseDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                                      std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+               backbone=dict(type='hrnet_mm.HRNet', extra=copy.deepcopy(TINY_EXTRA), out_indices=(0, )),
+               head=dict(type='HeatmapHead', in_channels=8, out_channels=17, deconv_out_channels=None,
+                         decoder=dict(type='MSRAHeatmap', input_size=(64, 64), heatmap_size=(16, 16), sigma=2)),
+               test_cfg=dict(flip_test=False))
+    with DefaultScope.overwrite_default_scope('mmpose'):
+        model = randomize_(MODELS.build(cfg)).eval()
+    d = to_deploy(model, precision='int8', calibration=[(x, None) for x in _inputs(4, (64, 64))])
+    assert isinstance(d.head.final_layer, Int8Conv2d)
+    x = _inputs(1, (64, 64), seed=2)[0]
+    with torch.no_grad():
+        assert rel_err(d(x, None), model(x, None)) < 0.1
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(precision='fp16'), "precision must be one of ('fp32', 'bf16', 'int8')"),
+    (dict(precision='int8'), 'needs calibration data'),
+    (dict(precision='int8', calibration=[]), 'calibration data is empty'),
+    (dict(precision='bf16', calibration=[torch.zeros(1)]), "for precision='int8' only"),
+    (dict(precision='int8', calibration=[torch.zeros(1, 3, 64, 64)], compile=True), 'needs the fused deploy model'),
+    (dict(precision='int8', calibration=[torch.zeros(1, 3, 64, 64)], winograd=True), 'float32 only'),
+])
+def test_bad_requests_are_one_clear_error(kwargs, message):
+    with pytest.raises(PrecisionError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        to_deploy(_tiny(), **kwargs)
+
+
+def test_bf16_refused_without_native_bfloat16(monkeypatch):
+    monkeypatch.setattr(precision_mod, 'native_bf16', lambda: False)
+    with pytest.raises(PrecisionError, match='native bfloat16 .AVX512_BF16 or AMX.'):
+        to_deploy(_tiny(), precision='bf16')
+
+
+def test_int8_refuses_calibration_that_misses_layers():
+    """Calibration inputs that never reach a convolution leave it without a range: an error naming it."""
+    class TwoWays(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x, second: bool = False):
+            return self.b(x) if second else self.a(x)
+
+    with pytest.raises(PrecisionError, match=r'never reached 1 convolutions \(first: b\)'):
+        to_deploy(TwoWays(), precision='int8', calibration=_inputs(1))
+
+
+def test_layers_left_in_float32_are_named():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    with pytest.warns(UserWarning, match=r'stay float32: Linear x1'):
+        to_deploy(model, precision='int8', calibration=[torch.zeros(1, 3, 8, 8)])
