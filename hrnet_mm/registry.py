@@ -11,10 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope, Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='hrnet_mm', locations=['hrnet_mm.models'])
+# runner hooks: ``custom_hooks = [dict(type='hrnet_mm.DeployHook', ...)]`` (hrnet_mm.deploy.hook)
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='hrnet_mm', locations=['hrnet_mm.deploy.hook'])
 
 
 def build_in_scope(library: str, cfg: dict) -> Any:

@@ -15,6 +15,9 @@ Implementations:
   hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last, prepacked and fused oneDNN
                       convolutions, and on CPU Winograd 3x3 convolutions where they are faster (header field
                       ``winograd=``; its ``prep s`` includes timing the choice per shape) (infer only)
+  hrnet_mm-deploy-bf16, hrnet_mm-deploy-int8   ``to_deploy(model, precision=...)`` (CPU infer, ``--precisions``):
+                      bfloat16 convolutions (processors with native bfloat16), or int8 ones calibrated on
+                      ``CALIBRATION_INPUTS`` random inputs of the case's shape
   hrnet_mm-deploy-compiled   ``to_deploy(model, compile=True)``: torch.compile with inductor weight freezing
                       (infer only, with ``--compile``)
   hrnet_mm-deploy-streams    CUDA only, with ``--branch-streams``: the deploy model (unfused) whose HR modules run
@@ -38,7 +41,8 @@ Implementations:
 
 Timing: the rows of a case run interleaved, round by round, so that machine noise hits all alike; with runtime
 rows, in blocks of ``--block`` calls (default 5) so that each runtime's thread pool runs alone for a while. A
-line under the table gives hrnet_mm-deploy's speed ratio to the fastest runtime at fp32 and at reduced precision.
+line under the table gives hrnet_mm-deploy's speed ratio to the fastest runtime at fp32, hrnet_mm-deploy-bf16's to
+the fastest runtime at bf16, and hrnet_mm-deploy-int8's to hrnet_mm-deploy.
 
 Allocator: with ``--allocator tuned`` (the default) the process first calls
 :func:`hrnet_mm.deploy.tune_cpu_allocator`, which :func:`~hrnet_mm.deploy.to_deploy` does for its users too: glibc
@@ -116,7 +120,11 @@ DEFAULT_CASES = ['w32-pose-b1', 'w18-seg-b1', 'w18-train-b2']  # the rest: --cas
 PEERS = ['mmdet', 'mmseg', 'mmpose', 'mmpretrain', 'timm']
 CUDA_ONLY = ('hrnet_mm-deploy-streams', 'hrnet_mm-deploy-cudagraphs')  # checked against hrnet_mm on the device
 RUNTIMES = ['onnxruntime', 'openvino']
-REDUCED_PRECISION_TOL = 5e-2  # bf16 keeps 8 mantissa bits; this catches a broken graph, not rounding
+# bf16 keeps 8 mantissa bits, int8 256 levels per layer on random weights (their wide-tailed activations cost more
+# than a trained network's; the task metrics are in docs/benchmarks.md): these catch a broken graph, not rounding
+REDUCED_PRECISION_TOL = {'bf16': 5e-2, 'int8': 1e-1}
+PRECISIONS = ['bf16', 'int8']
+CALIBRATION_INPUTS = 4
 
 
 def _branch_streams_forward(self: HRModule, xs: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -236,6 +244,15 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
             if name == 'hrnet_mm-deploy-streams':
                 use_branch_streams(impls[name])
             prep[name] = time.perf_counter() - t0
+    for precision in PRECISIONS:
+        name = f'hrnet_mm-deploy-{precision}'
+        if name in names:
+            calibration = [torch.randn(case.batch, 3, case.height, case.width, generator=torch.Generator().manual_seed(
+                i)) for i in range(CALIBRATION_INPUTS)] if precision == 'int8' else None
+            t0 = time.perf_counter()
+            impls[name] = to_deploy(ours.eval(), tune_allocator=tune_allocator, precision=precision,
+                                    calibration=calibration)
+            prep[name] = time.perf_counter() - t0
     runtime_rows = [n for n in names if n.split('-')[0] in RUNTIMES]
     if runtime_rows:
         impls.update(build_runtimes(ours, case, runtime_rows, prep))
@@ -319,7 +336,7 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
             if name in prep:
                 prep[name] += time.perf_counter() - t0
             err = errs[name] = max_rel_err(outs, base)
-            limit = REDUCED_PRECISION_TOL if name.endswith('-bf16') else tol
+            limit = REDUCED_PRECISION_TOL.get(name.rsplit('-', 1)[-1], tol)
             if err > limit:
                 raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {limit}')
     return errs
@@ -502,6 +519,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
         names = (['hrnet_mm', *args.peers, 'hrnet_mm-deploy'] + (['hrnet_mm-deploy-compiled'] if args.compile else [])
                  + (['hrnet_mm-deploy-streams'] if args.branch_streams else [])
                  + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else [])
+                 + ([f'hrnet_mm-deploy-{p}' for p in args.precisions] if device.type == 'cpu' else [])
                  + (runtime_rows(args.runtimes) if device.type == 'cpu' else []))
     else:
         names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl', 'hrnet_mm-plain'])
@@ -714,22 +732,26 @@ def format_phases(rows: List[Row]) -> List[str]:
 
 
 def format_runtime_ratios(rows: List[Row]) -> List[str]:
-    """Per infer case with runtime rows: hrnet_mm-deploy's speed ratio to the fastest runtime at fp32 and at
-    reduced precision (> 1: hrnet_mm-deploy is faster)."""
+    """Per infer case with runtime or precision rows: speed ratios (> 1: hrnet_mm's row is faster) of
+    hrnet_mm-deploy to the fastest runtime at fp32, of hrnet_mm-deploy-bf16 to the fastest runtime at bf16, and of
+    hrnet_mm-deploy-int8 to hrnet_mm-deploy."""
     lines = []
     for case in dict.fromkeys(r.case for r in rows if r.mode == 'infer'):
         get = {r.impl: r for r in rows if r.case == case and r.mode == 'infer'}
-        deploy = get.get('hrnet_mm-deploy')
         found = [r for name, r in get.items() if name.split('-')[0] in RUNTIMES]
-        if deploy is None or not found:
-            continue
         parts = []
-        for label, group in (('fp32', [r for r in found if not r.impl.endswith('-bf16')]),
-                             ('bf16', [r for r in found if r.impl.endswith('-bf16')])):
-            if group:
+        for label, ours, group in (
+                ('fp32', 'hrnet_mm-deploy', [r for r in found if not r.impl.endswith('-bf16')]),
+                ('bf16', 'hrnet_mm-deploy-bf16', [r for r in found if r.impl.endswith('-bf16')])):
+            if group and ours in get:
                 best = min(group, key=lambda r: r.median_ms)
-                parts.append(f'{best.median_ms / deploy.median_ms:.2f}x the fastest runtime at {label} ({best.impl})')
-        lines.append(f'{case} infer: hrnet_mm-deploy is ' + ', '.join(parts))
+                parts.append(f'{ours} is {best.median_ms / get[ours].median_ms:.2f}x the fastest runtime at {label} '
+                             f'({best.impl})')
+        if 'hrnet_mm-deploy-int8' in get and 'hrnet_mm-deploy' in get:
+            ratio = get['hrnet_mm-deploy'].median_ms / get['hrnet_mm-deploy-int8'].median_ms
+            parts.append(f'hrnet_mm-deploy-int8 is {ratio:.2f}x hrnet_mm-deploy')
+        if parts:
+            lines.append(f'{case} infer: ' + '; '.join(parts))
     return lines
 
 
@@ -846,6 +868,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--runtimes', nargs='*', default=[], choices=RUNTIMES,
                         help='CPU infer: also time these runtimes on the ONNX export of the same weights '
                              '(openvino: also at bf16 where the processor has native bfloat16)')
+    parser.add_argument('--precisions', nargs='*', default=[], choices=PRECISIONS,
+                        help='CPU infer: also time the deploy model in these precisions (hrnet_mm-deploy-bf16 needs '
+                             'native bfloat16; hrnet_mm-deploy-int8 is calibrated on random inputs)')
     parser.add_argument('--block', type=int, default=0,
                         help='calls in a row per implementation and round (default 1; 5 with --runtimes)')
     parser.add_argument('--json', help='also write the rows and the environment as JSON here')

@@ -70,6 +70,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'inside a value')
     parser.add_argument('--amp', action='store_true', help='mixed-precision test (mmpretrain)')
     parser.add_argument('--no-pin-memory', action='store_true', help='disable pin_memory (mmpretrain)')
+    parser.add_argument('--deploy', choices=['fp32', 'bf16', 'int8'],
+                        help='test the deploy model (hrnet_mm.deploy.to_deploy) in this precision instead of the '
+                        'checkpoint as trained; bf16 needs AVX512_BF16 or AMX, int8 calibrates on training images')
+    parser.add_argument('--calibration-images', type=int, default=32,
+                        help='--deploy int8: how many training images set the activation ranges (default 32)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (mmdet, mmseg, mmpretrain)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
@@ -255,7 +260,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     tool.import_hrnet_mm()
     from hrnet_mm.cli import checkpoint_checks, console, dataset_checks, errors
 
-    with errors.user_errors('test.py', args.debug, (ToolError, )):
+    from hrnet_mm.deploy.precision import PrecisionError
+
+    with errors.user_errors('test.py', args.debug, (ToolError, PrecisionError)):
         cfg, scope = tool.load_config(args.config, args.cfg_options)
         if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
             raise ToolError(f'checkpoint not found: {args.checkpoint}')
@@ -272,6 +279,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         if first is None or first.device.type == 'cpu':  # freed pages reused from batch to batch
             from hrnet_mm.deploy import tune_cpu_allocator
             tune_cpu_allocator()
+        if args.deploy:
+            from hrnet_mm.deploy.hook import DeployHook
+            runner.register_hook(DeployHook(args.deploy, args.calibration_images), 'VERY_HIGH')
         add_result_dumps(runner, args, scope)
         try:
             metrics = runner.test()

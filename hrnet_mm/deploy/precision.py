@@ -39,12 +39,18 @@ class PrecisionError(ValueError):
     """A reduced-precision deploy model that cannot be made as asked (the message names the fix)."""
 
 
-def check_precision(precision: str, calibration: Optional[Iterable[Any]], devices: Iterable[torch.device]) -> str:
-    """The canonical name of ``precision`` ('fp32', 'bf16' or 'int8'), or :class:`PrecisionError` when the model
-    (on ``devices``), the processor or the arguments cannot give it."""
+def canonical_precision(precision: str) -> str:
+    """'fp32', 'bf16' or 'int8' for ``precision`` or one of its spellings ('float32', 'bfloat16', ...)."""
     name = _ALIASES.get(str(precision).lower())
     if name is None:
         raise PrecisionError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    return name
+
+
+def check_precision(precision: str, calibration: Optional[Iterable[Any]], devices: Iterable[torch.device]) -> str:
+    """The canonical name of ``precision`` ('fp32', 'bf16' or 'int8'), or :class:`PrecisionError` when the model
+    (on ``devices``), the processor or the arguments cannot give it."""
+    name = canonical_precision(precision)
     if name == 'fp32':
         if calibration is not None:
             raise PrecisionError("calibration data is for precision='int8' only")

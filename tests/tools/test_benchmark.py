@@ -142,10 +142,13 @@ def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model
     rows = [benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy', 10.0, 100.0, None),
             benchmark.Row('tiny', 'infer', 'onnxruntime', 15.0, 66.7, None),
             benchmark.Row('tiny', 'infer', 'openvino', 12.0, 83.3, None),
-            benchmark.Row('tiny', 'infer', 'openvino-bf16', 8.0, 125.0, None)]
+            benchmark.Row('tiny', 'infer', 'openvino-bf16', 8.0, 125.0, None),
+            benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy-bf16', 10.0, 100.0, None),
+            benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy-int8', 4.0, 250.0, None)]
     (line, ) = benchmark.format_runtime_ratios(rows)
-    assert line == ('tiny infer: hrnet_mm-deploy is 1.20x the fastest runtime at fp32 (openvino), 0.80x the fastest '
-                    'runtime at bf16 (openvino-bf16)')
+    assert line == ('tiny infer: hrnet_mm-deploy is 1.20x the fastest runtime at fp32 (openvino); hrnet_mm-deploy-bf16 '
+                    'is 0.80x the fastest runtime at bf16 (openvino-bf16); hrnet_mm-deploy-int8 is 2.50x '
+                    'hrnet_mm-deploy')
 
 
 RUN_CASE = """
@@ -155,20 +158,23 @@ from dataclasses import asdict
 import torch
 sys.path.insert(0, sys.argv[1])
 import benchmark
-from hrnet_mm.deploy.runtimes import openvino_available
+from hrnet_mm.deploy.runtimes import native_bf16, openvino_available
 runtimes = ['onnxruntime'] + (['openvino'] if openvino_available() else [])
+precisions = ['int8'] + (['bf16'] if native_bf16() else [])
 args = Namespace(compile=False, peers=['mmpose'], branch_streams=False, cuda_graphs=False, runtimes=runtimes,
                  no_channels_last_row=True, allocator='tuned', channels_last=False, dtype='fp32', warmup=1,
-                 block=0, repeats=5, memory=False)
+                 block=0, repeats=5, memory=False, precisions=precisions)
 rows = benchmark.run_case(benchmark.Case('tiny', 'w18_small', 64, 96, 1), 'infer', args, torch.device('cpu'))
-print(json.dumps(dict(rows=[asdict(r) for r in rows], expected=benchmark.runtime_rows(runtimes),
+expected = benchmark.runtime_rows(runtimes) + ['hrnet_mm-deploy-' + p for p in precisions]
+print(json.dumps(dict(rows=[asdict(r) for r in rows], expected=expected,
                       ratios=benchmark.format_runtime_ratios(rows))))
 """
 
 
 def test_an_infer_case_with_the_runtimes_times_them_in_blocks():
-    """run_case with onnxruntime and OpenVINO (where installed) beside hrnet_mm, the peer and the deploy model; in
-    a subprocess: OpenVINO's thread pool, once loaded, makes a later test's SIGINT to the pytest process crash it."""
+    """run_case with onnxruntime and OpenVINO (where installed) beside hrnet_mm, the peer and the deploy model in
+    fp32, int8 and bf16 (where native); in a subprocess: OpenVINO's thread pool, once loaded, makes a later test's
+    SIGINT to the pytest process crash it."""
     import json
     import subprocess
 
@@ -181,5 +187,6 @@ def test_an_infer_case_with_the_runtimes_times_them_in_blocks():
     assert sorted(names) == sorted(['hrnet_mm', 'mmpose', 'hrnet_mm-deploy'] + result['expected'])
     for r in rows:
         assert r['median_ms'] > 0 and r['rel_err'] is not None
-        assert r['rel_err'] < (benchmark.REDUCED_PRECISION_TOL if r['impl'].endswith('-bf16') else 1e-4), r
+        assert r['rel_err'] < benchmark.REDUCED_PRECISION_TOL.get(r['impl'].rsplit('-', 1)[-1], 1e-4), r
     assert result['ratios'][0].startswith('tiny infer: hrnet_mm-deploy is ')
+    assert 'hrnet_mm-deploy-int8 is ' in result['ratios'][0]
