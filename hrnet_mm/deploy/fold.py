@@ -358,6 +358,31 @@ def _fuse_ours(model: nn.Module, winograd: bool = False) -> nn.Module:
     return model
 
 
+def _outermost_ours(model: nn.Module) -> list:
+    """(parent, attribute name) of each outermost hrnet_mm module in ``model``; ``[(None, '')]`` when ``model``
+    is one."""
+    if _is_ours(model):
+        return [(None, '')]
+    found = []
+    for name, child in model.named_children():
+        found += [(model, name)] if _is_ours(child) else [
+            (p, n) for p, n in _outermost_ours(child) if p is not None]
+    return found
+
+
+def _contiguous(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous()
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
+        return type(obj)(_contiguous(o) for o in obj)
+    return obj
+
+
+def _contiguous_outputs(module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook: ``output``'s tensors in the contiguous (NCHW) layout."""
+    return _contiguous(output)
+
+
 class CompiledDeploy(nn.Module):
     """Holds the deploy module and its ``torch.compile``d version; calls run under ``no_grad`` (inductor's weight
     freezing needs it). ``module`` is the uncompiled model."""
@@ -425,8 +450,16 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     fold_batchnorm(m)
     for p in m.parameters():
         p.requires_grad_(False)
+    # In a whole model only the hrnet_mm modules go channels_last, and they hand their outputs on in the contiguous
+    # layout: the peers' heads call ops that read raw NCHW memory (mmcv's RoIAlign on the CPU gives wrong values
+    # for a channels_last map)
+    ours = _outermost_ours(m)
     if channels_last:
-        m = m.to(memory_format=torch.channels_last)
+        if ours == [(None, '')]:
+            m = m.to(memory_format=torch.channels_last)
+        else:
+            for parent, name in ours:
+                setattr(parent, name, getattr(parent, name).to(memory_format=torch.channels_last))
     if fuse is None:
         fuse = onednn_available() and not compile
     if fuse:
@@ -439,6 +472,9 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         m = to_int8(m, calibration)
     if precision != 'fp32':
         warn_float32_layers(m, precision)
+    if ours != [(None, '')]:
+        for parent, name in ours:
+            getattr(parent, name).register_forward_hook(_contiguous_outputs)
     if tune_allocator and all(p.device.type == 'cpu' for p in m.parameters()):
         tune_cpu_allocator()
     if compile:

@@ -130,6 +130,7 @@ class Int8Conv2d(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu, self.add = (conv.relu, conv.add) if fused else (False, False)
         self.inplace = conv.inplace if fused else False
+        self.keep_format = not fused  # a plain convolution answers in its input's memory format, as F.conv2d does
         self.out_channels = weight.shape[0]
         low, high = min(float(low), 0.0), max(float(high), 0.0)
         scale = (high - low) / 255 if high > low else 1.0
@@ -176,14 +177,16 @@ class Int8Conv2d(nn.Module):
         if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
             raise TypeError(f'Int8Conv2d takes a float32 (N, C, H, W) CPU tensor, got {x.dtype} {tuple(x.shape)} '
                             f'on {x.device}')
+        nchw = self.keep_format and not x.is_contiguous(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         q = quantize_u8(x, self.x_scale, self.x_zero_point)
         w = self._packed_weight(x)
         common = (self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
         if other is None:
-            return torch.ops.onednn.qconv2d_pointwise(q, self.x_scale, self.x_zero_point, w, self.w_scale,
-                                                      self.w_zero_point, self.bias, *common,
-                                                      'relu' if self.relu else 'none', [], '')
+            y = torch.ops.onednn.qconv2d_pointwise(q, self.x_scale, self.x_zero_point, w, self.w_scale,
+                                                   self.w_zero_point, self.bias, *common,
+                                                   'relu' if self.relu else 'none', [], '')
+            return y.contiguous() if nchw else y
         inplace = self.inplace and other.is_contiguous(memory_format=torch.channels_last)
         accum = other if inplace else other.contiguous(memory_format=torch.channels_last).clone()
         return torch.ops.onednn.qconv2d_pointwise.binary(q, self.x_scale, self.x_zero_point, w, self.w_scale,
