@@ -118,22 +118,19 @@ def _ninja_on_path() -> Optional[str]:
 
 
 def build_name() -> str:
-    """The extension's name on this machine: ``hrnet_mm_cpu_kernels_{avx2|generic}_{hash of the source}`` (the
+    """The extension's name on this machine: ``hrnet_mm_cpu_kernels_{avx512|avx2|generic}_{hash}`` (the
     Winograd convolutions and the fused batch norm)."""
     return _build_flags()[0]
 
 
 def _build_flags() -> Tuple[str, list]:
-    """Extension name and compiler flags: AVX2/FMA code where torch reports AVX2 or better, portable code
-    otherwise. The name carries the instruction set, so a cache shared by different machines never loads code
+    """Extension name and compiler flags for the widest instruction set that torch reports for this processor:
+    AVX-512 (with AVX2/FMA), AVX2/FMA, or portable code. ``HRNET_MM_CPU_ISA=avx2`` (or ``generic``) builds for a
+    narrower one. The name carries the instruction set, so a cache shared by different machines never loads code
     the processor cannot run, and a hash of the source and flags, so a changed kernel never loads an old build."""
-    isa = torch.backends.cpu.get_cpu_capability().lower()
-    flags = ['-O3', '-fopenmp']
-    if isa.startswith('avx2') or isa.startswith('avx512'):
-        flags += ['-mavx2', '-mfma']
-        isa = 'avx2'
-    else:
-        isa = 'generic'
+    isa = _isa()
+    flags = ['-O3', '-fopenmp'] + {'avx512': ['-mavx2', '-mfma', '-mavx512f'], 'avx2': ['-mavx2', '-mfma'],
+                                   'generic': []}[isa]
     digest = hashlib.sha1()
     for path in _SOURCES + _HEADERS:
         with open(path, 'rb') as f:
@@ -141,6 +138,20 @@ def _build_flags() -> Tuple[str, list]:
     digest.update(' '.join(flags).encode())
     digest = digest.hexdigest()[:10]
     return f'hrnet_mm_cpu_kernels_{isa}_{digest}', flags
+
+
+ISAS = ('generic', 'avx2', 'avx512')  # narrowest first
+
+
+def _isa() -> str:
+    """The instruction set to build for: the widest of :data:`ISAS` that torch reports for this processor, or
+    ``HRNET_MM_CPU_ISA`` where that names a narrower one."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    widest = 'avx512' if capability.startswith('avx512') else 'avx2' if capability.startswith('avx2') else 'generic'
+    asked = os.environ.get('HRNET_MM_CPU_ISA', '').strip().lower()
+    if asked in ISAS and ISAS.index(asked) < ISAS.index(widest):
+        return asked
+    return widest
 
 
 def enabled() -> bool:

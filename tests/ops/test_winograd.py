@@ -238,9 +238,22 @@ def test_deploy_without_winograd(monkeypatch):
             assert rel_err(a, b) < 1e-4
 
 
+@pytest.mark.parametrize('capability,asked,isa,flag', [
+    ('AVX512', '', 'avx512', '-mavx512f'), ('AVX512', 'avx2', 'avx2', '-mavx2'), ('AVX512', 'generic', 'generic', None),
+    ('AVX2', '', 'avx2', '-mavx2'), ('AVX2', 'avx512', 'avx2', '-mavx2'), ('DEFAULT', '', 'generic', None),
+    ('AVX512', 'sse', 'avx512', '-mavx512f')])
+def test_build_targets_the_widest_instruction_set_unless_told_narrower(monkeypatch, capability, asked, isa, flag):
+    """The widest set torch reports; HRNET_MM_CPU_ISA may only narrow it (a wider or unknown name is ignored)."""
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
+    monkeypatch.setenv('HRNET_MM_CPU_ISA', asked)
+    name, flags = winograd._build_flags()
+    assert name.startswith(f'hrnet_mm_cpu_kernels_{isa}_')
+    assert (flag in flags) if flag else not any(f.startswith('-mavx') for f in flags)
+
+
 def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, monkeypatch):
     name = winograd.build_name()
-    assert name.startswith(('hrnet_mm_cpu_kernels_avx2_', 'hrnet_mm_cpu_kernels_generic_'))
+    assert name.startswith(tuple(f'hrnet_mm_cpu_kernels_{isa}_' for isa in winograd.ISAS))
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
     directory = winograd.build_directory()
     assert directory.startswith(str(tmp_path)) and directory.endswith(name)

@@ -11,7 +11,8 @@
 //      channels_last output.
 // The block is sized so that its V and M stay in the core's L2 cache; blocks (and, when there are too few tiles
 // to share out, slices of the output channels) are spread over torch's intra-op threads. The transforms work on
-// 8 channels at a time (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2.
+// 8 channels at a time (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2, 12x16
+// on AVX-512 (one 512-bit register per row of a 16-column panel).
 //
 // This header holds what the files of the kernel share: the lanes, the geometry of a convolution, a raw weight, and
 // the entry points of forward.cpp, weight_grad.cpp and train.cpp. transforms.h and gemm.h hold the building blocks.
@@ -27,6 +28,9 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HRNET_MM_AVX2 1
+#if defined(__AVX512F__)
+#define HRNET_MM_AVX512 1  // the 16-column products on one 512-bit register per row (gemm.h)
+#endif
 #endif
 
 namespace hrnet_mm_winograd {
