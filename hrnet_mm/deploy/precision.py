@@ -230,13 +230,15 @@ def _plain_conv(m: nn.Module) -> bool:
 
 
 def float32_layers(model: nn.Module) -> Dict[str, int]:
-    """Layer types with weights that neither reduced-precision form converts (linear layers, transposed and 1-D/3-D
-    convolutions, ...), and how many of each the model has."""
+    """Layers with a weight matrix or kernel (a parameter or buffer ``weight`` of two or more dimensions) that
+    neither reduced-precision form converts (linear layers, transposed convolutions, mmcv's deformable
+    convolutions, ...), and how many of each type the model has."""
     counts: Dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, (OneDNNConv2d, Int8Conv2d)) or _plain_conv(m):
             continue
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+        weight = m._parameters.get('weight', m._buffers.get('weight'))
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     return counts
 

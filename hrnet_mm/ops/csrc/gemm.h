@@ -60,6 +60,10 @@ inline void micro(const float* __restrict__ v, int64_t ldv, const float* __restr
 }
 
 #ifdef HRNET_MM_AVX512
+// Below this many channels (the sum's length) the 6x16 kernel is as fast: the products are too short to pay for
+// twelve accumulators.
+constexpr int64_t kWideMinDepth = 32;
+
 // micro<R, 2, TN, ACC> for up to 12 rows, a 512-bit register per row: m[i][0 .. 16) = sum_c v[i][c] * u[c][0 .. 16).
 template <int R, bool TN = false, bool ACC = false>
 inline void micro16(const float* __restrict__ v, int64_t ldv, const float* __restrict__ u, int64_t ldu,
@@ -114,7 +118,7 @@ void row_blocks(const float* v, int64_t ldv, const float* b, int64_t ldb, float*
   const int64_t rs = TN ? 1 : ldv;  // from one row of v to the next
   int64_t r = 0;
 #ifdef HRNET_MM_AVX512
-  if (wide) {
+  if (wide && n >= kWideMinDepth) {
     for (; r + 12 <= rows; r += 12) micro16<12, TN, ACC>(v + r * rs, ldv, b, ldb, out + r * ldo, ldo, n);
 #define HRNET_MM_TAIL16(R)                                                     \
   case R:                                                                      \
