@@ -259,7 +259,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     tool.import_hrnet_mm()
     from hrnet_mm.cli import checkpoint_checks, console, dataset_checks, errors
-
     from hrnet_mm.deploy.precision import PrecisionError
 
     with errors.user_errors('test.py', args.debug, (ToolError, PrecisionError)):

@@ -12,6 +12,7 @@ from typing import Any
 from mmengine.hooks import Hook
 
 from hrnet_mm.registry import HOOKS
+
 from .precision import PrecisionError
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from hrnet_mm.ops import winograd as winograd_ops
+
 from .fold import OneDNNConv2d, onednn_available
 from .runtimes import native_bf16
 
