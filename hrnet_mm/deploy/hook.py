@@ -13,7 +13,8 @@ from mmengine.hooks import Hook
 
 from hrnet_mm.registry import HOOKS
 
-from .precision import PrecisionError
+from .fold import to_deploy
+from .precision import PrecisionError, canonical_precision, check_precision
 
 
 @HOOKS.register_module()
@@ -36,9 +37,6 @@ class DeployHook(Hook):
         self.calibration_images = calibration_images
 
     def before_test(self, runner: Any) -> None:
-        from . import to_deploy
-        from .precision import canonical_precision, check_precision
-
         model = runner.model
         name = canonical_precision(self.precision)
         # refused before any data is read (bf16 without native bfloat16, ...)

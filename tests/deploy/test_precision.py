@@ -157,3 +157,14 @@ def test_layers_left_in_float32_are_named():
     model(torch.zeros(1, 3, 8, 8))
     with pytest.warns(UserWarning, match=r'stay float32: Linear x1'):
         to_deploy(model, precision='int8', calibration=[torch.zeros(1, 3, 8, 8)])
+
+
+def test_deploy_hook_builds_from_a_config():
+    """``custom_hooks = [dict(type='hrnet_mm.DeployHook', ...)]`` resolves through mmengine's root registry."""
+    from mmengine.registry import HOOKS
+
+    from hrnet_mm.deploy.hook import DeployHook
+    hook = HOOKS.build(dict(type='hrnet_mm.DeployHook', precision='int8', calibration_images=8))
+    assert isinstance(hook, DeployHook) and (hook.precision, hook.calibration_images) == ('int8', 8)
+    with pytest.raises(PrecisionError, match='calibration_images must be at least 1'):
+        DeployHook('int8', 0)
