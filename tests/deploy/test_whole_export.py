@@ -373,25 +373,36 @@ def test_unsupported_models_are_refused(tmp_path):
     assert os.listdir(tmp_path) == ['rtmcc.py']
 
 
-def test_bottom_up_dekr_equals_mmpose(tmp_path):
-    """DEKR with the flip test and the rescoring net (mmpose's zoo recipes have both): the deformable
-    convolutions export as ONNX DeformConv; the runtime's people equal ``inference_bottomup``'s."""
-    config = tmp_path / 'dekr.py'
-    config.write_text(f"_base_ = {DEKR!r}\nmodel = dict(head=dict(rescore_cfg=dict(_delete_=True, in_channels=74, "
-                      f"norm_indexes=(5, 6))), test_cfg=dict(flip_test=True))\n")
+def _bottom_up_export(tmp_path, name: str, config_text: str, last_layers, scale: float, check_shape):
+    """A bottom-up model of ``config_text`` with random weights and its ``last_layers(model)`` scaled by ``scale``
+    (biases zeroed: output ranges like a trained model's), saved as a checkpoint and exported at 128x128 with the
+    TorchScript exporter; returns (config path, checkpoint, ONNX path, export report)."""
+    config = tmp_path / f'{name}.py'
+    config.write_text(config_text)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
-    with torch.no_grad():  # realistic output ranges: heatmaps near 1, displacements of a few pixels, OKS near 1
-        for conv in (model.head.heatmap_conv_layers[-1], model.head.displacement_conv_layers[-1],
-                     model.head.rescore_net.l3):
-            conv.weight.mul_(0.01)
+    with torch.no_grad():
+        for conv in last_layers(model):
+            conv.weight.mul_(scale)
             conv.bias.zero_()
     ckpt = str(tmp_path / 'model.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': model.dataset_meta}}, ckpt)
     path = str(tmp_path / 'model.onnx')
     report = export_model(model, model.cfg, path, (1, 3, 128, 128), exporter='torchscript',
-                          check_shapes=[(2, 3, 96, 160)])
+                          check_shapes=[check_shape])
+    return str(config), ckpt, path, report
+
+
+def test_bottom_up_dekr_equals_mmpose(tmp_path):
+    """DEKR with the flip test and the rescoring net (mmpose's zoo recipes have both): the deformable
+    convolutions export as ONNX DeformConv; the runtime's people equal ``inference_bottomup``'s."""
+    text = (f"_base_ = {DEKR!r}\nmodel = dict(head=dict(rescore_cfg=dict(_delete_=True, in_channels=74, "
+            f"norm_indexes=(5, 6))), test_cfg=dict(flip_test=True))\n")
+    # realistic output ranges: heatmaps near 1, displacements of a few pixels, OKS near 1
+    config, ckpt, path, report = _bottom_up_export(
+        tmp_path, 'dekr', text, lambda m: (m.head.heatmap_conv_layers[-1], m.head.displacement_conv_layers[-1],
+                                           m.head.rescore_net.l3), 0.01, (2, 3, 96, 160))
     assert report.opset == 19 and max(report.errors.values()) < 1e-4
     import onnx
 
@@ -401,7 +412,7 @@ def test_bottom_up_dekr_equals_mmpose(tmp_path):
     from mmengine.registry import init_default_scope
     from mmpose.apis import inference_bottomup
 
-    reference = get_model(str(config), ckpt)
+    reference = get_model(config, ckpt)
     init_default_scope('mmpose')  # inference_bottomup builds the pipeline in the current scope
     people = 0
     for seed, (h, w) in enumerate([(90, 200), (128, 128), (200, 130)]):
@@ -449,27 +460,17 @@ def test_bottom_up_cid_equals_mmpose(tmp_path):
     """CID (mmpose's zoo recipe, narrowed) with its flip test: the centre selection and the per-person
     decoupling run in the graph; the runtime's people equal ``inference_bottomup``'s, including a wide image
     whose heatmap selects the 5-pixel peak window."""
-    config = tmp_path / 'cid.py'
-    config.write_text(CID_TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
-    with torch.no_grad():  # unsaturated sigmoid maps: a plateau at the clamp would make every argmax a tie
-        for conv in (model.head.iia_module.keypoint_root_conv, model.head.gfd_module.heatmap_conv):
-            conv.weight.mul_(0.001)
-            conv.bias.zero_()
-    ckpt = str(tmp_path / 'model.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': model.dataset_meta}}, ckpt)
-    path = str(tmp_path / 'model.onnx')
-    report = export_model(model, model.cfg, path, (1, 3, 128, 128), exporter='torchscript',
-                          check_shapes=[(1, 3, 64, 1280)])
+    # unsaturated sigmoid maps: a plateau at the clamp would make every argmax a tie
+    config, ckpt, path, report = _bottom_up_export(
+        tmp_path, 'cid', CID_TINY, lambda m: (m.head.iia_module.keypoint_root_conv, m.head.gfd_module.heatmap_conv),
+        0.001, (1, 3, 64, 1280))
     assert max(report.errors.values()) < 1e-4
     pose = rt.load(path)
     assert isinstance(pose, rt.BottomupPoseEstimator) and pose.recipe['pose']['codec']['type'] == 'DecoupledHeatmap'
     from mmengine.registry import init_default_scope
     from mmpose.apis import inference_bottomup
 
-    reference = get_model(str(config), ckpt)
+    reference = get_model(config, ckpt)
     init_default_scope('mmpose')
     for seed, (h, w) in enumerate([(90, 200), (150, 100), (100, 1300)]):  # the last: 32x416 heatmaps
         img = _scene(h, w, seed)
@@ -497,26 +498,16 @@ model = dict(backbone=dict(extra=extra, init_cfg=None),
 def test_bottom_up_associative_embedding_equals_mmpose(tmp_path):
     """Associative embedding (mmpose's zoo recipe, narrowed) with its flip test and heatmaps restored to the
     input size in the graph; the runtime groups the keypoints by their tags as mmpose does."""
-    config = tmp_path / 'ae.py'
-    config.write_text(AE_TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        model = randomize_(get_model(str(config), pretrained=False), seed=0).eval()
-    with torch.no_grad():  # heatmaps below 1 and tags of a few units, as trained ones
-        model.head.final_layer.weight.mul_(0.01)
-        model.head.final_layer.bias.zero_()
-    ckpt = str(tmp_path / 'model.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': model.dataset_meta}}, ckpt)
-    path = str(tmp_path / 'model.onnx')
-    report = export_model(model, model.cfg, path, (1, 3, 128, 128), exporter='torchscript',
-                          check_shapes=[(1, 3, 64, 192)])
+    # heatmaps below 1 and tags of a few units, as trained ones
+    config, ckpt, path, report = _bottom_up_export(tmp_path, 'ae', AE_TINY, lambda m: (m.head.final_layer, ), 0.01,
+                                                   (1, 3, 64, 192))
     assert max(report.errors.values()) < 1e-4
     pose = rt.load(path)
     assert pose.recipe['pose']['codec']['type'] == 'AssociativeEmbedding'
     from mmengine.registry import init_default_scope
     from mmpose.apis import inference_bottomup
 
-    reference = get_model(str(config), ckpt)
+    reference = get_model(config, ckpt)
     init_default_scope('mmpose')
     for seed, (h, w) in enumerate([(90, 200), (150, 100)]):
         img = _scene(h, w, seed)
