@@ -15,8 +15,9 @@ Both start from the float32 deploy model (BN folded, oneDNN convolutions with fu
   writes float32, so upsampling and the sums outside the convolutions stay exact.
 
 Convolutions that could not be fused (a forward that ``torch.fx`` cannot trace) are converted one by one, without
-the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions) stay float32:
-:func:`to_deploy` names them in a warning. A convolution that the calibration inputs never reached is an error.
+the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions, mmcv's
+deformable convolutions) stay float32: :func:`to_deploy` names them in a warning. A convolution that the
+calibration inputs never reached is an error.
 """
 from __future__ import annotations
 
