@@ -181,9 +181,8 @@ class OneDNNConv2d(nn.Module):
 
     def _fusable(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
         """Whether the fused kernels (oneDNN; Winograd for float32) can run on these inputs: float32 or bfloat16
-        (the weight's dtype) CPU tensors that need no
-        gradient, channels that match the weight and a summand of the output's shape. Otherwise the plain ops
-        run (and raise torch's own errors for a wrong input)."""
+        (the weight's dtype) CPU tensors that need no gradient, channels that match the weight and a summand of the
+        output's shape. Otherwise the plain ops run (and raise torch's own errors for a wrong input)."""
         if not (x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype and x.device.type == 'cpu'
                 and x.dim() == 4 and self.weight.device.type == 'cpu' and onednn_available()):
             return False
@@ -370,6 +369,15 @@ def _outermost_ours(model: nn.Module) -> list:
     return found
 
 
+def _is_task_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a whole mmdet/mmseg/mmpose/mmpretrain model (an mmengine ``BaseModel``)."""
+    try:
+        from mmengine.model import BaseModel
+    except ImportError:
+        return False
+    return isinstance(model, BaseModel) and not _is_ours(model)
+
+
 def _contiguous(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.contiguous()
@@ -450,10 +458,10 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     fold_batchnorm(m)
     for p in m.parameters():
         p.requires_grad_(False)
-    # In a whole model only the hrnet_mm modules go channels_last, and they hand their outputs on in the contiguous
-    # layout: the peers' heads call ops that read raw NCHW memory (mmcv's RoIAlign on the CPU gives wrong values
-    # for a channels_last map)
-    ours = _outermost_ours(m)
+    # In a task library's whole model only the hrnet_mm modules go channels_last, and they hand their outputs on in
+    # the contiguous layout: the peers' heads call ops that read raw NCHW memory (mmcv's RoIAlign on the CPU gives
+    # wrong values for a channels_last map)
+    ours = _outermost_ours(m) if _is_task_model(m) else [(None, '')]
     if channels_last:
         if ours == [(None, '')]:
             m = m.to(memory_format=torch.channels_last)
