@@ -333,10 +333,16 @@ def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = Fa
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    for key, value in vars(module).items():
-        if not key.startswith('_') and key != 'training' and isinstance(value, (bool, int, float, str, tuple, list)):
-            setattr(gm, key, copy.deepcopy(value))
+    copy_plain_attributes(module, gm)
     return gm
+
+
+def copy_plain_attributes(source: nn.Module, target: nn.Module) -> None:
+    """Copies ``source``'s public attributes of plain types (``out_channels``, ...) to the module that replaces
+    it, so code that reads them keeps working."""
+    for key, value in vars(source).items():
+        if not key.startswith('_') and key != 'training' and isinstance(value, (bool, int, float, str, tuple, list)):
+            setattr(target, key, copy.deepcopy(value))
 
 
 def _is_ours(module: nn.Module) -> bool:

@@ -30,7 +30,9 @@ import torch.nn as nn
 
 from hrnet_mm.ops import winograd as winograd_ops
 
-from .fold import OneDNNConv2d, onednn_available
+from .fold import OneDNNConv2d
+from .fold import _is_ours as _is_hrnet_mm
+from .fold import copy_plain_attributes, onednn_available
 from .runtimes import native_bf16
 
 PRECISIONS = ('fp32', 'bf16', 'int8')
@@ -101,10 +103,7 @@ class Bfloat16Module(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module.to(torch.bfloat16)
-        plain = (bool, int, float, str, tuple, list)
-        for key, value in vars(module).items():
-            if not key.startswith('_') and key != 'training' and isinstance(value, plain):
-                setattr(self, key, value)
+        copy_plain_attributes(module, self)
 
     def forward(self, *args, **kwargs):
         return _cast(self.module(*_cast(args, torch.bfloat16), **_cast(kwargs, torch.bfloat16)), torch.float32)
@@ -215,7 +214,8 @@ def _kernel() -> bool:
 
 
 def _is_ours(module: nn.Module) -> bool:
-    return type(module).__module__.startswith('hrnet_mm.') or isinstance(module, torch.fx.GraphModule)
+    """An hrnet_mm module, or the fused graph that replaced one."""
+    return _is_hrnet_mm(module) or isinstance(module, torch.fx.GraphModule)
 
 
 def _convs(model: nn.Module) -> List[Tuple[str, nn.Module]]:
