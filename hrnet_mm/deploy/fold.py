@@ -133,7 +133,40 @@ def onednn_available() -> bool:
     return _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
-class OneDNNConv2d(nn.Module):
+class PackedWeights:
+    """Mixin for modules that keep weights prepared for their input shapes (opaque oneDNN tensors, transformed
+    weights) in dict attributes named by ``_CACHES``. A deep copy starts with them empty and ``.to()`` /
+    ``.half()`` / ... empties them, so a copy or a converted module packs its own weights on its next call."""
+
+    _CACHES: Tuple[str, ...] = ('_packed',)
+    CACHE_LIMIT = 8  # input shapes kept per cache; the oldest is dropped for a new one
+
+    def _clear_caches(self) -> None:
+        for name in self._CACHES:
+            setattr(self, name, {})
+
+    def __deepcopy__(self, memo):
+        new = copy.copy(self)
+        memo[id(self)] = new
+        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in self._CACHES}
+        new._clear_caches()
+        return new
+
+    def _apply(self, fn, *args, **kwargs):
+        self._clear_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _cached(self, cache: Dict[Any, Any], key: Any, make, limit: Optional[int] = None) -> Any:
+        """``cache[key]``, made by ``make()`` on a miss (dropping the oldest entry when the cache is full)."""
+        value = cache.get(key)
+        if value is None:
+            if len(cache) >= (limit or self.CACHE_LIMIT):
+                cache.pop(next(iter(cache)))
+            value = cache[key] = make()
+        return value
+
+
+class OneDNNConv2d(PackedWeights, nn.Module):
     """``relu?(conv(x) [+ other])`` as one oneDNN call with the weight packed once per input shape.
 
     The same ops that inductor's weight freezing emits, called eagerly. On other devices or dtypes, or when
@@ -148,6 +181,8 @@ class OneDNNConv2d(nn.Module):
             float32 channels_last CPU inputs): the fastest of oneDNN, F(2x2, 3x3) and F(4x4, 3x3) is timed once
             per input shape and used from then on.
     """
+
+    _CACHES = ('_packed', '_winograd', '_winograd_u')
 
     def __init__(self, conv: nn.Conv2d, relu: bool = False, add: bool = False, inplace: bool = False,
                  winograd: bool = False) -> None:
@@ -168,17 +203,6 @@ class OneDNNConv2d(nn.Module):
         return (f'{cin}, {cout}, kernel_size={tuple(self.weight.shape[2:])}, stride={tuple(self.stride)}, '
                 f'relu={self.relu}, add={self.add}, inplace={self.inplace}, winograd={self.winograd}')
 
-    def __deepcopy__(self, memo):  # packed weights are opaque oneDNN tensors: repack after a copy
-        new = copy.copy(self)
-        memo[id(self)] = new
-        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in _CACHES}
-        new._packed, new._winograd, new._winograd_u = {}, {}, {}
-        return new
-
-    def _apply(self, fn, *args, **kwargs):  # .to() / .half() / ...: drop packed weights
-        self._packed, self._winograd, self._winograd_u = {}, {}, {}
-        return super()._apply(fn, *args, **kwargs)
-
     def _fusable(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
         """Whether the fused kernels (oneDNN; Winograd for float32) can run on these inputs: float32 or bfloat16
         (the weight's dtype) CPU tensors that need no gradient, channels that match the weight and a summand of the
@@ -198,15 +222,12 @@ class OneDNNConv2d(nn.Module):
 
     def _packed_weight(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
         """The weight packed for ``x``'s shape, and the output shape."""
-        key = x.shape
-        entry = self._packed.get(key)
-        if entry is None:
-            if len(self._packed) >= 8:  # many input sizes: keep the most recent few
-                self._packed.pop(next(iter(self._packed)))
+        def pack() -> Tuple[torch.Tensor, torch.Size]:
             w = torch.ops.mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, self.dilation,
                                                              self.groups, list(x.shape))
-            entry = self._packed[key] = (w, self._out_shape(x))
-        return entry
+            return w, self._out_shape(x)
+
+        return self._cached(self._packed, x.shape, pack)
 
     def _out_shape(self, x: torch.Tensor) -> torch.Size:
         k = self.weight.shape[2:]
@@ -217,24 +238,22 @@ class OneDNNConv2d(nn.Module):
     def _winograd_weight(self, x: torch.Tensor) -> Tuple[int, Optional[torch.Tensor]]:
         """(tile, transformed weight) when a Winograd kernel is the fastest for ``x``'s shape, else (0, None).
         The choice is made once per input shape; the transformed weight once per tile (shapes share it)."""
-        tile = self._winograd.get(x.shape)
-        if tile is None:
-            if len(self._winograd) >= 64:
-                self._winograd.pop(next(iter(self._winograd)))
+        def choose() -> int:
             args = (self.padding, self.stride, self.dilation, self.groups)
             w = self._packed_weight(x)[0]
 
             def onednn(data: torch.Tensor) -> torch.Tensor:
                 return torch.ops.mkldnn._convolution_pointwise(data, w, self.bias, *args, 'none', [], '')
 
-            tile = self._winograd[x.shape] = winograd_ops.choose_algorithm(x, self.weight, onednn)
+            tile = winograd_ops.choose_algorithm(x, self.weight, onednn)
             if tile:
                 self._packed.pop(x.shape, None)  # the Winograd weight replaces the oneDNN one for this shape
+            return tile
+
+        tile = self._cached(self._winograd, x.shape, choose, limit=64)
         if not tile:
             return 0, None
-        if tile not in self._winograd_u:
-            self._winograd_u[tile] = winograd_ops.prepare_weight(self.weight, tile)
-        return tile, self._winograd_u[tile]
+        return tile, self._cached(self._winograd_u, tile, lambda: winograd_ops.prepare_weight(self.weight, tile))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         channels_last = torch.channels_last
@@ -263,7 +282,6 @@ class OneDNNConv2d(nn.Module):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, other, w, self.bias, *args, 'add', 1.0, unary, [], '')
 
 
-_CACHES = ('_packed', '_winograd', '_winograd_u')
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 

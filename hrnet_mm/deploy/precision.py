@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from hrnet_mm.ops import winograd as winograd_ops
 
-from .fold import OneDNNConv2d
+from .fold import OneDNNConv2d, PackedWeights
 from .fold import _is_ours as _is_hrnet_mm
 from .fold import copy_plain_attributes, onednn_available
 from .runtimes import native_bf16
@@ -109,7 +109,7 @@ class Bfloat16Module(nn.Module):
         return _cast(self.module(*_cast(args, torch.bfloat16), **_cast(kwargs, torch.bfloat16)), torch.float32)
 
 
-class Int8Conv2d(nn.Module):
+class Int8Conv2d(PackedWeights, nn.Module):
     """``relu?(conv(x) [+ other])`` with int8 weights and uint8 activations, on oneDNN's int8 convolution.
 
     ``x`` (float32, (N, C, H, W), channels_last for full speed) is quantized as ``q = clamp(round(x / x_scale) +
@@ -152,27 +152,10 @@ class Int8Conv2d(nn.Module):
                 f'kernel_size={tuple(self.qweight.shape[2:])}, stride={tuple(self.stride)}, relu={self.relu}, '
                 f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}')
 
-    def __deepcopy__(self, memo):  # packed weights are opaque oneDNN tensors: repack after a copy
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        import copy
-        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != '_packed'}
-        new._packed = {}
-        return new
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = {}
-        return super()._apply(fn, *args, **kwargs)
-
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._packed.get(x.shape)
-        if w is None:
-            if len(self._packed) >= 8:
-                self._packed.pop(next(iter(self._packed)))
-            w = self._packed[x.shape] = torch.ops.onednn.qconv_prepack(
-                self.qweight, self.w_scale, self.x_scale, self.x_zero_point, self.stride, self.padding,
-                self.dilation, self.groups, list(x.shape))
-        return w
+        return self._cached(self._packed, x.shape, lambda: torch.ops.onednn.qconv_prepack(
+            self.qweight, self.w_scale, self.x_scale, self.x_zero_point, self.stride, self.padding, self.dilation,
+            self.groups, list(x.shape)))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
