@@ -40,6 +40,7 @@ import torch.nn as nn
 
 EXPORTERS = ('dynamo', 'torchscript')
 MIN_OPSET = 17
+TOLERANCE = 1e-4  # the check's default: largest accepted max|ort - torch| / max|torch|
 MIN_SIZE = 32  # the smallest input height/width an HRNet accepts (the stride-32 branch is then 1 pixel)
 
 Shape = Tuple[int, ...]
@@ -93,7 +94,7 @@ class OnnxReport:
     output_shapes: List[Shape]
     export_seconds: float
     errors: Dict[Shape, float] = field(default_factory=dict)
-    tolerance: float = 1e-4
+    tolerance: float = TOLERANCE
 
     @property
     def max_error(self) -> float:
@@ -191,7 +192,7 @@ def _export(model: nn.Module, x: torch.Tensor, path: str, opset: int, dynamic: b
 
 def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (1, 3, 224, 224), opset: int = MIN_OPSET,
                 dynamic: bool = True, fold_bn: bool = True, check: bool = True,
-                check_shapes: Sequence[Sequence[int]] = (), exporter: str = 'dynamo', tolerance: float = 1e-4,
+                check_shapes: Sequence[Sequence[int]] = (), exporter: str = 'dynamo', tolerance: float = TOLERANCE,
                 input_name: str = 'input', log: Optional[Callable[[str], None]] = None) -> OnnxReport:
     """Exports ``model`` (image batch in, a tensor or tuple of tensors out) to ONNX and checks the file.
 

@@ -18,7 +18,7 @@ from conftest import ROOT, randomize_
 import hrnet_mm_runtime as rt
 from hrnet_mm.apis import get_inferencer, get_model
 from hrnet_mm.deploy.graphs import UnsupportedModelError
-from hrnet_mm.deploy.whole import export_model, read_recipe
+from hrnet_mm.deploy.whole import DEFORM_TOLERANCE, export_model, read_recipe
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 DET = os.path.join(DEMO, 'faster-rcnn_hrnetv2p-tiny_1xb2-8e_demo-people.py')
@@ -403,7 +403,9 @@ def test_bottom_up_dekr_equals_mmpose(tmp_path):
     config, ckpt, path, report = _bottom_up_export(
         tmp_path, 'dekr', text, lambda m: (m.head.heatmap_conv_layers[-1], m.head.displacement_conv_layers[-1],
                                            m.head.rescore_net.l3), 0.01, (2, 3, 96, 160))
-    assert report.opset == 19 and max(report.errors.values()) < 1e-4
+    # the deformable convolutions' outputs get the looser default (DEFORM_TOLERANCE says why)
+    assert report.opset == 19 and report.tolerance == DEFORM_TOLERANCE
+    assert max(report.errors.values()) < DEFORM_TOLERANCE
     import onnx
 
     assert 'DeformConv' in {node.op_type for node in onnx.load(path).graph.node}
