@@ -77,6 +77,23 @@ def kernel_nodes(outputs) -> dict:
     return counts
 
 
+def json_lines(path) -> list:
+    """The records of a JSON-lines file (mmengine's ``scalars.json`` and ``<timestamp>.json``)."""
+    import json
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def training_loss_fell(scalars) -> tuple:
+    """Asserts that the training loss in mmengine's ``vis_data/scalars.json`` (path ``scalars``) fell by 30% or
+    more, from the mean of its first three logged values to the mean of its last three; returns both means."""
+    losses = [r['loss'] for r in json_lines(scalars) if 'loss' in r]
+    assert len(losses) >= 6, losses
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, f'{scalars}: loss did not fall: {losses}'
+    return first, last
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that use the compiled CPU kernels (the ``kernel`` fixture) carry the ``kernels`` marker."""
     for item in items:

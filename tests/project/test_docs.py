@@ -6,6 +6,7 @@ import os.path as osp
 import sys
 
 import pytest
+from conftest import json_lines, training_loss_fell
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -114,7 +115,8 @@ def test_docs_run_blocks_execute_as_written(tmp_path):
         assert (work / ckpt).is_file()
         assert (work / 'curves.png').stat().st_size > 10_000
         assert len(list((work / 'pictures').glob('*.png'))) >= 2
-        _loss_fell(work)
+        (scalars,) = work.glob('*/vis_data/scalars.json')
+        training_loss_fell(scalars)
     # The quickstarts' models score clearly above chance (tests/tools/test_demo_training.py checks the pose and
     # detection demos the same way, with more steps after them).
     # mmseg reports percent, averaged over the 8 classes present. A constant prediction of the largest class (road
@@ -128,27 +130,12 @@ def test_docs_run_blocks_execute_as_written(tmp_path):
     assert cls['accuracy/top1'] >= 60, cls
 
 
-def _json_lines(path) -> list:
-    import json
-    with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _loss_fell(work) -> None:
-    """The training loss in mmengine's ``vis_data/scalars.json`` under ``work`` fell by 30% or more."""
-    (scalars,) = work.glob('*/vis_data/scalars.json')
-    losses = [r['loss'] for r in _json_lines(scalars) if 'loss' in r]
-    assert len(losses) >= 6, losses
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f'{work.name}: loss did not fall: {losses}'
-
-
 def _test_metrics(tmp_path, config: str) -> dict:
     """The metrics that the README's ``tools/test.py`` run of ``config`` wrote (mmengine's ``<timestamp>.json``
     under the default work dir, ``work_dirs/<config name>``)."""
     (path,) = [p for p in (tmp_path / 'README_md' / 'work_dirs' / config).glob('*/*.json')
                if p.name != 'scalars.json']
-    return _json_lines(path)[-1]
+    return json_lines(path)[-1]
 
 
 def test_readme_speed_table_is_generated_from_the_committed_result():

@@ -9,14 +9,13 @@ set far above what a constant or random predictor reaches and well below what th
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, json_lines, training_loss_fell
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 MIM = os.path.join(os.path.dirname(sys.executable), 'mim')
@@ -44,11 +43,6 @@ def _tool(cwd, tool: str, *args: str, timeout: int = 600) -> subprocess.Complete
     return proc
 
 
-def _json_lines(path: str) -> List[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = (), use_mim: bool = False
                     ) -> Dict[str, object]:
     """Trains, checks that the loss fell, tests the last checkpoint; returns the test metrics."""
@@ -63,10 +57,7 @@ def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = (),
     assert os.path.isfile(os.path.join(cwd, ckpt)), ckpt
 
     (scalars,) = glob.glob(os.path.join(cwd, 'work', '*', 'vis_data', 'scalars.json'))
-    losses = [r['loss'] for r in _json_lines(scalars) if 'loss' in r]
-    assert len(losses) >= 6, losses
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f'loss did not fall: {losses}'
+    first, last = training_loss_fell(scalars)
 
     if use_mim:
         _mim(cwd, 'test', pkg, config, '--checkpoint', ckpt, '--gpus', '0', '--work-dir', 'work_test', *options)
@@ -74,7 +65,7 @@ def _train_and_test(cwd, pkg: str, config: str, cfg_options: Sequence[str] = (),
         _tool(cwd, 'test.py', config, ckpt, '--work-dir', 'work_test', *options)
     (metrics,) = [p for p in glob.glob(os.path.join(cwd, 'work_test', '*', '*.json'))
                   if os.path.basename(p) != 'scalars.json']
-    result = _json_lines(metrics)[-1]
+    result = json_lines(metrics)[-1]
     print(f'{pkg} {os.path.basename(config)}: loss {first:.4g} -> {last:.4g}; test {result}')
     return result
 
@@ -103,7 +94,7 @@ def _int8_deploy_scores_like_the_checkpoint(cwd, ap: float) -> None:
     assert 'testing the deploy model in int8 (calibrated on 32 training images)' in proc.stdout + proc.stderr
     (path,) = [p for p in glob.glob(os.path.join(cwd, 'work_int8', '*', '*.json'))
                if os.path.basename(p) != 'scalars.json']
-    int8_ap = _json_lines(path)[-1]['coco/AP']
+    int8_ap = json_lines(path)[-1]['coco/AP']
     print(f'int8 deploy: AP {int8_ap} (checkpoint {ap})')
     assert int8_ap > ap - 0.02, (int8_ap, ap)
 

@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
     try:
         report = export_onnx(module, args.out, input_shape, opset=args.opset or MIN_OPSET, dynamic=not args.static,
                              fold_bn=not args.no_fold_bn, check=not args.no_check, check_shapes=check_shapes,
-                             exporter=args.exporter, tolerance=args.tolerance or TOLERANCE, log=print)
+                             exporter=args.exporter,
+                             tolerance=TOLERANCE if args.tolerance is None else args.tolerance, log=print)
     except (ValueError, ExportError) as e:
         raise ToolError(str(e).strip().splitlines()[0])
     outputs = ', '.join('x'.join(map(str, s)) for s in report.output_shapes)
