@@ -277,24 +277,24 @@ def build_runtimes(model: nn.Module, case: Case, names: List[str], prep: Dict[st
     from hrnet_mm.deploy.runtimes import OnnxRuntimeModel, OpenVinoModel
 
     shape = (case.batch, 3, case.height, case.width)
-    folder = tempfile.mkdtemp(prefix='hrnet_mm_benchmark_')
-    path = os.path.join(folder, f'{case.name}.onnx')
-    t0 = time.perf_counter()
-    export_onnx(model.eval(), path, shape, dynamic=False, check=False, exporter='torchscript')
-    exported = time.perf_counter() - t0
     threads = torch.get_num_threads()
     out: Dict[str, Any] = {}
-    for name in names:
+    with tempfile.TemporaryDirectory(prefix='hrnet_mm_benchmark_') as folder:  # the runtimes read the file once
+        path = os.path.join(folder, f'{case.name}.onnx')
         t0 = time.perf_counter()
-        try:
-            if name == 'onnxruntime':
-                out[name] = OnnxRuntimeModel(path, threads)
-            else:
-                out[name] = OpenVinoModel(path, threads, 'bf16' if name.endswith('-bf16') else 'f32', shape)
-        except (ImportError, ValueError) as exc:
-            print(f'  skipping {name}: {exc}', file=sys.stderr)
-            continue
-        prep[name] = exported + time.perf_counter() - t0
+        export_onnx(model.eval(), path, shape, dynamic=False, check=False, exporter='torchscript')
+        exported = time.perf_counter() - t0
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                if name == 'onnxruntime':
+                    out[name] = OnnxRuntimeModel(path, threads)
+                else:
+                    out[name] = OpenVinoModel(path, threads, 'bf16' if name.endswith('-bf16') else 'f32', shape)
+            except (ImportError, ValueError) as exc:
+                print(f'  skipping {name}: {exc}', file=sys.stderr)
+                continue
+            prep[name] = exported + time.perf_counter() - t0
     return out
 
 

@@ -126,16 +126,20 @@ def test_cuda_only_rows_need_a_cuda_device(flag, capsys):
     assert 'CUDA-only rows' in capsys.readouterr().err
 
 
-def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model():
+def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model(tmp_path, monkeypatch):
     """onnxruntime on the ONNX export of the same weights: outputs within 1e-4 of hrnet_mm's; the ratio line under
-    the table. (OpenVINO runs in a subprocess, below.)"""
+    the table; the exported file is removed once the sessions are open. (OpenVINO runs in a subprocess, below.)"""
+    import tempfile
+
     from hrnet_mm.models import HRNet
 
     case = benchmark.Case('tiny', 'w18_small', 64, 96, 1)
     model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
     prep = {}
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
     impls = benchmark.build_runtimes(model, case, ['onnxruntime'], prep)
     assert list(impls) == ['onnxruntime'] and prep['onnxruntime'] > 0
+    assert list(tmp_path.iterdir()) == []
     impls['hrnet_mm'] = model
     errs = benchmark.check_agreement(impls, torch.randn(1, 3, 64, 96))
     assert errs['onnxruntime'] < 1e-4
