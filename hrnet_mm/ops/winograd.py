@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -106,15 +105,18 @@ def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 
 def _ninja_on_path() -> Optional[str]:
-    """A directory to put on PATH for ninja, if ninja is only installed as the Python package (a venv's bin
-    directory is not on PATH when its python is run by its full path)."""
-    if shutil.which('ninja'):
-        return None
+    """The directory of the ninja that the Python package ``ninja`` installs (pinned by ``make install``), to put
+    first on PATH while building; None when the package is missing (then PATH's ninja builds).
+
+    The build always runs that one, whatever PATH holds (a venv's bin directory is on PATH in an activated shell,
+    not when its python is run by its full path): ninja versions record commands differently in the build's log
+    (1.13 and 1.11 do), and each rebuilds from scratch what the other built, about two minutes."""
     try:
-        import ninja  # noqa: F401 - the PyPI package ships the binary
-        return ninja.BIN_DIR
+        import ninja
+        directory = ninja.BIN_DIR
     except (ImportError, AttributeError):
         return None
+    return directory if os.path.isfile(os.path.join(directory, 'ninja')) else None
 
 
 def build_name() -> str:
@@ -215,10 +217,15 @@ def _build(cpp_extension):
 
 def build_directory() -> str:
     """Where the kernel is built: ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then one
-    directory per Python and torch version and one per :func:`build_name`."""
+    directory per Python and torch version and installation, and one per :func:`build_name`.
+
+    The build's compile and link commands name torch's headers and libraries by their path, and ninja rebuilds
+    everything when a command changes: two environments (a development venv and a CI clone's, say) sharing one
+    directory would rebuild it in turn, each for about two minutes. So each torch installation gets its own."""
     default = os.path.join(os.path.expanduser('~'), '.cache', 'torch_extensions')
     base = os.environ.get('TORCH_EXTENSIONS_DIR') or default
-    tag = f'hrnet_mm-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split("+")[0]}'
+    install = hashlib.sha1(os.path.realpath(os.path.dirname(torch.__file__)).encode()).hexdigest()[:8]
+    tag = f'hrnet_mm-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split("+")[0]}-{install}'
     directory = os.path.join(base, tag, build_name())
     os.makedirs(directory, exist_ok=True)
     return directory
@@ -226,8 +233,8 @@ def build_directory() -> str:
 
 def _stable_sources(directory: str) -> list:
     """Copies of the kernel's sources inside its build directory. The build's name carries a hash of the sources,
-    and ninja rebuilds when a source's path changes, so every checkout and install of the same kernel (an
-    editable install, a CI clone, site-packages) shares one build instead of rebuilding in turn."""
+    and ninja rebuilds when a source's path changes, so every checkout and install of the same kernel with the same
+    torch (an editable install, another clone, site-packages) shares one build instead of rebuilding in turn."""
     paths = []
     for source in _SOURCES + _HEADERS:
         path = os.path.join(directory, os.path.basename(source))

@@ -251,6 +251,17 @@ def test_build_targets_the_widest_instruction_set_unless_told_narrower(monkeypat
     assert (flag in flags) if flag else not any(f.startswith('-mavx') for f in flags)
 
 
+def test_build_runs_the_pinned_ninja_whatever_path_holds(tmp_path, monkeypatch):
+    """Another ninja first on PATH (a system one) does not build: ninja 1.11 and 1.13 log commands differently
+    and each rebuilds from scratch what the other built."""
+    ninja = pytest.importorskip('ninja')
+    other = tmp_path / 'ninja'
+    other.write_text('#!/bin/sh\necho 1.11.1\n')
+    other.chmod(0o755)
+    monkeypatch.setenv('PATH', str(tmp_path) + os.pathsep + os.environ.get('PATH', ''))
+    assert winograd._ninja_on_path() == ninja.BIN_DIR
+
+
 def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, monkeypatch):
     name = winograd.build_name()
     assert name.startswith(tuple(f'hrnet_mm_cpu_kernels_{isa}_' for isa in winograd.ISAS))
@@ -258,6 +269,10 @@ def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, m
     directory = winograd.build_directory()
     assert directory.startswith(str(tmp_path)) and directory.endswith(name)
     assert torch.__version__.split('+')[0] in directory
+    with monkeypatch.context() as m:  # another environment's torch: its own build (its commands name its paths)
+        m.setattr(torch, '__file__', str(tmp_path / 'other-venv' / 'torch' / '__init__.py'))
+        other = winograd.build_directory()
+    assert other != directory and os.path.basename(other) == name
     copies = winograd._stable_sources(directory)
     assert [os.path.basename(c) for c in copies] == [os.path.basename(s) for s in winograd._SOURCES]
     assert 'norm.cpp' in [os.path.basename(c) for c in copies]
