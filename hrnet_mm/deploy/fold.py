@@ -152,6 +152,11 @@ class PackedWeights:
         new._clear_caches()
         return new
 
+    def __getstate__(self):  # pickling (torch.save of the whole module): without the caches, which hold opaque
+        state = self.__dict__.copy()  # oneDNN tensors and closures that cannot be saved
+        state.update({name: {} for name in self._CACHES})
+        return state
+
     def _apply(self, fn, *args, **kwargs):
         self._clear_caches()
         return super()._apply(fn, *args, **kwargs)
@@ -164,6 +169,14 @@ class PackedWeights:
                 cache.pop(next(iter(cache)))
             value = cache[key] = make()
         return value
+
+
+def signature(x: torch.Tensor, other: Optional[torch.Tensor] = None) -> tuple:
+    """What decides how a prepared convolution runs on ``x`` (and the summand ``other``): shapes, dtypes, device,
+    memory formats, and whether oneDNN is enabled (``torch.backends.mkldnn.flags``)."""
+    cl = torch.channels_last
+    head = (x.shape, x.dtype, x.device, x.is_contiguous(memory_format=cl), torch._C._get_mkldnn_enabled())
+    return head if other is None else head + (other.shape, other.dtype, other.is_contiguous(memory_format=cl))
 
 
 class OneDNNConv2d(PackedWeights, nn.Module):
@@ -182,7 +195,7 @@ class OneDNNConv2d(PackedWeights, nn.Module):
             per input shape and used from then on.
     """
 
-    _CACHES = ('_packed', '_winograd', '_winograd_u')
+    _CACHES = ('_packed', '_winograd', '_winograd_u', '_plans')
 
     def __init__(self, conv: nn.Conv2d, relu: bool = False, add: bool = False, inplace: bool = False,
                  winograd: bool = False) -> None:
@@ -197,6 +210,7 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         self._packed: Dict[torch.Size, Tuple[torch.Tensor, torch.Size]] = {}
         self._winograd: Dict[torch.Size, int] = {}  # input shape -> 0 (oneDNN) or the Winograd tile
         self._winograd_u: Dict[int, torch.Tensor] = {}  # tile -> transformed weight
+        self._plans: Dict[tuple, Any] = {}  # signature(x, other) -> the call that runs them (_plan)
 
     def extra_repr(self) -> str:
         cin, cout = self.weight.shape[1] * self.groups, self.weight.shape[0]
@@ -256,30 +270,50 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         return tile, self._cached(self._winograd_u, tile, lambda: winograd_ops.prepare_weight(self.weight, tile))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        channels_last = torch.channels_last
-        if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=channels_last)
-                and self._fusable(x, other)
-                and (other is None or other.is_contiguous(memory_format=channels_last))):
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                        or (other is not None and other.requires_grad)):
+            return self._plain(x, other)  # the fused ops have no backward
+        return self._cached(self._plans, signature(x, other), lambda: self._plan(x, other))(x, other)
+
+    def _plain(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if other is not None:
+            y = y + other
+        return F.relu(y) if self.relu else y
+
+    def _plan(self, x: torch.Tensor, other: Optional[torch.Tensor]):
+        """The call ``run(x, other)`` for inputs of this :func:`signature`, made once per signature with everything
+        it needs bound (the per-call work is then the kernel's own): a Winograd kernel, oneDNN's fused
+        convolution, or the plain ops."""
+        cl = torch.channels_last
+        relu, bias, out_channels = self.relu, self.bias, self.weight.shape[0]
+        if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=cl)
+                and self._fusable(x, other) and (other is None or other.is_contiguous(memory_format=cl))):
             tile, u = self._winograd_weight(x)
             if tile:
-                inplace = self.inplace and other is not None
-                return winograd_ops.conv(x, u, self.weight.shape[0], self.bias, tile, other, self.relu, inplace)
+                conv = winograd_ops.kernel()
+                if other is not None and self.inplace:
+                    add_ = winograd_ops.kernel(inplace=True)
+
+                    def winograd_into_other(x, other):
+                        add_(x, u, out_channels, bias, other, relu, tile)
+                        return other
+                    return winograd_into_other
+                return lambda x, other: conv(x, u, out_channels, bias, other, relu, tile)
         w = self._fast_weight(x, other)
         if w is None:
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-            if other is not None:
-                y = y + other
-            return F.relu(y) if self.relu else y
+            return self._plain
         args = (self.padding, self.stride, self.dilation, self.groups)
         if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, *args, 'relu' if self.relu else 'none',
-                                                           [], '')
-        unary = 'relu' if self.relu else None
-        if self.inplace and other.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
-                memory_format=torch.channels_last):
-            return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, self.bias, *args, 'add', 1.0, unary,
-                                                                   [], '')
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, w, self.bias, *args, 'add', 1.0, unary, [], '')
+            conv = torch.ops.mkldnn._convolution_pointwise.default
+            attr = 'relu' if relu else 'none'
+            return lambda x, other: conv(x, w, bias, *args, attr, [], '')
+        unary = 'relu' if relu else None
+        if self.inplace and other.is_contiguous(memory_format=cl) == x.is_contiguous(memory_format=cl):
+            conv_ = torch.ops.mkldnn._convolution_pointwise_.binary
+            return lambda x, other: conv_(other, x, w, bias, *args, 'add', 1.0, unary, [], '')
+        conv = torch.ops.mkldnn._convolution_pointwise.binary
+        return lambda x, other: conv(x, other, w, bias, *args, 'add', 1.0, unary, [], '')
 
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)

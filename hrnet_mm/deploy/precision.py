@@ -32,7 +32,7 @@ from hrnet_mm.ops import winograd as winograd_ops
 
 from .fold import OneDNNConv2d, PackedWeights
 from .fold import _is_ours as _is_hrnet_mm
-from .fold import copy_plain_attributes, onednn_available
+from .fold import copy_plain_attributes, onednn_available, signature
 from .runtimes import native_bf16
 
 PRECISIONS = ('fp32', 'bf16', 'int8')
@@ -123,6 +123,8 @@ class Int8Conv2d(PackedWeights, nn.Module):
         low, high: The range of ``x`` seen in calibration; the uint8 grid spans it, extended to include 0.
     """
 
+    _CACHES = ('_packed', '_plans')
+
     def __init__(self, conv: nn.Module, low: float, high: float) -> None:
         super().__init__()
         fused = isinstance(conv, OneDNNConv2d)
@@ -146,6 +148,7 @@ class Int8Conv2d(PackedWeights, nn.Module):
         bias = conv.bias.detach().float() if conv.bias is not None else None
         self.register_buffer('bias', bias)
         self._packed: Dict[torch.Size, torch.Tensor] = {}
+        self._plans: Dict[tuple, Any] = {}  # signature(x) -> the call that runs it (_plan)
 
     def extra_repr(self) -> str:
         return (f'{self.qweight.shape[1] * self.groups}, {self.out_channels}, '
@@ -158,32 +161,46 @@ class Int8Conv2d(PackedWeights, nn.Module):
             self.groups, list(x.shape)))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._cached(self._plans, signature(x), lambda: self._plan(x))(x, other)
+
+    def _plan(self, x: torch.Tensor):
+        """The call ``run(x, other)`` for inputs of ``x``'s :func:`~hrnet_mm.deploy.fold.signature`, made once
+        with the packed weight, the quantizer and oneDNN's operators bound."""
         if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
             raise TypeError(f'Int8Conv2d takes a float32 (N, C, H, W) CPU tensor, got {x.dtype} {tuple(x.shape)} '
                             f'on {x.device}')
-        nchw = self.keep_format and not x.is_contiguous(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        q = quantize_u8(x, self.x_scale, self.x_zero_point)
-        w = self._packed_weight(x)
+        cl = torch.channels_last
+        nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
+        quantize, scale, zero_point = _quantizer(), self.x_scale, self.x_zero_point
+        head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
         common = (self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
-        if other is None:
-            y = torch.ops.onednn.qconv2d_pointwise(q, self.x_scale, self.x_zero_point, w, self.w_scale,
-                                                   self.w_zero_point, self.bias, *common,
-                                                   'relu' if self.relu else 'none', [], '')
-            return y.contiguous() if nchw else y
-        inplace = self.inplace and other.is_contiguous(memory_format=torch.channels_last)
-        accum = other if inplace else other.contiguous(memory_format=torch.channels_last).clone()
-        return torch.ops.onednn.qconv2d_pointwise.binary(q, self.x_scale, self.x_zero_point, w, self.w_scale,
-                                                         self.w_zero_point, accum, self.bias, *common, 1.0, 0, 'sum',
-                                                         1.0, 'relu' if self.relu else None, [], '')
+        conv, conv_sum = torch.ops.onednn.qconv2d_pointwise.default, torch.ops.onednn.qconv2d_pointwise.binary
+        bias, relu, inplace = self.bias, self.relu, self.inplace
+
+        def run(x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
+            q = quantize(x.contiguous(memory_format=cl), scale, zero_point)
+            if other is None:
+                y = conv(q, *head, bias, *common, 'relu' if relu else 'none', [], '')
+                return y.contiguous() if nchw else y
+            accum = other if inplace and other.is_contiguous(memory_format=cl) else other.contiguous(
+                memory_format=cl).clone()  # oneDNN's int8 convolution adds a summand only by writing into it
+            return conv_sum(q, *head, accum, bias, *common, 1.0, 0, 'sum', 1.0, 'relu' if relu else None, [], '')
+        return run
 
 
 def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """``clamp(round_half_even(x / scale) + zero_point, 0, 255)`` as uint8, in ``x``'s memory format (float32 CPU
     ``x``): hrnet_mm's kernel (``torch.ops.hrnet_mm.quantize_u8``, one pass) where it is built, torch's per-tensor
     quantization otherwise (the same integers)."""
-    if _kernel():
-        return torch.ops.hrnet_mm.quantize_u8(x, scale, zero_point)
+    return _quantizer()(x, scale, zero_point)
+
+
+def _quantizer():
+    """:func:`quantize_u8`'s implementation on this machine (hrnet_mm's operator, or torch's quantization)."""
+    return torch.ops.hrnet_mm.quantize_u8.default if _kernel() else _torch_quantize_u8
+
+
+def _torch_quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # torch marks its quantized tensors deprecated; the integers are the same
         q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).int_repr()

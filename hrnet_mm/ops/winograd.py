@@ -276,12 +276,19 @@ def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[tor
 
     Runs the loaded build whatever ``HRNET_MM_WINOGRAD`` says now: the variable decides new choices
     (:func:`available`), so a model that chose a tile keeps working, and the hot path reads no environment."""
+    if inplace:
+        kernel(inplace=True)(x, u, out_channels, bias, residual, relu, tile)
+        return residual
+    return kernel()(x, u, out_channels, bias, residual, relu, tile)
+
+
+def kernel(inplace: bool = False):
+    """The operator behind :func:`conv`, to call with the same arguments in the same order (``x, u,
+    out_channels, bias, residual, relu, tile``): ``torch.ops.hrnet_mm.winograd_conv3x3`` or, with ``inplace``, its
+    form that writes into ``residual`` and returns nothing. For callers that bind it once and call it often."""
     if _load() is None:
         raise RuntimeError(f'hrnet_mm Winograd kernel unavailable: {_BUILD_ERROR}')
-    if inplace:
-        torch.ops.hrnet_mm.winograd_conv3x3_add_(x, u, out_channels, bias, residual, relu, tile)
-        return residual
-    return torch.ops.hrnet_mm.winograd_conv3x3(x, u, out_channels, bias, residual, relu, tile)
+    return (torch.ops.hrnet_mm.winograd_conv3x3_add_ if inplace else torch.ops.hrnet_mm.winograd_conv3x3).default
 
 
 _CHOICES: Dict[Tuple[int, ...], int] = {}

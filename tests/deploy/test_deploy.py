@@ -74,6 +74,33 @@ def test_deploy_is_copyable_and_runs_with_grad_enabled():
     assert x_grad.grad is not None
 
 
+def test_deploy_model_saves_whole_and_follows_the_onednn_switch():
+    """torch.save of the whole deploy model after a call (the per-shape packed weights and prepared calls stay
+    behind) loads into a model that gives the same outputs; with oneDNN switched off, the prepared calls are not
+    used: the plain ops run."""
+    import io
+
+    from hrnet_mm.deploy import OneDNNConv2d
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    d = to_deploy(m)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, out = m(x), d(x)
+        buffer = io.BytesIO()
+        torch.save(d, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        convs = [c for c in loaded.modules() if isinstance(c, OneDNNConv2d)]
+        assert convs and not any(c._packed or c._plans or c._winograd for c in convs)
+        for a, b in zip(loaded(x), out):
+            assert rel_err(b, a) < 1e-4  # each copy times its own Winograd choices
+        with torch.backends.mkldnn.flags(enabled=False):
+            plain = d(x)
+        assert all(len(c._plans) == 2 for c in d.modules() if isinstance(c, OneDNNConv2d) and c._plans)
+        for a, b in zip(plain, ref):
+            assert rel_err(b, a) < 1e-4
+
+
 @pytest.mark.parametrize('relu,add,inplace', [(False, False, False), (True, False, False), (False, True, False),
                                               (True, True, False), (True, True, True)])
 @pytest.mark.parametrize('stride', [1, 2])
