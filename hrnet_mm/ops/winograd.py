@@ -283,9 +283,9 @@ def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[tor
 
 
 def kernel(inplace: bool = False):
-    """The operator behind :func:`conv`, to call with the same arguments in the same order (``x, u,
-    out_channels, bias, residual, relu, tile``): ``torch.ops.hrnet_mm.winograd_conv3x3`` or, with ``inplace``, its
-    form that writes into ``residual`` and returns nothing. For callers that bind it once and call it often."""
+    """The operator behind :func:`conv`, called as ``op(x, u, out_channels, bias, residual, relu, tile)`` (note the
+    order: ``tile`` last): ``torch.ops.hrnet_mm.winograd_conv3x3`` or, with ``inplace``, its form that writes into
+    ``residual`` and returns nothing. For callers that bind it once and call it often."""
     if _load() is None:
         raise RuntimeError(f'hrnet_mm Winograd kernel unavailable: {_BUILD_ERROR}')
     return (torch.ops.hrnet_mm.winograd_conv3x3_add_ if inplace else torch.ops.hrnet_mm.winograd_conv3x3).default
