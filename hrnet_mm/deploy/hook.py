@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from hrnet_mm.registry import HOOKS
 
@@ -19,7 +20,9 @@ from .precision import PrecisionError, canonical_precision, check_precision
 
 @HOOKS.register_module()
 class DeployHook(Hook):
-    """Replaces ``runner.model`` by its deploy model at ``before_test`` (after the checkpoint is loaded).
+    """Replaces ``runner.model`` by its deploy model at ``before_test`` (after the checkpoint is loaded). A model in
+    a distributed wrapper (``tools/dist_test.sh``) is unwrapped first: each process tests its own deploy model on its
+    share of the test set (inference synchronises no gradients), and the evaluator gathers the results as before.
 
     Args:
         precision: ``'fp32'``, ``'bf16'`` or ``'int8'`` (see :func:`hrnet_mm.deploy.to_deploy`).
@@ -37,22 +40,21 @@ class DeployHook(Hook):
         self.calibration_images = calibration_images
 
     def before_test(self, runner: Any) -> None:
-        model = runner.model
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         name = canonical_precision(self.precision)
         # refused before any data is read (bf16 without native bfloat16, ...)
         check_precision(name, [] if name == 'int8' else None, {p.device for p in model.parameters()})
-        calibration = self._calibration(runner) if name == 'int8' else None
+        calibration = self._calibration(runner, model) if name == 'int8' else None
         runner.model = to_deploy(model, precision=name, calibration=calibration)
         how = f'calibrated on {self._seen} training images' if calibration else 'BN folded, fused'
         runner.logger.info(f'testing the deploy model in {name} ({how})')
 
-    def _calibration(self, runner: Any) -> list:
-        """The first ``calibration_images`` images of the training set, preprocessed as the model reads them."""
+    def _calibration(self, runner: Any, model: Any) -> list:
+        """The first ``calibration_images`` images of the training set, preprocessed as ``model`` reads them."""
         cfg = runner.cfg.get('train_dataloader')
         if not cfg:
             raise PrecisionError("precision='int8' calibrates on the config's train_dataloader, which it lacks")
         loader = runner.build_dataloader(copy.deepcopy(cfg), seed=0)
-        model = runner.model
         items, seen = [], 0
         for batch in loader:
             data = model.data_preprocessor(batch, False)

@@ -296,6 +296,15 @@ def test_two_process_cpu_training_through_dist_train_sh(demo_cwd: Path) -> None:
 
     assert len(mmengine.load(demo_cwd / 'results.pkl')) == 2  # both val images, gathered from the 2 ranks
 
+    # --deploy under the distributed wrapper: each rank unwraps the model, calibrates and tests its own int8 copy
+    deployed = subprocess.run(['bash', DIST_TEST, 'dist_cfg.py', 'work/epoch_2.pth', '2', '--work-dir', 'eval_int8',
+                               '--deploy', 'int8', '--calibration-images', '2', '--out', 'results_int8.pkl'],
+                              cwd=demo_cwd, env=dict(_env(demo_cwd), PORT=str(free_port())), capture_output=True,
+                              text=True, timeout=600)
+    assert deployed.returncode == 0, _out(deployed)[-5000:]
+    assert 'testing the deploy model in int8' in _out(deployed) and 'coco/bbox_mAP:' in _out(deployed)
+    assert len(mmengine.load(demo_cwd / 'results_int8.pkl')) == 2
+
 
 INIT_DIST = textwrap.dedent('''
     import sys
