@@ -503,7 +503,9 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         The prepared model. Feed it ``x.contiguous(memory_format=torch.channels_last)`` for full speed.
     """
     from .precision import PrecisionError, check_precision, to_bfloat16, to_int8, warn_float32_layers
-    precision = check_precision(precision, calibration, {p.device for p in model.parameters()})
+    devices = {p.device for p in model.parameters()}
+    on_cpu = all(d.type == 'cpu' for d in devices)
+    precision = check_precision(precision, calibration, devices)
     if precision != 'fp32':
         if compile or fuse is False:
             raise PrecisionError(f'precision={precision!r} needs the fused deploy model: leave compile off and fuse on')
@@ -530,7 +532,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         fuse = onednn_available() and not compile
     if fuse:
         if winograd is None:
-            winograd = all(p.device.type == 'cpu' for p in m.parameters()) and winograd_ops.available()
+            winograd = on_cpu and winograd_ops.available()
         m = _fuse_ours(m, bool(winograd))
     if precision == 'bf16':
         m = to_bfloat16(m)
@@ -541,7 +543,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     if ours != [(None, '')]:
         for parent, name in ours:
             getattr(parent, name).register_forward_hook(_contiguous_outputs)
-    if tune_allocator and all(p.device.type == 'cpu' for p in m.parameters()):
+    if tune_allocator and on_cpu:
         tune_cpu_allocator()
     if compile:
         options = dict(compile_options or {})
