@@ -219,14 +219,12 @@ class OneDNNConv2d(PackedWeights, nn.Module):
 
     def _fusable(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
         """Whether the fused kernels (oneDNN; Winograd for float32) can run on these inputs: float32 or bfloat16
-        (the weight's dtype) CPU tensors that need no gradient, channels that match the weight and a summand of the
-        output's shape. Otherwise the plain ops run (and raise torch's own errors for a wrong input)."""
+        (the weight's dtype) CPU tensors, channels that match the weight and a summand of the output's shape.
+        Otherwise the plain ops run (and raise torch's own errors for a wrong input). Inputs that need a gradient
+        never get here: :meth:`forward` sends them to the plain ops first."""
         if not (x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype and x.device.type == 'cpu'
                 and x.dim() == 4 and self.weight.device.type == 'cpu' and onednn_available()):
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                        or (other is not None and other.requires_grad)):
-            return False  # the fused ops have no backward
         return x.shape[1] == self.weight.shape[1] * self.groups and (
             other is None or (other.dtype == x.dtype and other.shape == self._out_shape(x)))
 
@@ -290,15 +288,15 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=cl)
                 and self._fusable(x, other) and (other is None or other.is_contiguous(memory_format=cl))):
             tile, u = self._winograd_weight(x)
+            if tile and other is not None and self.inplace:
+                add_ = winograd_ops.kernel(inplace=True)
+
+                def winograd_into_other(x, other):
+                    add_(x, u, out_channels, bias, other, relu, tile)
+                    return other
+                return winograd_into_other
             if tile:
                 conv = winograd_ops.kernel()
-                if other is not None and self.inplace:
-                    add_ = winograd_ops.kernel(inplace=True)
-
-                    def winograd_into_other(x, other):
-                        add_(x, u, out_channels, bias, other, relu, tile)
-                        return other
-                    return winograd_into_other
                 return lambda x, other: conv(x, u, out_channels, bias, other, relu, tile)
         w = self._fast_weight(x, other)
         if w is None:

@@ -175,16 +175,17 @@ class Int8Conv2d(PackedWeights, nn.Module):
         head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
         common = (self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
         conv, conv_sum = torch.ops.onednn.qconv2d_pointwise.default, torch.ops.onednn.qconv2d_pointwise.binary
-        bias, relu, inplace = self.bias, self.relu, self.inplace
+        bias, inplace = self.bias, self.inplace
+        attr, unary = ('relu', 'relu') if self.relu else ('none', None)
 
         def run(x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
             q = quantize(x.contiguous(memory_format=cl), scale, zero_point)
             if other is None:
-                y = conv(q, *head, bias, *common, 'relu' if relu else 'none', [], '')
+                y = conv(q, *head, bias, *common, attr, [], '')
                 return y.contiguous() if nchw else y
             accum = other if inplace and other.is_contiguous(memory_format=cl) else other.contiguous(
                 memory_format=cl).clone()  # oneDNN's int8 convolution adds a summand only by writing into it
-            return conv_sum(q, *head, accum, bias, *common, 1.0, 0, 'sum', 1.0, 'relu' if relu else None, [], '')
+            return conv_sum(q, *head, accum, bias, *common, 1.0, 0, 'sum', 1.0, unary, [], '')
         return run
 
 
