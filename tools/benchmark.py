@@ -38,11 +38,14 @@ Implementations:
                       optimisations) and OpenVINO (latency hint, one stream; f32, and bf16 where the processor has
                       native bfloat16), each with torch's thread count and no spinning threads
                       (:mod:`hrnet_mm.deploy.runtimes`); reduced-precision rows report their error, not fail on it
+  onnxruntime-int8, openvino-int8   with ``--precisions int8``: each runtime on the int8 form of that export
+                      (:func:`~hrnet_mm.deploy.runtimes.quantize_onnx`: onnxruntime's static QDQ quantization,
+                      calibrated on the same inputs as hrnet_mm-deploy-int8)
 
 Timing: the rows of a case run interleaved, round by round, so that machine noise hits all alike; with runtime
 rows, in blocks of ``--block`` calls (default 5) so that each runtime's thread pool runs alone for a while. A
 line under the table gives hrnet_mm-deploy's speed ratio to the fastest runtime at fp32, hrnet_mm-deploy-bf16's to
-the fastest runtime at bf16, and hrnet_mm-deploy-int8's to hrnet_mm-deploy.
+the fastest runtime at bf16, hrnet_mm-deploy-int8's to hrnet_mm-deploy and to the fastest runtime at int8.
 
 Allocator: with ``--allocator tuned`` (the default) the process first calls
 :func:`hrnet_mm.deploy.tune_cpu_allocator`, which :func:`~hrnet_mm.deploy.to_deploy` does for its users too: glibc
@@ -82,7 +85,7 @@ import sys
 import time
 import types
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -123,6 +126,9 @@ RUNTIMES = ['onnxruntime', 'openvino']
 # bf16 keeps 8 mantissa bits, int8 256 levels per layer on random weights (their wide-tailed activations cost more
 # than a trained network's; the task metrics are in docs/benchmarks.md): these catch a broken graph, not rounding
 REDUCED_PRECISION_TOL = {'bf16': 5e-2, 'int8': 1e-1}
+# the runtimes' int8 files round every tensor between operators to uint8, the sums and upsamplings too, where
+# hrnet_mm-deploy-int8 keeps float32 between its convolutions: about twice the error on random weights
+RUNTIME_INT8_TOL = 2.5e-1
 PRECISIONS = ['bf16', 'int8']
 CALIBRATION_INPUTS = 4
 
@@ -247,8 +253,7 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
     for precision in PRECISIONS:
         name = f'hrnet_mm-deploy-{precision}'
         if name in names:
-            calibration = [torch.randn(case.batch, 3, case.height, case.width, generator=torch.Generator().manual_seed(
-                i)) for i in range(CALIBRATION_INPUTS)] if precision == 'int8' else None
+            calibration = calibration_inputs(case) if precision == 'int8' else None
             t0 = time.perf_counter()
             impls[name] = to_deploy(ours.eval(), tune_allocator=tune_allocator, precision=precision,
                                     calibration=calibration)
@@ -259,22 +264,32 @@ def build_impls(case: Case, names: List[str], prep: Optional[Dict[str, float]] =
     return impls
 
 
-def runtime_rows(runtimes: List[str]) -> List[str]:
-    """The rows of ``--runtimes``: each runtime at fp32, and OpenVINO at bf16 where the processor has it."""
+def calibration_inputs(case: Case) -> List[torch.Tensor]:
+    """The int8 rows' calibration data: ``CALIBRATION_INPUTS`` seeded random inputs of the case's shape."""
+    return [torch.randn(case.batch, 3, case.height, case.width, generator=torch.Generator().manual_seed(i))
+            for i in range(CALIBRATION_INPUTS)]
+
+
+def runtime_rows(runtimes: List[str], precisions: Sequence[str] = ()) -> List[str]:
+    """The rows of ``--runtimes``: each runtime at fp32, OpenVINO at bf16 where the processor has it, and with
+    ``'int8'`` in ``precisions`` each runtime at int8."""
     rows = list(runtimes)
     if 'openvino' in runtimes and native_bf16():
         rows.append('openvino-bf16')
+    if 'int8' in precisions:
+        rows += [f'{r}-int8' for r in runtimes]
     return rows
 
 
 def build_runtimes(model: nn.Module, case: Case, names: List[str], prep: Dict[str, float]) -> Dict[str, Any]:
     """``model`` exported to ONNX at the case's shape (BN folded, TorchScript exporter) and opened by each runtime
-    of ``names`` with torch's thread count; a runtime that is not installed is reported and left out. ``prep``
-    receives each one's export and session time."""
+    of ``names`` with torch's thread count (the ``-int8`` rows: on the export's int8 form, calibrated on
+    :func:`calibration_inputs`); a runtime that is not installed is reported and left out. ``prep`` receives each
+    one's export (and quantization) and session time."""
     import tempfile
 
     from hrnet_mm.deploy.export import export_onnx
-    from hrnet_mm.deploy.runtimes import OnnxRuntimeModel, OpenVinoModel
+    from hrnet_mm.deploy.runtimes import OnnxRuntimeModel, OpenVinoModel, quantize_onnx
 
     shape = (case.batch, 3, case.height, case.width)
     threads = torch.get_num_threads()
@@ -284,17 +299,26 @@ def build_runtimes(model: nn.Module, case: Case, names: List[str], prep: Dict[st
         t0 = time.perf_counter()
         export_onnx(model.eval(), path, shape, dynamic=False, check=False, exporter='torchscript')
         exported = time.perf_counter() - t0
+        quantized = 0.0
+        if any(name.endswith('-int8') for name in names):
+            t0 = time.perf_counter()
+            int8_path = os.path.join(folder, f'{case.name}-int8.onnx')
+            quantize_onnx(path, int8_path, calibration_inputs(case))
+            quantized = time.perf_counter() - t0
         for name in names:
+            runtime, _, precision = name.partition('-')
+            precision = precision or 'f32'
             t0 = time.perf_counter()
             try:
-                if name == 'onnxruntime':
-                    out[name] = OnnxRuntimeModel(path, threads)
+                file = int8_path if precision == 'int8' else path
+                if runtime == 'onnxruntime':
+                    out[name] = OnnxRuntimeModel(file, threads, precision)
                 else:
-                    out[name] = OpenVinoModel(path, threads, 'bf16' if name.endswith('-bf16') else 'f32', shape)
+                    out[name] = OpenVinoModel(file, threads, precision, shape)
             except (ImportError, ValueError) as exc:
                 print(f'  skipping {name}: {exc}', file=sys.stderr)
                 continue
-            prep[name] = exported + time.perf_counter() - t0
+            prep[name] = exported + (quantized if precision == 'int8' else 0.0) + time.perf_counter() - t0
     return out
 
 
@@ -336,10 +360,18 @@ def check_agreement(impls: Dict[str, nn.Module], x: torch.Tensor, tol: float = 1
             if name in prep:
                 prep[name] += time.perf_counter() - t0
             err = errs[name] = max_rel_err(outs, base)
-            limit = REDUCED_PRECISION_TOL.get(name.rsplit('-', 1)[-1], tol)
+            limit = tolerance(name, tol)
             if err > limit:
                 raise SystemExit(f'{name} disagrees with hrnet_mm: relative error {err:.2e} > {limit}')
     return errs
+
+
+def tolerance(name: str, tol: float) -> float:
+    """The largest relative error allowed to the row ``name`` (``tol`` for float32 rows)."""
+    precision = name.rsplit('-', 1)[-1]
+    if precision == 'int8' and name.split('-')[0] in RUNTIMES:
+        return RUNTIME_INT8_TOL
+    return REDUCED_PRECISION_TOL.get(precision, tol)
 
 
 @contextlib.contextmanager
@@ -520,7 +552,7 @@ def run_case(case: Case, mode: str, args: argparse.Namespace, device: torch.devi
                  + (['hrnet_mm-deploy-streams'] if args.branch_streams else [])
                  + (['hrnet_mm-deploy-cudagraphs'] if args.cuda_graphs else [])
                  + ([f'hrnet_mm-deploy-{p}' for p in args.precisions] if device.type == 'cpu' else [])
-                 + (runtime_rows(args.runtimes) if device.type == 'cpu' else []))
+                 + (runtime_rows(args.runtimes, args.precisions) if device.type == 'cpu' else []))
     else:
         names = (['hrnet_mm', *args.peers] + ([] if args.no_channels_last_row else ['hrnet_mm-cl', 'hrnet_mm-plain'])
                  + (['hrnet_mm-cl-compiled'] if args.compile else []))
@@ -734,22 +766,29 @@ def format_phases(rows: List[Row]) -> List[str]:
 def format_runtime_ratios(rows: List[Row]) -> List[str]:
     """Per infer case with runtime or precision rows: speed ratios (> 1: hrnet_mm's row is faster) of
     hrnet_mm-deploy to the fastest runtime at fp32, of hrnet_mm-deploy-bf16 to the fastest runtime at bf16, and of
-    hrnet_mm-deploy-int8 to hrnet_mm-deploy."""
+    hrnet_mm-deploy-int8 to hrnet_mm-deploy and to the fastest runtime at int8."""
     lines = []
     for case in dict.fromkeys(r.case for r in rows if r.mode == 'infer'):
         get = {r.impl: r for r in rows if r.case == case and r.mode == 'infer'}
         found = [r for name, r in get.items() if name.split('-')[0] in RUNTIMES]
-        parts = []
-        for label, ours, group in (
-                ('fp32', 'hrnet_mm-deploy', [r for r in found if not r.impl.endswith('-bf16')]),
-                ('bf16', 'hrnet_mm-deploy-bf16', [r for r in found if r.impl.endswith('-bf16')])):
-            if group and ours in get:
-                best = min(group, key=lambda r: r.median_ms)
-                parts.append(f'{ours} is {best.median_ms / get[ours].median_ms:.2f}x the fastest runtime at {label} '
-                             f'({best.impl})')
+        by_precision: Dict[str, List[Row]] = {}
+        for r in found:
+            by_precision.setdefault(r.impl.partition('-')[2] or 'fp32', []).append(r)
+
+        def versus_runtimes(label: str, ours: str) -> Optional[str]:
+            group = by_precision.get(label)
+            if not group or ours not in get:
+                return None
+            best = min(group, key=lambda r: r.median_ms)
+            return f'{ours} is {best.median_ms / get[ours].median_ms:.2f}x the fastest runtime at {label} ({best.impl})'
+
+        int8_vs_fp32 = None
         if 'hrnet_mm-deploy-int8' in get and 'hrnet_mm-deploy' in get:
             ratio = get['hrnet_mm-deploy'].median_ms / get['hrnet_mm-deploy-int8'].median_ms
-            parts.append(f'hrnet_mm-deploy-int8 is {ratio:.2f}x hrnet_mm-deploy')
+            int8_vs_fp32 = f'hrnet_mm-deploy-int8 is {ratio:.2f}x hrnet_mm-deploy'
+        parts = [versus_runtimes('fp32', 'hrnet_mm-deploy'), versus_runtimes('bf16', 'hrnet_mm-deploy-bf16'),
+                 int8_vs_fp32, versus_runtimes('int8', 'hrnet_mm-deploy-int8')]
+        parts = [p for p in parts if p]
         if parts:
             lines.append(f'{case} infer: ' + '; '.join(parts))
     return lines
@@ -867,7 +906,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--allocator-child', nargs=3, metavar=('CASE', 'IMPL', 'ALLOCATOR'), help=argparse.SUPPRESS)
     parser.add_argument('--runtimes', nargs='*', default=[], choices=RUNTIMES,
                         help='CPU infer: also time these runtimes on the ONNX export of the same weights '
-                             '(openvino: also at bf16 where the processor has native bfloat16)')
+                             '(openvino: also at bf16 where the processor has native bfloat16; with --precisions '
+                             'int8: each runtime also on its int8 form)')
     parser.add_argument('--precisions', nargs='*', default=[], choices=PRECISIONS,
                         help='CPU infer: also time the deploy model in these precisions (hrnet_mm-deploy-bf16 needs '
                              'native bfloat16; hrnet_mm-deploy-int8 is calibrated on random inputs)')

@@ -9,10 +9,14 @@ process: as many intra-op threads as asked, one inference at a time, and no work
 * :class:`OpenVinoModel`: OpenVINO's CPU plugin, latency hint, one stream, with an explicit inference precision
   (``'f32'``, or ``'bf16'`` where the processor has native bfloat16: :func:`native_bf16`). OpenVINO is an
   optional dependency (``requirements/benchmark.txt``).
+* :func:`quantize_onnx`: the int8 form of an exported file that both runtimes run in int8, made by onnxruntime's
+  static quantization with the scheme of ``to_deploy(precision='int8')`` (int8 weights per output channel, uint8
+  activations with the min/max range of the calibration inputs), as quantize/dequantize pairs (QDQ).
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -53,18 +57,66 @@ def _numpy(x: Array) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def quantize_onnx(path: str, out: str, calibration: Sequence[Array]) -> None:
+    """Writes to ``out`` the int8 form of the ONNX file ``path`` (one float32 input), as a user of the runtimes
+    makes it: onnxruntime's pre-processing (shape inference, graph clean-up), then its static quantization in QDQ
+    form with int8 weights, symmetric per output channel, and uint8 activations whose ranges are the min/max that
+    each tensor took over ``calibration`` (inputs of the file's input shape). onnxruntime and OpenVINO both run
+    the result on their int8 kernels.
+
+    Raises:
+        ValueError: ``calibration`` is empty.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    inputs = [_numpy(x) for x in calibration]
+    if not inputs:
+        raise ValueError('quantize_onnx: the calibration data is empty; pass inputs like those the model will see')
+    name = onnx.load(path, load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(inputs)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {name: x}
+
+    with tempfile.TemporaryDirectory(prefix='hrnet_mm_quantize_') as folder:
+        prepared = os.path.join(folder, 'prepared.onnx')
+        quant_pre_process(path, prepared)
+        quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+
 class OnnxRuntimeModel:
     """An ONNX file in onnxruntime (CPU), without spinning threads.
 
     Args:
         path: The ONNX file (one input).
         threads: Intra-op threads (inter-op: 1, sequential execution).
+        precision: What the file computes in, for the reports: ``'f32'``, or ``'int8'`` for a file made by
+            :func:`quantize_onnx`.
     """
 
     runtime = 'onnxruntime'
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, precision: str = 'f32') -> None:
         import onnxruntime as ort
+
+        if precision not in ('f32', 'int8'):
+            raise ValueError(f"OnnxRuntimeModel: precision must be 'f32' or 'int8', got {precision!r}")
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -76,7 +128,7 @@ class OnnxRuntimeModel:
         options.add_session_config_entry('session.inter_op.allow_spinning', '0')
         self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         self.input_name = self.session.get_inputs()[0].name
-        self.precision = 'f32'
+        self.precision = precision
 
     def __call__(self, x: Array) -> List[torch.Tensor]:
         return [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: _numpy(x)})]
@@ -91,8 +143,9 @@ class OpenVinoModel:
     Args:
         path: The ONNX file (one input).
         threads: ``INFERENCE_NUM_THREADS``.
-        precision: ``INFERENCE_PRECISION_HINT``: ``'f32'`` or ``'bf16'`` (OpenVINO's own default on a processor with
-            native bfloat16 is bf16).
+        precision: ``'f32'`` or ``'bf16'``: the ``INFERENCE_PRECISION_HINT`` (OpenVINO's own default on a processor
+            with native bfloat16 is bf16); ``'int8'``: a file made by :func:`quantize_onnx`, whose quantized
+            convolutions OpenVINO runs in int8 and the rest in float32.
         shape: Compile for this static input shape (OpenVINO plans better for a known shape), or keep the file's
             dynamic dimensions with None.
 
@@ -105,8 +158,8 @@ class OpenVinoModel:
 
     def __init__(self, path: str, threads: int, precision: str = 'f32',
                  shape: Optional[Sequence[int]] = None) -> None:
-        if precision not in ('f32', 'bf16'):
-            raise ValueError(f"OpenVinoModel: precision must be 'f32' or 'bf16', got {precision!r}")
+        if precision not in ('f32', 'bf16', 'int8'):
+            raise ValueError(f"OpenVinoModel: precision must be 'f32', 'bf16' or 'int8', got {precision!r}")
         if precision == 'bf16' and not native_bf16():
             raise ValueError('OpenVinoModel: bf16 needs a processor with AVX512_BF16 or AMX-BF16; this one has '
                              'neither')
@@ -119,7 +172,7 @@ class OpenVinoModel:
         if shape is not None:
             model.reshape(list(shape))
         config = {'INFERENCE_NUM_THREADS': int(threads), 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY',
-                  'INFERENCE_PRECISION_HINT': precision}
+                  'INFERENCE_PRECISION_HINT': 'f32' if precision == 'int8' else precision}
         self.compiled = core.compile_model(model, 'CPU', config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision

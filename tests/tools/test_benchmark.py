@@ -137,22 +137,28 @@ def test_runtime_rows_agree_with_hrnet_mm_and_are_compared_with_the_deploy_model
     model = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
     prep = {}
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
-    impls = benchmark.build_runtimes(model, case, ['onnxruntime'], prep)
-    assert list(impls) == ['onnxruntime'] and prep['onnxruntime'] > 0
+    impls = benchmark.build_runtimes(model, case, ['onnxruntime', 'onnxruntime-int8'], prep)
+    assert list(impls) == ['onnxruntime', 'onnxruntime-int8'] and prep['onnxruntime-int8'] > prep['onnxruntime'] > 0
+    assert [m.precision for m in impls.values()] == ['f32', 'int8']
     assert list(tmp_path.iterdir()) == []
     impls['hrnet_mm'] = model
     errs = benchmark.check_agreement(impls, torch.randn(1, 3, 64, 96))
     assert errs['onnxruntime'] < 1e-4
+    assert 1e-4 < errs['onnxruntime-int8'] < benchmark.RUNTIME_INT8_TOL
     rows = [benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy', 10.0, 100.0, None),
             benchmark.Row('tiny', 'infer', 'onnxruntime', 15.0, 66.7, None),
             benchmark.Row('tiny', 'infer', 'openvino', 12.0, 83.3, None),
             benchmark.Row('tiny', 'infer', 'openvino-bf16', 8.0, 125.0, None),
+            benchmark.Row('tiny', 'infer', 'onnxruntime-int8', 6.0, 166.7, None),
+            benchmark.Row('tiny', 'infer', 'openvino-int8', 2.0, 500.0, None),
             benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy-bf16', 10.0, 100.0, None),
             benchmark.Row('tiny', 'infer', 'hrnet_mm-deploy-int8', 4.0, 250.0, None)]
     (line, ) = benchmark.format_runtime_ratios(rows)
     assert line == ('tiny infer: hrnet_mm-deploy is 1.20x the fastest runtime at fp32 (openvino); hrnet_mm-deploy-bf16 '
                     'is 0.80x the fastest runtime at bf16 (openvino-bf16); hrnet_mm-deploy-int8 is 2.50x '
-                    'hrnet_mm-deploy')
+                    'hrnet_mm-deploy; hrnet_mm-deploy-int8 is 0.50x the fastest runtime at int8 (openvino-int8)')
+    assert benchmark.runtime_rows(['onnxruntime', 'openvino'], ['int8'])[-2:] == ['onnxruntime-int8', 'openvino-int8']
+    assert not any('int8' in r for r in benchmark.runtime_rows(['onnxruntime', 'openvino'], ['bf16']))
 
 
 RUN_CASE = """
@@ -169,7 +175,7 @@ args = Namespace(compile=False, peers=['mmpose'], branch_streams=False, cuda_gra
                  no_channels_last_row=True, allocator='tuned', channels_last=False, dtype='fp32', warmup=1,
                  block=0, repeats=5, memory=False, precisions=precisions)
 rows = benchmark.run_case(benchmark.Case('tiny', 'w18_small', 64, 96, 1), 'infer', args, torch.device('cpu'))
-expected = benchmark.runtime_rows(runtimes) + ['hrnet_mm-deploy-' + p for p in precisions]
+expected = benchmark.runtime_rows(runtimes, precisions) + ['hrnet_mm-deploy-' + p for p in precisions]
 print(json.dumps(dict(rows=[asdict(r) for r in rows], expected=expected,
                       ratios=benchmark.format_runtime_ratios(rows))))
 """
@@ -191,6 +197,6 @@ def test_an_infer_case_with_the_runtimes_times_them_in_blocks():
     assert sorted(names) == sorted(['hrnet_mm', 'mmpose', 'hrnet_mm-deploy'] + result['expected'])
     for r in rows:
         assert r['median_ms'] > 0 and r['rel_err'] is not None
-        assert r['rel_err'] < benchmark.REDUCED_PRECISION_TOL.get(r['impl'].rsplit('-', 1)[-1], 1e-4), r
+        assert r['rel_err'] < benchmark.tolerance(r['impl'], 1e-4), r
     assert result['ratios'][0].startswith('tiny infer: hrnet_mm-deploy is ')
-    assert 'hrnet_mm-deploy-int8 is ' in result['ratios'][0]
+    assert 'hrnet_mm-deploy-int8 is ' in result['ratios'][0] and 'the fastest runtime at int8' in result['ratios'][0]
