@@ -7,7 +7,7 @@ exactly that model. ``tools/test.py --deploy PRECISION`` adds it; a config can t
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable, List, Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -51,16 +51,40 @@ class DeployHook(Hook):
 
     def _calibration(self, runner: Any, model: Any) -> list:
         """The first ``calibration_images`` images of the training set, preprocessed as ``model`` reads them."""
-        cfg = runner.cfg.get('train_dataloader')
-        if not cfg:
-            raise PrecisionError("precision='int8' calibrates on the config's train_dataloader, which it lacks")
-        loader = runner.build_dataloader(copy.deepcopy(cfg), seed=0)
-        items, seen = [], 0
+        batches, self._seen = training_batches(runner.cfg, model, self.calibration_images, runner.build_dataloader)
+        return [dict(inputs=data['inputs'], data_samples=data['data_samples'], mode='tensor') for data in batches]
+
+
+def training_batches(cfg: Any, model: Any, count: int,
+                     build_dataloader: Optional[Callable[..., Any]] = None) -> Tuple[List[dict], int]:
+    """The first batches of the config's training set that hold at least ``count`` images, through its pipeline
+    and preprocessed by ``model.data_preprocessor`` (``dict(inputs=(N, C, H, W) tensor, data_samples=[...])``
+    each), and how many images they hold: the calibration data of an int8 model.
+
+    Args:
+        cfg: The model's config (its ``train_dataloader``).
+        model: The model whose data preprocessor prepares the batches.
+        count: How many images to read (at least 1).
+        build_dataloader: ``Runner.build_dataloader`` or a runner's own (default: MMEngine's).
+
+    Raises:
+        PrecisionError: The config has no training set.
+    """
+    loader_cfg = cfg.get('train_dataloader')
+    if not loader_cfg:
+        raise PrecisionError("precision='int8' calibrates on the config's train_dataloader, which it lacks")
+    if build_dataloader is None:
+        from mmengine.runner import Runner
+        build_dataloader = Runner.build_dataloader
+    from mmengine.registry import DefaultScope
+
+    batches, seen = [], 0
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):  # the dataset's and transforms' registry
+        loader = build_dataloader(copy.deepcopy(loader_cfg), seed=0)
         for batch in loader:
             data = model.data_preprocessor(batch, False)
-            items.append(dict(inputs=data['inputs'], data_samples=data['data_samples'], mode='tensor'))
+            batches.append(data)
             seen += len(data['data_samples']) if data.get('data_samples') is not None else len(data['inputs'])
-            if seen >= self.calibration_images:
+            if seen >= count:
                 break
-        self._seen = seen
-        return items
+    return batches, seen

@@ -15,9 +15,10 @@ process: as many intra-op threads as asked, one inference at a time, and no work
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -57,12 +58,21 @@ def _numpy(x: Array) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def quantize_onnx(path: str, out: str, calibration: Sequence[Array]) -> None:
-    """Writes to ``out`` the int8 form of the ONNX file ``path`` (one float32 input), as a user of the runtimes
-    makes it: onnxruntime's pre-processing (shape inference, graph clean-up), then its static quantization in QDQ
-    form with int8 weights, symmetric per output channel, and uint8 activations whose ranges are the min/max that
-    each tensor took over ``calibration`` (inputs of the file's input shape). onnxruntime and OpenVINO both run
-    the result on their int8 kernels.
+CALIBRATION_STRIDE = 4  # calibration inputs whose intermediate tensors quantize_onnx holds at once
+
+
+def quantize_onnx(path: str, out: str, calibration: Sequence[Union[Array, Dict[str, Array]]]) -> None:
+    """Writes to ``out`` the int8 form of the float32 ONNX file ``path``, as a user of the runtimes makes it:
+    onnxruntime's pre-processing (shape inference, graph clean-up), then its static quantization in QDQ form with
+    int8 weights, symmetric per output channel, and uint8 activations whose ranges are the min/max that each tensor
+    took over ``calibration``. onnxruntime and OpenVINO both run the result on their int8 kernels. The file's
+    metadata (the runtime recipe of a whole-model export) is kept.
+
+    Args:
+        path: The float32 ONNX file.
+        out: Where to write the int8 file (written under a temporary name first).
+        calibration: Inputs like those the model will see: arrays or tensors for the file's first input, or dicts
+            from input names to arrays (a detector graph's ``input`` and ``img_shape``).
 
     Raises:
         ValueError: ``calibration`` is empty.
@@ -79,25 +89,52 @@ def quantize_onnx(path: str, out: str, calibration: Sequence[Array]) -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    inputs = [_numpy(x) for x in calibration]
-    if not inputs:
+    source = onnx.load(path, load_external_data=False)
+    first = source.graph.input[0].name
+    items = [{k: np.ascontiguousarray(_numpy(v) if k == first else v) for k, v in item.items()}
+             if isinstance(item, dict) else {first: _numpy(item)} for item in calibration]
+    if not items:
         raise ValueError('quantize_onnx: the calibration data is empty; pass inputs like those the model will see')
-    name = onnx.load(path, load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
+        """The calibration inputs, in ranges of ``stride`` (onnxruntime keeps every tensor of a range in memory)."""
+
         def __init__(self) -> None:
-            self.items = iter(inputs)
+            self.set_range(0, len(items))
+
+        def __len__(self) -> int:
+            return len(items)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.items = iter(items[start_index:end_index])
 
         def get_next(self):
-            x = next(self.items, None)
-            return None if x is None else {name: x}
+            return next(self.items, None)
 
+    stride = max(d for d in range(1, CALIBRATION_STRIDE + 1) if len(items) % d == 0)  # onnxruntime needs a divisor
+
+    tmp = out + '.part'
     with tempfile.TemporaryDirectory(prefix='hrnet_mm_quantize_') as folder:
         prepared = os.path.join(folder, 'prepared.onnx')
-        quant_pre_process(path, prepared)
-        quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        source_path = os.path.abspath(path)
+        with contextlib.chdir(folder):  # a failed symbolic shape inference leaves its model in the working folder
+            try:
+                quant_pre_process(source_path, prepared)
+            except Exception:  # noqa: BLE001 - symbolic shapes of a dynamic graph or of an operator it does not know
+                quant_pre_process(source_path, prepared, skip_symbolic_shape=True)
+        try:
+            quantize_static(prepared, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, extra_options={'CalibStridedMinMax': stride})
+            if source.metadata_props:
+                model = onnx.load(tmp)
+                have = {p.key for p in model.metadata_props}
+                model.metadata_props.extend(p for p in source.metadata_props if p.key not in have)
+                onnx.save(model, tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 class OnnxRuntimeModel:

@@ -286,6 +286,64 @@ def export_model(model: nn.Module, cfg, path: str, input_shape: Sequence[int] = 
     return report
 
 
+def calibration_inputs(model: nn.Module, cfg, count: int) -> Tuple[List[Dict[str, np.ndarray]], int]:
+    """The graph inputs of the first ``count`` training images of ``cfg`` (its ``train_dataloader`` pipeline, then
+    the model's data preprocessor), for :func:`hrnet_mm.deploy.runtimes.quantize_onnx`: one dict per batch, or per
+    image for a one-image graph (a two-stage detector's also holds the image's ``img_shape`` inside the padded
+    input), and how many images they hold.
+
+    Raises:
+        hrnet_mm.deploy.precision.PrecisionError: The config has no training set.
+    """
+    from .hook import training_batches
+
+    graph, _ = build_graph(model)
+    two_stage = isinstance(graph, TwoStageDetectorGraph)
+    one_image = two_stage or getattr(graph, 'one_image', False)
+    with torch.no_grad():
+        batches, seen = training_batches(cfg, model, count)
+    items: List[Dict[str, np.ndarray]] = []
+    for data in batches:
+        inputs = data['inputs'].float()
+        if not one_image:
+            items.append({'input': inputs.numpy()})
+            continue
+        for i in range(inputs.shape[0]):
+            item = {'input': inputs[i:i + 1].numpy()}
+            if two_stage:
+                height, width = data['data_samples'][i].metainfo['img_shape'][:2]
+                item['img_shape'] = np.array([height, width], dtype=np.float32)
+            items.append(item)
+    return items, seen
+
+
+def export_int8(path: str, out: str, calibration: Sequence[Dict[str, np.ndarray]],
+                log: Optional[Callable[[str], None]] = None) -> Optional[float]:
+    """Writes to ``out`` the int8 form (QDQ, :func:`hrnet_mm.deploy.runtimes.quantize_onnx`) of the float32 export
+    ``path``, calibrated on ``calibration`` (:func:`calibration_inputs`), with the same runtime recipe.
+
+    Returns:
+        The largest relative difference between the two files' outputs (onnxruntime) on the first calibration
+        input; None for a graph whose outputs are lists of detections or people, which int8 may change in length
+        (their cost is measured on the task metric).
+    """
+    from .runtimes import quantize_onnx
+
+    say = log or (lambda line: None)
+    start = time.perf_counter()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    quantize_onnx(path, out, calibration)
+    say(f'int8: {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB; int8 weights per output channel, uint8 '
+        f'activations calibrated on {len(calibration)} inputs) in {time.perf_counter() - start:.1f} s')
+    recipe = read_recipe(path)
+    if recipe.get('task') in ('detection', 'bottomup_pose'):
+        return None
+    ref, got = (_session(p).run(None, dict(calibration[0])) for p in (path, out))
+    err = max(rel_error(torch.from_numpy(g), torch.from_numpy(r)) for g, r in zip(got, ref))
+    say(f'int8 check: onnxruntime int8 vs float32 file max relative error {err:.2e} on a training image')
+    return err
+
+
 def read_recipe(path: str) -> Dict:
     """The runtime recipe stored in an ONNX file written by :func:`export_model`."""
     import onnx
@@ -296,5 +354,5 @@ def read_recipe(path: str) -> Dict:
     raise ExportError(f'{path} has no {METADATA_KEY!r} metadata: it was not written by export_model')
 
 
-__all__ = ['export_model', 'read_recipe', 'compare_detector', 'compare_final_detections', 'compare_instances',
-           'OPSET', 'MIN_SIZE', 'UNPAIRED_LIMIT']
+__all__ = ['export_model', 'calibration_inputs', 'export_int8', 'read_recipe', 'compare_detector',
+           'compare_final_detections', 'compare_instances', 'OPSET', 'MIN_SIZE', 'UNPAIRED_LIMIT']

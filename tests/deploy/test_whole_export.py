@@ -614,3 +614,92 @@ def test_runtime_cli_errors_are_one_line(tmp_path, detector_export, args, messag
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith('hrnet_mm_runtime: error: ') and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / 'out.json').exists()
+
+
+# --------------------------------------------------------------------------------------------- int8 files
+
+
+def _quantized_convs(path: str) -> int:
+    """How many convolutions of an ONNX file take int8 weights per output channel (DequantizeLinear of an int8
+    initializer with one scale per output channel)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    count = 0
+    for conv in (n for n in graph.node if n.op_type == 'Conv'):
+        weight = producer.get(conv.input[1])
+        if weight is not None and weight.op_type == 'DequantizeLinear':
+            w, scale = inits[weight.input[0]], inits[weight.input[1]]
+            count += w.dtype == np.int8 and scale.shape == (w.shape[0], )
+    return count
+
+
+def test_cli_exports_the_int8_model(tmp_path):
+    """--int8: calibrated on the config's training images, the int8 (QDQ) file keeps the recipe, quantizes every
+    convolution, and the runtime's heatmaps stay near the float32 file's (a broken graph is off by their range)."""
+    from hrnet_mm.datasets import make_coco_keypoints
+
+    make_coco_keypoints(str(tmp_path / 'data' / 'demo' / 'coco_keypoints'), {'train': 3, 'val': 1})
+    ckpt, fp32_path = _export(POSE, tmp_path, (1, 3, 128, 96), check=False)
+    proc = _cli(tmp_path, POSE, ckpt, '--out', 'pose-int8.onnx', '--int8', '--calibration-images', '3')
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith('Loads checkpoint')]
+    assert [line.split(':')[0] for line in lines] == ['model', 'calibration', 'fold BN', 'export', 'check',
+                                                      'check 1x3x128x96', 'int8', 'int8 check', 'done']
+    assert int(lines[1].split()[1]) >= 3 and '(int8)' in lines[-1]  # one sample per person: 3 or more
+    path = str(tmp_path / 'pose-int8.onnx')
+    assert read_recipe(path) == read_recipe(fp32_path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in get_model(POSE, pretrained=False).modules())
+    assert _quantized_convs(path) == convs > 0
+    assert sorted(os.listdir(tmp_path)) == sorted(['data', 'model.pth', 'model.onnx', 'pose-int8.onnx'])
+    boxes = np.array([[10, 20, 90, 150]], np.float32)
+    img = _scene(160, 200, 3)
+    fp32, int8 = rt.load(fp32_path), rt.load(path)
+    from hrnet_mm_runtime import transforms
+
+    pre = fp32.recipe['preprocess']
+    x, _ = transforms.normalize([cv2.resize(img, (96, 128))], pre['mean'], pre['std'], pre['to_rgb'])
+    ref, got = fp32.heatmaps(x), int8.heatmaps(x)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.25, err
+    assert int8(img, boxes)['keypoints'].shape == (1, 17, 2)
+
+
+def test_int8_calibration_of_a_detector_feeds_its_image_shape(tmp_path, monkeypatch, detector_export):
+    """A two-stage detector graph takes one image and its ``img_shape``: each calibration input is one training
+    image as the model's data preprocessor pads it, with the shape of the image inside; the int8 file runs."""
+    from hrnet_mm.datasets.__main__ import make_coco_people
+    from hrnet_mm.deploy.whole import calibration_inputs, export_int8
+
+    make_coco_people(str(tmp_path / 'data' / 'demo' / 'coco_people'), {'train': 3, 'val': 1})
+    monkeypatch.chdir(tmp_path)
+    ckpt, path = detector_export
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        items, seen = calibration_inputs(get_model(DET, ckpt), get_model(DET, pretrained=False).cfg, 3)
+    assert seen == 3 and len(items) == 3
+    for item in items:
+        assert sorted(item) == ['img_shape', 'input'] and item['input'].shape[:2] == (1, 3)
+        assert item['img_shape'].dtype == np.float32
+        assert (item['img_shape'] <= item['input'].shape[2:]).all() and item['input'].shape[2] % 32 == 0
+    lines = []
+    assert export_int8(path, str(tmp_path / 'det-int8.onnx'), items, log=lines.append) is None  # boxes: no error
+    assert len(lines) == 1 and lines[0].startswith('int8: ')
+    assert _quantized_convs(str(tmp_path / 'det-int8.onnx')) > 0
+    out = rt.load(str(tmp_path / 'det-int8.onnx'))(_scene(160, 224, 5))
+    assert out['bboxes'].shape[1] == 4 and len(out['bboxes']) == len(out['scores'])
+
+
+@pytest.mark.parametrize('args,message', [
+    ([POSE, '--out', 'm.onnx', '--int8', '--part', 'backbone'], '--int8 exports the whole model (--part model)'),
+    ([POSE, '--out', 'm.onnx', '--int8', '--calibration-images', '0'], '--calibration-images 0: must be at least 1'),
+    ([POSE, '--out', 'm.onnx', '--int8'], 'cannot read the training images of'),
+])
+def test_cli_int8_errors_are_one_line(tmp_path, args, message):
+    proc = _cli(tmp_path, *args)  # no data/demo here: the training set is missing
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith('export_onnx.py: error: ') and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'm.onnx').exists() and not (tmp_path / 'm.onnx.part').exists()

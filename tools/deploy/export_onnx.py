@@ -12,6 +12,12 @@ without CHECKPOINT. See docs/deployment.md.
 followed by the config's neck (an HRNetV2Neck gives one map, an HRNetV2pNeck the pyramid); their weights come
 from CHECKPOINT (a full model's ``backbone.*``/``neck.*`` keys, or a bare backbone state dict).
 
+``--int8`` (whole model) writes the file's int8 form instead: the float32 export is checked as usual, then quantized
+by onnxruntime's static quantization in QDQ form (int8 weights per output channel, uint8 activations calibrated on
+the first ``--calibration-images`` images of the config's training set, through its pipeline and the model's data
+preprocessor, as ``tools/test.py --deploy int8`` calibrates), with the same runtime recipe. onnxruntime (and so
+:mod:`hrnet_mm_runtime`) and OpenVINO run it on their int8 kernels.
+
 BN is folded into the convs (unless ``--no-fold-bn``). The file is checked with ``onnx.checker`` and onnxruntime
 is compared with PyTorch at the export shape and at every ``--check-sizes`` entry (batch 2; 1 for a detector),
 reporting ``max|ort - torch| / max|torch|``; above ``--tolerance`` (1e-4; 5e-4 for a graph with deformable
@@ -26,14 +32,19 @@ Examples::
     python tools/deploy/export_onnx.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py \\
         work/epoch_12.pth --out pose.onnx
     python tools/deploy/export_onnx.py faster-rcnn_hrnetv2p-w32-1x_coco --out det.onnx --shape 800 1216
+    python tools/deploy/export_onnx.py configs/demo/td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py \\
+        work/epoch_12.pth --out pose-int8.onnx --int8 --calibration-images 32
     python tools/deploy/export_onnx.py configs/segmentation/fcn_hr18_4xb2-80k_cityscapes-512x1024.py \\
         work/iter_80000.pth --out fcn_hr18.onnx --shape 512 1024 --part backbone+neck --check-sizes 97x130
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import List, NoReturn, Optional, Tuple
@@ -90,6 +101,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--static', action='store_true', help='fixed input shape instead of dynamic N/H/W')
     parser.add_argument('--no-fold-bn', action='store_true', help='keep BN layers separate')
     parser.add_argument('--no-check', action='store_true', help='skip onnx.checker and the onnxruntime check')
+    parser.add_argument('--int8', action='store_true',
+                        help='whole model: write the int8 (QDQ) form of the export, calibrated on training images')
+    parser.add_argument('--calibration-images', type=int, default=32,
+                        help="with --int8: how many images of the config's training set calibrate it (default 32)")
     return parser.parse_args(argv)
 
 
@@ -169,6 +184,10 @@ def run(args: argparse.Namespace) -> None:
     sizes = [parse_size(s) for s in args.check_sizes]
     if args.static and sizes:
         raise ToolError('--check-sizes needs a dynamic export (drop --static)')
+    if args.int8 and args.part != 'model':
+        raise ToolError('--int8 exports the whole model (--part model)')
+    if args.int8 and args.calibration_images < 1:
+        raise ToolError(f'--calibration-images {args.calibration_images}: must be at least 1')
     if args.part == 'model':
         return run_model(args, shape, sizes)
 
@@ -218,7 +237,7 @@ def run_model(args: argparse.Namespace, shape: Optional[Tuple[int, int]], sizes:
     """
     from hrnet_mm.apis.models import ModelNotFoundError, get_model
     from hrnet_mm.deploy.graphs import UnsupportedModelError
-    from hrnet_mm.deploy.whole import export_model
+    from hrnet_mm.deploy.whole import export_int8, export_model
     from hrnet_mm.models.checkpoint import CheckpointFileError, CheckpointMismatchError
 
     if args.static:
@@ -248,17 +267,45 @@ def run_model(args: argparse.Namespace, shape: Optional[Tuple[int, int]], sizes:
     input_shape = (args.batch, 3, h, w)
     check_shapes = [(1 if detector else 2, 3, sh, sw) for sh, sw in sizes]
     start = time.perf_counter()
-    try:
-        report = export_model(model, cfg, args.out, input_shape, opset=args.opset or OPSET,
-                              fold_bn=not args.no_fold_bn, check=not args.no_check, check_shapes=check_shapes,
-                              exporter=args.exporter, tolerance=args.tolerance,
-                              config_name=os.path.basename(args.config), log=print)
-    except (UnsupportedModelError, ValueError, ExportError) as e:
-        raise ToolError(str(e).strip().splitlines()[0])
+    calibration = calibration_inputs(model, cfg, args) if args.int8 else None  # a missing training set fails early
+    with tempfile.TemporaryDirectory(prefix='hrnet_mm_export_') as folder:
+        path = os.path.join(folder, 'float32.onnx') if args.int8 else args.out
+        try:
+            report = export_model(model, cfg, path, input_shape, opset=args.opset or OPSET,
+                                  fold_bn=not args.no_fold_bn, check=not args.no_check, check_shapes=check_shapes,
+                                  exporter=args.exporter, tolerance=args.tolerance,
+                                  config_name=os.path.basename(args.config), log=print)
+        except (UnsupportedModelError, ValueError, ExportError) as e:
+            raise ToolError(str(e).strip().splitlines()[0])
+        if args.int8:
+            try:
+                export_int8(path, args.out, calibration, log=print)
+            except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types; report the first line
+                raise ToolError(f'--int8: quantization failed: {type(e).__name__}: '
+                                f'{(str(e).strip().splitlines() or [""])[0]}')
     outputs = ', '.join(f'{n} {"x".join(map(str, s))}' for n, s in zip(report.output_names, report.output_shapes))
     result = f'max relative error {report.max_error:.2e}' if report.errors else 'not checked'
-    print(f'done: {args.out} in {time.perf_counter() - start:.1f} s; outputs at '
-          f'{"x".join(map(str, input_shape))}: {outputs}; {result}')
+    print(f'done: {args.out}{" (int8)" if args.int8 else ""} in {time.perf_counter() - start:.1f} s; outputs at '
+          f'{"x".join(map(str, input_shape))}: {outputs}; float32 file {result}')
+
+
+def calibration_inputs(model: torch.nn.Module, cfg, args: argparse.Namespace) -> list:
+    """``--int8``: the graph inputs of the first ``--calibration-images`` images of the config's training set.
+
+    Raises:
+        ToolError: The training images cannot be read.
+    """
+    from hrnet_mm.deploy.whole import calibration_inputs as read_inputs
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # pycocotools' loading lines
+            warnings.simplefilter('ignore')
+            items, seen = read_inputs(model, cfg, args.calibration_images)
+    except Exception as e:  # noqa: BLE001 - a missing data root, annotation file or image, a config without one
+        raise ToolError(f'--int8: cannot read the training images of {args.config} for calibration: '
+                        f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0]}')
+    print(f'calibration: {seen} training images ({len(items)} inputs)')
+    return items
 
 
 def main(argv: Optional[List[str]] = None) -> None:
