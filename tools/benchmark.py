@@ -13,7 +13,8 @@ Implementations:
                       convolutions, fused batch norm + residual + ReLU), outputs back in NCHW
   hrnet_mm-plain      ``HRNet(cpu_kernels=False)``: torch's NCHW layers in training too (train only)
   hrnet_mm-deploy     :func:`hrnet_mm.deploy.to_deploy`: BN folded, channels_last, prepacked and fused oneDNN
-                      convolutions, and on CPU Winograd 3x3 convolutions where they are faster (header field
+                      convolutions (called directly where :mod:`hrnet_mm.ops.onednn` is built: header field
+                      ``onednn=``), and on CPU Winograd 3x3 convolutions where they are faster (header field
                       ``winograd=``; its ``prep s`` includes timing the choice per shape) (infer only)
   hrnet_mm-deploy-bf16, hrnet_mm-deploy-int8   ``to_deploy(model, precision=...)`` (CPU infer, ``--precisions``):
                       bfloat16 convolutions (processors with native bfloat16), or int8 ones calibrated on
@@ -718,7 +719,18 @@ def environment(device: torch.device) -> Dict[str, str]:
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
     info['winograd'] = winograd_state() if device.type == 'cpu' else 'cpu-only'
+    if device.type == 'cpu':
+        info['onednn'] = onednn_state()
     return info
+
+
+def onednn_state() -> str:
+    """Whether the deploy models call oneDNN directly here (:mod:`hrnet_mm.ops.onednn`): its oneDNN version, or off
+    and why (then they call torch's operators). Called before any timing, like :func:`winograd_state`."""
+    from hrnet_mm.ops import onednn
+    if onednn.available():
+        return f'direct-{onednn.extension().version()}'
+    return 'off(' + (onednn.build_error() or '?').replace(' ', '_')[:60] + ')'
 
 
 def winograd_state() -> str:

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hrnet_mm.ops import onednn as onednn_ops
 from hrnet_mm.ops import winograd as winograd_ops
 from hrnet_mm.ops.convert import revert_cpu_kernels
 
@@ -228,6 +229,12 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         return x.shape[1] == self.weight.shape[1] * self.groups and (
             other is None or (other.dtype == x.dtype and other.shape == self._out_shape(x)))
 
+    def _direct(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> bool:
+        """Whether :mod:`hrnet_mm.ops.onednn` runs this convolution on these inputs (channels_last, no groups)."""
+        cl = torch.channels_last
+        return (self.groups == 1 and self._fusable(x, other) and x.is_contiguous(memory_format=cl)
+                and (other is None or other.is_contiguous(memory_format=cl)) and onednn_ops.available())
+
     def _fast_weight(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The packed weight when the fused oneDNN op can run on these inputs, else None."""
         return self._packed_weight(x)[0] if self._fusable(x, other) else None
@@ -251,11 +258,15 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         """(tile, transformed weight) when a Winograd kernel is the fastest for ``x``'s shape, else (0, None).
         The choice is made once per input shape; the transformed weight once per tile (shapes share it)."""
         def choose() -> int:
-            args = (self.padding, self.stride, self.dilation, self.groups)
-            w = self._packed_weight(x)[0]
+            if self._direct(x, None):  # timed against the oneDNN call that would run instead
+                onednn = onednn_ops.conv(x.shape, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                         False).run
+            else:
+                args = (self.padding, self.stride, self.dilation, self.groups)
+                w = self._packed_weight(x)[0]
 
-            def onednn(data: torch.Tensor) -> torch.Tensor:
-                return torch.ops.mkldnn._convolution_pointwise(data, w, self.bias, *args, 'none', [], '')
+                def onednn(data: torch.Tensor) -> torch.Tensor:
+                    return torch.ops.mkldnn._convolution_pointwise(data, w, self.bias, *args, 'none', [], '')
 
             tile = winograd_ops.choose_algorithm(x, self.weight, onednn)
             if tile:
@@ -282,7 +293,8 @@ class OneDNNConv2d(PackedWeights, nn.Module):
     def _plan(self, x: torch.Tensor, other: Optional[torch.Tensor]):
         """The call ``run(x, other)`` for inputs of this :func:`signature`, made once per signature with everything
         it needs bound (the per-call work is then the kernel's own): a Winograd kernel, oneDNN's fused
-        convolution, or the plain ops."""
+        convolution (prepared by :mod:`hrnet_mm.ops.onednn` where it is built, else torch's operator), or the plain
+        ops."""
         cl = torch.channels_last
         relu, bias, out_channels = self.relu, self.bias, self.weight.shape[0]
         if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=cl)
@@ -298,6 +310,12 @@ class OneDNNConv2d(PackedWeights, nn.Module):
             if tile:
                 conv = winograd_ops.kernel()
                 return lambda x, other: conv(x, u, out_channels, bias, other, relu, tile)
+        if self._direct(x, other):  # oneDNN's primitive, made once for this shape (hrnet_mm.ops.onednn)
+            summand = (onednn_ops.SUMMAND_NONE if other is None else
+                       onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD)
+            run = onednn_ops.conv(x.shape, self.weight, bias, self.stride, self.padding, self.dilation, relu,
+                                  summand).run
+            return (lambda x, other: run(x)) if other is None else run
         w = self._fast_weight(x, other)
         if w is None:
             return self._plain

@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from hrnet_mm.ops import onednn as onednn_ops
 from hrnet_mm.ops import winograd as winograd_ops
 
 from .fold import OneDNNConv2d, PackedWeights
@@ -172,20 +173,30 @@ class Int8Conv2d(PackedWeights, nn.Module):
         cl = torch.channels_last
         nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
         quantize, scale, zero_point = _quantizer(), self.x_scale, self.x_zero_point
-        head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
-        common = (self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
-        conv, conv_sum = torch.ops.onednn.qconv2d_pointwise.default, torch.ops.onednn.qconv2d_pointwise.binary
-        bias, inplace = self.bias, self.inplace
-        attr, unary = ('relu', 'relu') if self.relu else ('none', None)
+        if self.groups == 1 and onednn_ops.available():  # oneDNN's primitive, made once for this shape
+            summand = (onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD) if self.add else 0
+            conv = onednn_ops.conv(x.shape, self.qweight, self.bias, self.stride, self.padding, self.dilation,
+                                   self.relu, summand, self.w_scale, scale, zero_point).run
+            private = False  # a summand that others read is only read
+        else:  # torch's operator, which prepares oneDNN's call each time and adds a summand only by writing into it
+            head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
+            common = (self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
+            plain, binary = torch.ops.onednn.qconv2d_pointwise.default, torch.ops.onednn.qconv2d_pointwise.binary
+            attr, unary = ('relu', 'relu') if self.relu else ('none', None)
+            private = not self.inplace
+
+            def conv(q: torch.Tensor, summand: Optional[torch.Tensor] = None) -> torch.Tensor:
+                if summand is None:
+                    return plain(q, *head, *common, attr, [], '')
+                return binary(q, *head, summand, *common, 1.0, 0, 'sum', 1.0, unary, [], '')
 
         def run(x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
             q = quantize(x.contiguous(memory_format=cl), scale, zero_point)
             if other is None:
-                y = conv(q, *head, bias, *common, attr, [], '')
+                y = conv(q)
                 return y.contiguous() if nchw else y
-            accum = other if inplace and other.is_contiguous(memory_format=cl) else other.contiguous(
-                memory_format=cl).clone()  # oneDNN's int8 convolution adds a summand only by writing into it
-            return conv_sum(q, *head, accum, bias, *common, 1.0, 0, 'sum', 1.0, unary, [], '')
+            summand = other.contiguous(memory_format=cl)  # a copy unless channels_last already
+            return conv(q, summand.clone() if private and summand is other else summand)
         return run
 
 

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -232,11 +232,17 @@ def build_directory() -> str:
 
 
 def _stable_sources(directory: str) -> list:
-    """Copies of the kernel's sources inside its build directory. The build's name carries a hash of the sources,
-    and ninja rebuilds when a source's path changes, so every checkout and install of the same kernel with the same
-    torch (an editable install, another clone, site-packages) shares one build instead of rebuilding in turn."""
+    """Copies of the kernel's sources inside its build directory (:func:`stable_copies`)."""
+    return stable_copies(_SOURCES, directory, _HEADERS)
+
+
+def stable_copies(sources: Sequence[str], directory: str, headers: Sequence[str] = ()) -> list:
+    """Copies of an extension's ``sources`` and ``headers`` inside its build directory; returns the sources'. The
+    build's name carries a hash of the sources, and ninja rebuilds when a source's path changes, so every checkout
+    and install of the same kernel with the same torch (an editable install, another clone, site-packages) shares
+    one build instead of rebuilding in turn."""
     paths = []
-    for source in _SOURCES + _HEADERS:
+    for source in tuple(sources) + tuple(headers):
         path = os.path.join(directory, os.path.basename(source))
         with open(source, 'rb') as f:
             text = f.read()
@@ -250,7 +256,7 @@ def _stable_sources(directory: str) -> list:
             with open(tmp, 'wb') as f:
                 f.write(text)
             os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
-        if source in _SOURCES:
+        if source in sources:
             paths.append(path)
     return paths
 

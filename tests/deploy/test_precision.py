@@ -44,11 +44,26 @@ def test_quantize_u8_equals_torch_per_tensor_quantization(scale, zero_point):
     assert torch.equal(q, expected)
 
 
+@pytest.fixture(params=['direct', 'torch-operator'])
+def int8_path(request, monkeypatch):
+    """Int8Conv2d's two ways to oneDNN's int8 convolution: hrnet_mm.ops.onednn's prepared primitive (where the
+    oneDNN packages are installed) and torch's operator; yields the path and the int8 primitives made."""
+    from hrnet_mm.ops import onednn
+    if request.param == 'direct' and not onednn.available():
+        pytest.skip(f'hrnet_mm.ops.onednn unavailable: {onednn.build_error()}')
+    monkeypatch.setenv('HRNET_MM_ONEDNN', '1' if request.param == 'direct' else '0')
+    made = []
+    make = onednn.conv
+    monkeypatch.setattr(onednn, 'conv', lambda *args: (made.append(args) if args[1].dtype == torch.int8 else None)
+                        or make(*args))
+    yield request.param, made
+
+
 @pytest.mark.parametrize('stride,kernel,relu,add', [(1, 3, True, False), (2, 3, False, False), (1, 1, True, True),
                                                     (1, 3, False, True)])
-def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, relu, add):
+def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, relu, add, int8_path):
     """oneDNN's int8 convolution computes exactly relu(conv(dequant(q(x)), dequant(q(w))) + b [+ other]): equal
-    to float32 rounding (1e-5 of the output's scale)."""
+    to float32 rounding (1e-5 of the output's scale), called directly or through torch's operator."""
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 24, kernel, stride, kernel // 2)
     x = torch.randn(2, 16, 12, 10).contiguous(memory_format=torch.channels_last)
@@ -63,9 +78,11 @@ def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, r
     expected = F.relu(expected) if relu else expected
     assert y.dtype == torch.float32 and rel_err(y, expected) < 1e-5
     assert rel_err(y, fused(x, other) if add else fused(x)) < 3e-2  # and near the float32 convolution
+    path, made = int8_path
+    assert len(made) == (1 if path == 'direct' else 0)
 
 
-def test_int8_deploy_of_hrnet_and_neck():
+def test_int8_deploy_of_hrnet_and_neck(int8_path):
     """Every convolution of the backbone and the HRNetV2 neck becomes int8 (no float32 layer left, no warning);
     outputs within 5% of the float32 model's scale on an input it was not calibrated on (a random network, whose
     activations are wider-tailed than a trained one's), and the summands written in place where nothing reads
@@ -92,6 +109,8 @@ def test_int8_deploy_of_hrnet_and_neck():
         assert all(not m._packed and not m._plans for m in loaded.modules() if isinstance(m, Int8Conv2d))
         for a, b in zip(loaded(x), out):
             assert torch.equal(a, b)
+    path, made = int8_path
+    assert len(made) == (2 * len(convs) if path == 'direct' else 0)  # a primitive per layer, made again once loaded
 
 
 @needs_bf16
