@@ -52,10 +52,130 @@ template <> struct Tf<2> {
   }
 };
 
-// Input transform of tiles [t0, t1) into V[p][t - t0][c] (row stride C, plane stride ps floats).
+
+#ifdef HRNET_MM_AVX512
+// The same 1-D transforms on 16 channel lanes held in registers: bt (B^T, A values to A) and at (A^T, A values to
+// MT), for the input and output transforms on AVX-512.
+template <int MT> struct Tv;
+template <> struct Tv<4> {
+  static inline void bt(const __m512 (&a)[6], __m512 (&y)[6]) {
+    const __m512 f4 = _mm512_set1_ps(4.f), f5 = _mm512_set1_ps(5.f), f2 = _mm512_set1_ps(2.f);
+    const __m512 e = _mm512_sub_ps(a[4], a[2]);
+    y[0] = _mm512_fmadd_ps(f4, a[0], _mm512_fnmadd_ps(f5, a[2], a[4]));
+    y[1] = _mm512_fnmadd_ps(f4, _mm512_add_ps(a[1], a[2]), _mm512_add_ps(a[3], a[4]));
+    y[2] = _mm512_fmadd_ps(f4, _mm512_sub_ps(a[1], a[2]), _mm512_sub_ps(a[4], a[3]));
+    y[3] = _mm512_fmadd_ps(f2, _mm512_sub_ps(a[3], a[1]), e);
+    y[4] = _mm512_fmadd_ps(f2, _mm512_sub_ps(a[1], a[3]), e);
+    y[5] = _mm512_fmadd_ps(f4, a[1], _mm512_fnmadd_ps(f5, a[3], a[5]));
+  }
+  static inline void at(const __m512 (&m)[6], __m512 (&o)[4]) {
+    const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+    const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+    o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+    o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), d34, d12);
+    o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), s34, s12);
+    o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), d34, d12), m[5]);
+  }
+};
+template <> struct Tv<2> {
+  static inline void bt(const __m512 (&a)[4], __m512 (&y)[4]) {
+    y[0] = _mm512_sub_ps(a[0], a[2]);
+    y[1] = _mm512_add_ps(a[1], a[2]);
+    y[2] = _mm512_sub_ps(a[2], a[1]);
+    y[3] = _mm512_sub_ps(a[1], a[3]);
+  }
+  static inline void at(const __m512 (&m)[4], __m512 (&o)[2]) {
+    o[0] = _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]);
+    o[1] = _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]);
+  }
+};
+
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// transform_in on 16 channels at a time, in registers: each row of the tile is read (zeros past the map's edges
+// and, by a lane mask, past C) and transformed, then each column, which is written to V. One path for interior
+// and border tiles, no staging copies.
+template <int MT>
+void transform_in16(const float* __restrict__ in, const Geometry& g, int64_t t0, int64_t t1, float* __restrict__ V,
+                    int64_t ps) {
+  constexpr int A = MT + 2;
+  const int64_t H = g.H, W = g.W, C = g.C;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    const int64_t y0 = ty * MT - 1, x0 = tx * MT - 1;
+    float* dst_t = V + (t - t0) * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      const __mmask16 m = lanes(C - c0);
+      __m512 r[A][A];  // r[i][q]: row i of the tile after B^T along it
+      for (int i = 0; i < A; ++i) {
+        __m512 d[A];
+        const int64_t y = y0 + i;
+        const float* src = in + ((n * H + y) * W + x0) * C + c0;
+        for (int j = 0; j < A; ++j) {
+          const int64_t x = x0 + j;
+          d[j] = (y >= 0 && y < H && x >= 0 && x < W) ? _mm512_maskz_loadu_ps(m, src + j * C) : _mm512_setzero_ps();
+        }
+        Tv<MT>::bt(d, r[i]);
+      }
+      for (int q = 0; q < A; ++q) {
+        __m512 col[A], v[A];
+        for (int i = 0; i < A; ++i) col[i] = r[i][q];
+        Tv<MT>::bt(col, v);
+        for (int p = 0; p < A; ++p) _mm512_mask_storeu_ps(dst_t + (p * A + q) * ps + c0, m, v[p]);
+      }
+    }
+  }
+}
+
+// transform_out on 16 output channels at a time, in registers (lanes past kc masked off).
+template <int MT>
+void transform_out16(const float* __restrict__ M, int64_t ldt, int64_t kc8, const Geometry& g, int64_t t0,
+                     int64_t t1, int64_t k0, int64_t kc, const float* __restrict__ bias, const float* res, bool relu,
+                     float* out) {
+  constexpr int A = MT + 2;
+  const int64_t H = g.H, W = g.W, K = g.K, ps = ldt * kc8;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (g.th * g.tw), ty = (t / g.tw) % g.th, tx = t % g.tw;
+    const float* src_t = M + (t - t0) * kc8;
+    for (int64_t kk = 0; kk < kc; kk += 16) {
+      const __mmask16 m = lanes(kc - kk);
+      __m512 u[MT][A];  // u[i][q]: column q of the tile after A^T along it
+      for (int q = 0; q < A; ++q) {
+        __m512 col[A], o[MT];
+        for (int i = 0; i < A; ++i) col[i] = _mm512_maskz_loadu_ps(m, src_t + (i * A + q) * ps + kk);
+        Tv<MT>::at(col, o);
+        for (int i = 0; i < MT; ++i) u[i][q] = o[i];
+      }
+      const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + k0 + kk) : zero;
+      for (int i = 0; i < MT; ++i) {
+        const int64_t y = ty * MT + i;
+        if (y >= H) break;
+        __m512 o[MT];
+        Tv<MT>::at(u[i], o);
+        for (int j = 0; j < MT; ++j) {
+          const int64_t x = tx * MT + j;
+          if (x >= W) break;
+          const int64_t off = ((n * H + y) * W + x) * K + k0 + kk;
+          __m512 r = _mm512_add_ps(o[j], b);
+          if (res) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, res + off));
+          if (relu) r = _mm512_max_ps(r, zero);
+          _mm512_mask_storeu_ps(out + off, m, r);
+        }
+      }
+    }
+  }
+}
+#endif
+
+// Input transform of tiles [t0, t1) into V[p][t - t0][c] (row stride C, plane stride ps floats); on AVX-512,
+// transform_in16.
 template <int MT>
 void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, int64_t t1, float* __restrict__ V,
                   int64_t ps) {
+#ifdef HRNET_MM_AVX512
+  transform_in16<MT>(in, g, t0, t1, V, ps);
+#else
   constexpr int A = Tf<MT>::A;
   const int64_t H = g.H, W = g.W, C = g.C;
   alignas(32) float d[A * A * L];
@@ -98,14 +218,19 @@ void transform_in(const float* __restrict__ in, const Geometry& g, int64_t t0, i
       }
     }
   }
+#endif
 }
 
 // Output transform of tiles [t0, t1) and output channels [k0, k0 + kc) from M[p][t - t0][k - k0] (row stride
-// kc8, plane stride ldt * kc8), with bias, residual and ReLU, into the channels_last output.
+// kc8, plane stride ldt * kc8), with bias, residual and ReLU, into the channels_last output; on AVX-512,
+// transform_out16.
 template <int MT>
 void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const Geometry& g, int64_t t0,
                    int64_t t1, int64_t k0, int64_t kc, const float* __restrict__ bias, const float* res, bool relu,
                    float* out) {
+#ifdef HRNET_MM_AVX512
+  transform_out16<MT>(M, ldt, kc8, g, t0, t1, k0, kc, bias, res, relu, out);
+#else
   constexpr int A = Tf<MT>::A;
   const int64_t H = g.H, W = g.W, K = g.K;
   alignas(32) float u[MT * A * L];
@@ -142,6 +267,7 @@ void transform_out(const float* __restrict__ M, int64_t ldt, int64_t kc8, const 
       }
     }
   }
+#endif
 }
 
 // The 1-D weight transform G (A x 3) of F(tile x tile, 3x3), as in hrnet_mm/winograd.py.

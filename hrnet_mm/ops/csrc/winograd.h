@@ -10,8 +10,9 @@
 //   3. output transform: A^T M A per tile, plus bias, plus an optional residual, optional ReLU, written into the
 //      channels_last output.
 // The block is sized so that its V and M stay in the core's L2 cache; blocks (and, when there are too few tiles
-// to share out, slices of the output channels) are spread over torch's intra-op threads. The transforms work on
-// 8 channels at a time (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2, 12x16
+// to share out, slices of the output channels) are spread over torch's intra-op threads. The input and output
+// transforms work on 16 channels at a time on AVX-512 (one register, lane masks at the edges), 8 otherwise; the
+// weight transforms on 8 (one AVX2 register); the products use a 6x16 register-blocked FMA kernel on AVX2, 12x16
 // on AVX-512 (one 512-bit register per row of a 16-column panel).
 //
 // This header holds what the files of the kernel share: the lanes, the geometry of a convolution, a raw weight, and
