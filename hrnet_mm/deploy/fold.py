@@ -172,6 +172,12 @@ class PackedWeights:
         return value
 
 
+def _winograd_dtype(dtype: torch.dtype) -> bool:
+    """Whether a Winograd kernel runs on inputs of ``dtype`` here: float32, or bfloat16 where
+    :func:`hrnet_mm.ops.winograd.bf16_available`."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and winograd_ops.bf16_available())
+
+
 def signature(x: torch.Tensor, other: Optional[torch.Tensor] = None) -> tuple:
     """What decides how a prepared convolution runs on ``x`` (and the summand ``other``): shapes, dtypes, device,
     memory formats, and whether oneDNN is enabled (``torch.backends.mkldnn.flags``)."""
@@ -192,8 +198,8 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         add: ``forward`` takes a second tensor that is added to the convolution before the ReLU.
         inplace: Write the result into that second tensor (only when nothing else reads it).
         winograd: For a 3x3 stride-1 convolution, also consider the Winograd kernels (:mod:`hrnet_mm.ops.winograd`;
-            float32 channels_last CPU inputs): the fastest of oneDNN, F(2x2, 3x3) and F(4x4, 3x3) is timed once
-            per input shape and used from then on.
+            channels_last CPU inputs, float32, or bfloat16 where the processor has AVX512_BF16): the fastest of
+            oneDNN, F(2x2, 3x3) and F(4x4, 3x3) is timed once per input shape and type and used from then on.
     """
 
     _CACHES = ('_packed', '_winograd', '_winograd_u', '_plans')
@@ -209,8 +215,8 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         geometry = (tuple(self.weight.shape[2:]), self.stride, self.padding, self.dilation, self.groups)
         self.winograd = bool(winograd) and geometry == ((3, 3), [1, 1], [1, 1], [1, 1], 1)
         self._packed: Dict[torch.Size, Tuple[torch.Tensor, torch.Size]] = {}
-        self._winograd: Dict[torch.Size, int] = {}  # input shape -> 0 (oneDNN) or the Winograd tile
-        self._winograd_u: Dict[int, torch.Tensor] = {}  # tile -> transformed weight
+        self._winograd: Dict[tuple, int] = {}  # (input shape, dtype) -> 0 (oneDNN) or the Winograd tile
+        self._winograd_u: Dict[tuple, torch.Tensor] = {}  # (tile, dtype) -> transformed weight
         self._plans: Dict[tuple, Any] = {}  # signature(x, other) -> the call that runs them (_plan)
 
     def extra_repr(self) -> str:
@@ -273,10 +279,11 @@ class OneDNNConv2d(PackedWeights, nn.Module):
                 self._packed.pop(x.shape, None)  # the Winograd weight replaces the oneDNN one for this shape
             return tile
 
-        tile = self._cached(self._winograd, x.shape, choose, limit=64)
+        tile = self._cached(self._winograd, (x.shape, x.dtype), choose, limit=64)
         if not tile:
             return 0, None
-        return tile, self._cached(self._winograd_u, tile, lambda: winograd_ops.prepare_weight(self.weight, tile))
+        return tile, self._cached(self._winograd_u, (tile, x.dtype),
+                                  lambda: winograd_ops.prepare_weight(self.weight, tile, x.dtype))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
@@ -297,19 +304,20 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         ops."""
         cl = torch.channels_last
         relu, bias, out_channels = self.relu, self.bias, self.weight.shape[0]
-        if (self.winograd and x.dtype == torch.float32 and x.is_contiguous(memory_format=cl)
+        if (self.winograd and _winograd_dtype(x.dtype) and x.is_contiguous(memory_format=cl)
                 and self._fusable(x, other) and (other is None or other.is_contiguous(memory_format=cl))):
             tile, u = self._winograd_weight(x)
+            b32 = None if bias is None else bias.float()  # the kernel adds a float32 bias
             if tile and other is not None and self.inplace:
                 add_ = winograd_ops.kernel(inplace=True)
 
                 def winograd_into_other(x, other):
-                    add_(x, u, out_channels, bias, other, relu, tile)
+                    add_(x, u, out_channels, b32, other, relu, tile)
                     return other
                 return winograd_into_other
             if tile:
                 conv = winograd_ops.kernel()
-                return lambda x, other: conv(x, u, out_channels, bias, other, relu, tile)
+                return lambda x, other: conv(x, u, out_channels, b32, other, relu, tile)
         if self._direct(x, other):  # oneDNN's primitive, made once for this shape (hrnet_mm.ops.onednn)
             summand = (onednn_ops.SUMMAND_NONE if other is None else
                        onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD)
@@ -503,13 +511,15 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
         tune_allocator: When the model is on the CPU, call :func:`tune_cpu_allocator` (process-wide: glibc keeps
             freed memory for the next forward instead of faulting it in again; up to 1.24x faster here).
         winograd: With ``fuse``, let each 3x3 stride-1 convolution use a Winograd kernel (:mod:`hrnet_mm.ops.winograd`)
-            for the input shapes where timing shows it faster than oneDNN (CPU, float32, channels_last inputs).
-            Default: on when ``fuse`` is and the kernel builds here (C++ compiler and ninja; built once per machine,
-            about a minute). Outputs then differ from the module's by about 1e-5 of their largest value instead of
-            1e-6.
+            for the input shapes where timing shows it faster than oneDNN (CPU, channels_last inputs, float32, or
+            bfloat16 with ``precision='bf16'`` where the processor has AVX512_BF16). Default: on when ``fuse`` is
+            and the kernel builds here (C++ compiler and ninja; built once per machine, about a minute). Outputs
+            then differ from the module's by about 1e-5 of their largest value instead of 1e-6 (float32); in
+            bfloat16 a layer's rms error grows up to 5x (F(4x4)), the whole network's by about a third
+            (:mod:`hrnet_mm.ops.winograd`).
         precision: ``'fp32'``, ``'bf16'`` or ``'int8'`` (:mod:`hrnet_mm.deploy.precision`): the convolutions in
             bfloat16 (processors with AVX512_BF16 or AMX only) or int8 (per-channel weights, per-layer activation
-            ranges from ``calibration``). Both need the fused model (``fuse``, no ``compile``) and run without
+            ranges from ``calibration``). Both need the fused model (``fuse``, no ``compile``); int8 runs without
             Winograd. Layers they cannot convert stay float32, named in a warning; a bad request raises
             :class:`hrnet_mm.deploy.precision.PrecisionError` naming the fix.
         calibration: For ``'int8'``: the inputs to calibrate on, each passed as ``model(x)`` (a tensor),
@@ -525,9 +535,16 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
     if precision != 'fp32':
         if compile or fuse is False:
             raise PrecisionError(f'precision={precision!r} needs the fused deploy model: leave compile off and fuse on')
-        if winograd:
-            raise PrecisionError(f"the Winograd kernels are float32 only: winograd=True with precision={precision!r}")
-        fuse, winograd = True, False
+        if winograd and precision == 'int8':
+            raise PrecisionError("the Winograd kernels are float32 and bfloat16 only: winograd=True with "
+                                 "precision='int8'")
+        if winograd and not winograd_ops.bf16_available():
+            raise PrecisionError("winograd=True with precision='bf16' needs the bfloat16 Winograd kernel, which "
+                                 'this build or processor lacks (an AVX-512 build on a processor with AVX512_BF16): '
+                                 'leave winograd unset')
+        fuse = True
+        if precision == 'int8':
+            winograd = False
     m = model if inplace else copy.deepcopy(model)
     m.eval()
     revert_cpu_kernels(m)

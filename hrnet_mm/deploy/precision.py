@@ -4,10 +4,12 @@ Both start from the float32 deploy model (BN folded, oneDNN convolutions with fu
 :func:`hrnet_mm.deploy.fold.fuse_onednn`) and change its convolutions, which hold nearly all of HRNet's arithmetic:
 
 * ``'bf16'`` (:func:`to_bfloat16`): the hrnet_mm modules (backbone, necks, classification head) run in bfloat16,
-  weights and activations, on oneDNN's bfloat16 convolutions (AVX512_BF16 / AMX); their float32 inputs are cast on
-  the way in and their outputs back to float32 on the way out. The other convolutions of a whole model (the
-  peers' heads) run in bfloat16 the same way, one by one. Refused on a processor without native bfloat16
-  (:func:`hrnet_mm.deploy.runtimes.native_bf16`), where oneDNN would emulate it slower than float32.
+  weights and activations, on oneDNN's bfloat16 convolutions (AVX512_BF16 / AMX) and, for the 3x3 stride-1 ones
+  where timing shows it faster, hrnet_mm's bfloat16 Winograd kernels (:mod:`hrnet_mm.ops.winograd`, AVX512_BF16);
+  their float32 inputs are cast on the way in and their outputs back to float32 on the way out. The other
+  convolutions of a whole model (the peers' heads) run in bfloat16 the same way, one by one. Refused on a
+  processor without native bfloat16 (:func:`hrnet_mm.deploy.runtimes.native_bf16`), where oneDNN would emulate it
+  slower than float32.
 * ``'int8'`` (:func:`to_int8`): static post-training quantization. Every convolution gets int8 weights, symmetric
   per output channel, and quantizes its input to uint8 with one scale and zero point per layer, calibrated on
   the inputs the caller gives (the range each layer's input took over them). oneDNN's int8 convolution (VNNI /

@@ -11,6 +11,13 @@ minute) and cached under ``~/.cache/torch_extensions`` (:func:`build_directory`)
 Accuracy: the transforms are exact in real arithmetic; in float32 F(4x4, 3x3) is about 10x less exact than direct
 convolution (about 1e-5 of the output's largest value per layer instead of 1e-6), F(2x2, 3x3) about as exact.
 
+The bfloat16 deploy model (``to_deploy(precision='bf16')``) has its own kernel (``bf16.cpp``, AVX-512 builds on
+processors with AVX512_BF16: :func:`bf16_available`): bfloat16 input, transformed input and weight, products on
+the processor's bfloat16 dot product, float32 accumulators and transforms. Rounding the transformed operands to
+bfloat16 gives a layer's output about 1.3x (F(2x2, 3x3)) and 5x (F(4x4, 3x3)) the rms error of a direct bfloat16
+convolution, small beside the rounding of the bfloat16 activations that a whole network accumulates
+(:data:`BF16_TILES`).
+
 Which of oneDNN, F(2x2) and F(4x4) is fastest depends on the shape and the processor, so
 :func:`choose_algorithm` times them once per shape in the process (a few milliseconds each) and remembers the
 result.
@@ -33,13 +40,18 @@ import torch
 
 ONEDNN = 0  # algorithm ids: 0 = oneDNN direct convolution, 2 / 4 = Winograd F(2x2, 3x3) / F(4x4, 3x3)
 TILES = (2, 4)
+# bfloat16 (bf16.cpp): both tiles. Rounding the transformed input and weight to bfloat16 gives F(4x4) about 5x the
+# rms error of a direct bfloat16 convolution per layer (F(2x2) 1.3x), but a whole network's error is dominated by
+# the bfloat16 activations between the layers: random-weight W32 1.8e-2 of its largest output against 1.3-1.5e-2,
+# and the task metrics of the README's four demo models within 0.12 points (docs/benchmarks.md)
+BF16_TILES = (2, 4)
 
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
 _CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
-# one extension: the Winograd convolutions, the fused batch norm of hrnet_mm.ops.fused_norm (norm.cpp) and the
-# int8 deploy model's activation quantization (quantize.cpp)
-_SOURCES = tuple(os.path.join(_CSRC, f) for f in ('forward.cpp', 'weight_grad.cpp', 'train.cpp', 'norm.cpp',
-                                                  'quantize.cpp', 'module.cpp'))
+# one extension: the Winograd convolutions (float32; bfloat16 in bf16.cpp), the fused batch norm of
+# hrnet_mm.ops.fused_norm (norm.cpp) and the int8 deploy model's activation quantization (quantize.cpp)
+_SOURCES = tuple(os.path.join(_CSRC, f) for f in ('forward.cpp', 'bf16.cpp', 'weight_grad.cpp', 'train.cpp',
+                                                  'norm.cpp', 'quantize.cpp', 'module.cpp'))
 _HEADERS = tuple(os.path.join(_CSRC, f) for f in ('winograd.h', 'transforms.h', 'gemm.h'))
 _BUILD_ERROR: Optional[str] = None
 
@@ -73,19 +85,30 @@ def transform_weight(weight: torch.Tensor, tile: int, dtype: torch.dtype = torch
     return u.reshape(a * a, c, k).to(dtype)
 
 
-def pack_weight(u: torch.Tensor) -> torch.Tensor:
+def pack_weight(u: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The kernel's layout of a transformed (P, C, K) weight: K padded with zero columns to K8, a multiple of 8,
     and each plane stored as 16-column panels (C x 16, contiguous; the last one C x 8 when K8 % 16 == 8), so that
-    the matrix-product kernel reads each panel as one stream. Returned as a contiguous (P, C, K8) tensor."""
+    the matrix-product kernel reads each panel as one stream. For ``dtype=torch.bfloat16`` (C even) each panel
+    holds pairs of rows, (C / 2, 16, 2), the operand layout of AVX512_BF16's dot product. Returned as a contiguous
+    (P, C, K8) tensor of ``dtype``."""
     p, c, k = u.shape
+    bf16 = dtype == torch.bfloat16
+    if bf16 and c % 2:
+        raise ValueError(f'the bfloat16 Winograd kernel needs an even number of input channels, got {c}')
     u = torch.nn.functional.pad(u, (0, -k % 8))
-    panels = [u[:, :, j:j + 16].reshape(p, -1) for j in range(0, u.shape[2], 16)]
-    return torch.cat(panels, dim=1).reshape(p, c, -1).contiguous()
+    panels = []
+    for j in range(0, u.shape[2], 16):
+        panel = u[:, :, j:j + 16]
+        if bf16:
+            panel = panel.reshape(p, c // 2, 2, -1).transpose(2, 3)
+        panels.append(panel.reshape(p, -1))
+    return torch.cat(panels, dim=1).reshape(p, c, -1).to(dtype).contiguous()
 
 
-def prepare_weight(weight: torch.Tensor, tile: int) -> torch.Tensor:
-    """``pack_weight(transform_weight(weight, tile))``: what :func:`conv` takes."""
-    return pack_weight(transform_weight(weight, tile))
+def prepare_weight(weight: torch.Tensor, tile: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``pack_weight(transform_weight(weight, tile), dtype)`` (transformed in float64, rounded once to ``dtype``):
+    what :func:`conv` takes for inputs of ``dtype``."""
+    return pack_weight(transform_weight(weight, tile, torch.float64), dtype)
 
 
 def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], tile: int) -> torch.Tensor:
@@ -267,6 +290,18 @@ def available() -> bool:
     return extension() is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _bf16_supported(ext) -> bool:
+    return bool(ext.bf16_supported())
+
+
+def bf16_available() -> bool:
+    """Whether the bfloat16 Winograd kernel runs here: :func:`available`, an AVX-512 build and a processor with
+    AVX512_BF16."""
+    ext = extension()
+    return ext is not None and _bf16_supported(ext)
+
+
 def build_error() -> Optional[str]:
     """Why :func:`extension` returns None (None when it does not, or was not called yet)."""
     if not enabled():
@@ -276,8 +311,9 @@ def build_error() -> Optional[str]:
 
 def conv(x: torch.Tensor, u: torch.Tensor, out_channels: int, bias: Optional[torch.Tensor], tile: int,
          residual: Optional[torch.Tensor] = None, relu: bool = False, inplace: bool = False) -> torch.Tensor:
-    """``relu?(conv3x3(x, w, bias, padding=1) [+ residual])`` with ``u = prepare_weight(w, tile)`` and
-    ``out_channels = w.shape[0]``; ``x`` and ``residual`` float32 channels_last on the CPU. ``inplace`` writes the
+    """``relu?(conv3x3(x, w, bias, padding=1) [+ residual])`` with ``u = prepare_weight(w, tile, x.dtype)`` and
+    ``out_channels = w.shape[0]``; ``x`` and ``residual`` channels_last on the CPU, float32, or bfloat16 where
+    :func:`bf16_available` (then the result is bfloat16 too; ``bias`` float32 or bfloat16). ``inplace`` writes the
     result into ``residual``.
 
     Runs the loaded build whatever ``HRNET_MM_WINOGRAD`` says now: the variable decides new choices
@@ -304,8 +340,8 @@ _FORCED: Optional[int] = None
 @contextlib.contextmanager
 def force_algorithm(algorithm: int) -> Iterator[None]:
     """Within the block, :func:`choose_algorithm` returns ``algorithm`` (:data:`ONEDNN`, 2 or 4) without timing
-    anything, for shapes seen for the first time (modules keep what they chose before). For tests and
-    experiments."""
+    anything, for shapes seen for the first time (modules keep what they chose before); for bfloat16 inputs, a tile
+    outside :data:`BF16_TILES` gives :data:`ONEDNN`. For tests and experiments."""
     global _FORCED
     if algorithm not in (ONEDNN, *TILES):
         raise ValueError(f'algorithm must be one of {(ONEDNN, *TILES)}, got {algorithm!r}')
@@ -352,27 +388,29 @@ def _fastest(candidates: Dict[int, Callable[[], object]], data: torch.Tensor, ev
 
 
 def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """The fastest of oneDNN (``onednn(x)`` runs it) and the Winograd tiles for the 3x3 stride-1 convolution of
-    ``x``'s shape with ``weight``'s, timed once per shape and thread count in this process (on random data of
-    those shapes, with the weights out of the caches as in a whole network: Winograd's transformed weights are
-    1.8x (F(2x2)) and 4x (F(4x4)) the size of the originals, which decides it for low-resolution layers).
-    Returns :data:`ONEDNN`, 2 or 4."""
-    if not available():
+    """The fastest of oneDNN (``onednn(x)`` runs it) and the Winograd tiles (:data:`TILES` for float32,
+    :data:`BF16_TILES` for bfloat16) for the 3x3 stride-1 convolution of ``x``'s shape and type with ``weight``'s
+    shape, timed once per shape, type and thread count in this process (on random data of those shapes, with the
+    weights out of the caches as in a whole network: Winograd's transformed weights are 1.8x (F(2x2)) and 4x
+    (F(4x4)) the size of the originals, which decides it for low-resolution layers). Returns :data:`ONEDNN`, 2 or
+    4."""
+    bf16 = x.dtype == torch.bfloat16
+    if not (bf16_available() if bf16 else available()):
         return ONEDNN
-    if _FORCED is not None:
-        return _FORCED
     n, c, h, w = x.shape
-    key = (n, c, h, w, weight.shape[0], torch.get_num_threads())
+    if _FORCED is not None:  # bfloat16 runs only its tiles, and those on an even number of channels
+        return ONEDNN if bf16 and (_FORCED not in BF16_TILES or c % 2) else _FORCED
+    key = (n, c, h, w, weight.shape[0], torch.get_num_threads()) + ((torch.bfloat16,) if bf16 else ())
     if key in _CHOICES:
         return _CHOICES[key]
     gen = torch.Generator().manual_seed(0)  # not the global generator: a run's random draws stay its own
-    data = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    data = torch.randn(n, c, h, w, generator=gen).to(x.dtype).contiguous(memory_format=torch.channels_last)
     evict = torch.empty(2 * _cache_bytes() // 4)  # twice the largest cache; freed when the choice is made
     candidates = {ONEDNN: lambda: onednn(data)}
-    for tile in TILES:
-        if min(h, w) < tile:  # a map smaller than one tile would be mostly padding
+    for tile in BF16_TILES if bf16 else TILES:
+        if min(h, w) < tile or (bf16 and c % 2):  # a map smaller than one tile would be mostly padding
             continue
-        u = prepare_weight(torch.randn(tuple(weight.shape), generator=gen), tile)
+        u = prepare_weight(torch.randn(tuple(weight.shape), generator=gen), tile, x.dtype)
         candidates[tile] = functools.partial(conv, data, u, weight.shape[0], None, tile)
     best = _fastest(candidates, data, evict)
     _CHOICES[key] = best
@@ -380,7 +418,8 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
 
 
 def choices() -> Dict[Tuple[int, ...], int]:
-    """The algorithm chosen so far for each (N, C, H, W, K, threads) (a copy)."""
+    """The algorithm chosen so far for each (N, C, H, W, K, threads), (..., torch.bfloat16) for bfloat16 inputs (a
+    copy)."""
     return dict(_CHOICES)
 
 

@@ -21,6 +21,10 @@ from hrnet_mm.models import HRNet
 from hrnet_mm.ops import winograd
 
 TOL = {2: 2e-6, 4: 3e-5}
+# bfloat16 (bf16.cpp), largest error over the largest output against float64 of the same bfloat16 operands: a direct
+# bfloat16 convolution's is its output rounding, 2.4-2.9e-3 here; F(2x2) rounds the transformed operands too,
+# measured 2.7-3.4e-3; F(4x4), whose output transform multiplies those roundings by up to 8, 1.6-2.5e-2
+BF16_TOL = {2: 6e-3, 4: 5e-2}
 
 
 def _cl(t):
@@ -100,6 +104,65 @@ def test_pack_weight_layout():
     assert winograd.pack_weight(u[:, :, :18]).shape == (2, 3, 24)  # zero columns up to a multiple of 8
 
 
+def test_bf16_pack_weight_layout():
+    """bfloat16 panels hold pairs of rows: value (c, k) of the panel at column j sits at (c // 2, k - j, c % 2)."""
+    u = torch.arange(2 * 4 * 24, dtype=torch.float32).reshape(2, 4, 24)
+    packed = winograd.pack_weight(u, torch.bfloat16)
+    assert packed.shape == (2, 4, 24) and packed.dtype == torch.bfloat16
+    flat = packed.reshape(2, -1).float()
+    assert torch.equal(flat[:, :64].reshape(2, 2, 16, 2), u[:, :, :16].reshape(2, 2, 2, 16).transpose(2, 3))
+    assert torch.equal(flat[:, 64:].reshape(2, 2, 8, 2), u[:, :, 16:].reshape(2, 2, 2, 8).transpose(2, 3))
+    with pytest.raises(ValueError, match='even number of input channels'):
+        winograd.pack_weight(u[:, :3], torch.bfloat16)
+
+
+@pytest.fixture
+def bf16_kernel(kernel):
+    if not winograd.bf16_available():
+        pytest.skip('the bfloat16 Winograd kernel needs an AVX-512 build on a processor with AVX512_BF16')
+
+
+@pytest.mark.parametrize('tile', winograd.TILES)
+@pytest.mark.parametrize('shape', [
+    (2, 6, 7, 9, 12),     # channels not multiples of 16, odd sizes, batch 2
+    (1, 16, 1, 1, 8),     # a map smaller than one tile, one 8-wide panel
+    (1, 18, 32, 24, 18),  # HRNet-W18's widths: a 16-wide and an 8-wide panel, 2 channels in a last lane group
+    (1, 32, 64, 48, 32),  # many tiles: several cache blocks
+    (1, 128, 8, 6, 136),  # few tiles: one block, output channels split across threads
+])
+@pytest.mark.parametrize('bias,residual,relu', [(True, False, False), (True, True, True)])
+def test_bf16_kernel_equals_convolution(bf16_kernel, tile, shape, bias, residual, relu):
+    n, c, h, w, k = shape
+    g = torch.Generator().manual_seed(1)
+    x = _cl(torch.randn(n, c, h, w, generator=g).relu().bfloat16())
+    wt = (torch.randn(k, c, 3, 3, generator=g) / (3 * c ** 0.5)).bfloat16()
+    b = torch.randn(k, generator=g) if bias else None
+    r = _cl(torch.randn(n, k, h, w, generator=g).bfloat16()) if residual else None
+    out = winograd.conv(x, winograd.prepare_weight(wt, tile, torch.bfloat16), k, b, tile, r, relu)
+    assert out.dtype == torch.bfloat16 and out.shape == (n, k, h, w)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out.float(), _reference(x, wt, b, r, relu)) < BF16_TOL[tile]
+    if residual:  # a bfloat16 bias is its float32 value; in place gives the same values
+        u = winograd.prepare_weight(wt, tile, torch.bfloat16)
+        r2 = r.clone(memory_format=torch.channels_last)
+        out2 = winograd.conv(x, u, k, b.bfloat16(), tile, r2, relu, inplace=True)
+        assert out2.data_ptr() == r2.data_ptr()
+        assert torch.equal(out2, winograd.conv(x, u, k, b.bfloat16().float(), tile, r, relu))
+
+
+def test_bf16_kernel_refuses_what_it_cannot_run(bf16_kernel):
+    x, wt = _cl(torch.randn(1, 8, 6, 6).bfloat16()), torch.randn(16, 8, 3, 3)
+    with pytest.raises(RuntimeError, match='transformed weight must be a contiguous BFloat16'):
+        winograd.conv(x, winograd.prepare_weight(wt, 2), 16, None, 2)
+    with pytest.raises(RuntimeError, match='residual'):
+        winograd.conv(x, winograd.prepare_weight(wt, 2, torch.bfloat16), 16, None, 2, residual=_cl(
+            torch.randn(1, 16, 6, 6)))
+    odd = _cl(torch.randn(1, 7, 6, 6).bfloat16())
+    with pytest.raises(RuntimeError, match='even number of input channels'):
+        winograd.conv(odd, winograd.prepare_weight(torch.randn(16, 8, 3, 3), 2, torch.bfloat16)[:, :7].contiguous(),
+                      16, None, 2)
+
+
 def test_bad_inputs_name_the_problem(kernel):
     x, wt = _cl(torch.randn(1, 8, 6, 6)), torch.randn(16, 8, 3, 3)
     u = winograd.prepare_weight(wt, 4)
@@ -132,7 +195,7 @@ def test_fused_conv_module_uses_the_forced_tile(kernel, tile, add, inplace):
         other = _cl(torch.randn_like(y)) if add else None
         ref = (y + other if add else y).relu()
         out = fused(x, other.clone(memory_format=torch.channels_last)) if add else fused(x)
-    assert fused._winograd[x.shape] == tile and set(fused._winograd_u) == {tile}
+    assert fused._winograd[x.shape, x.dtype] == tile and set(fused._winograd_u) == {(tile, x.dtype)}
     assert rel_err(out, ref) < 10 * TOL[tile]
     with torch.no_grad():  # an NCHW input takes oneDNN's path, same function
         out2 = fused(x.contiguous(), other.contiguous() if add else None) if add else fused(x.contiguous())
@@ -215,6 +278,27 @@ def test_deploy_winograd_on_real_widths(kernel):
         ref = m(x)
     for a, b in zip(out, ref):
         assert rel_err(a, b) < 1e-4
+
+
+def test_bf16_deploy_runs_winograd_in_bfloat16(bf16_kernel):
+    """precision='bf16' lets the 3x3 stride-1 convolutions run either tile in bfloat16, and the model hands float32
+    back. On this random 8-64-channel network the oneDNN-only bfloat16 model is 1.3-1.5e-2 (largest difference over
+    largest output) from the float32 module; with every eligible layer forced to F(2x2) 1.6-1.7e-2 (within 3e-2, as
+    the oneDNN-only model's test), to F(4x4) 3.8-4.4e-2 (within 6e-2; on HRNet-W32 the tiles that timing picks move
+    1.5e-2 to 1.8e-2, and the demo models' task metrics by at most 0.12 points)."""
+    m = randomize_(HRNet(extra=copy.deepcopy(TINY_EXTRA))).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = m(x)
+        for forced, expected in ((2, {2}), (4, {4})):
+            with winograd.force_algorithm(forced):
+                d = to_deploy(m, precision='bf16')
+                out = d(x)
+            convs = [c for c in d.modules() if isinstance(c, OneDNNConv2d)]
+            assert {t for c in convs for t in c._winograd.values()} == expected
+            assert {u.dtype for c in convs for u in c._winograd_u.values()} <= {torch.bfloat16}
+            for a, b in zip(out, ref):
+                assert a.dtype == torch.float32 and rel_err(a, b) < {2: 3e-2, 4: 6e-2}[forced]
 
 
 def test_deploy_without_winograd(monkeypatch):

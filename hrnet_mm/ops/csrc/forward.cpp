@@ -120,38 +120,46 @@ at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, int64
 
 using namespace hrnet_mm_winograd;
 
-// x: (N, C, H, W) float32 channels_last; U: (P, C, K8) float32 contiguous, P = (tile + 2)^2, K8 = K rounded up
-// to a multiple of 8; bias: (K,) or None; residual: (N, K, H, W) channels_last or None. With inplace, the result
-// is written into residual.
+// x: (N, C, H, W) channels_last, float32 or bfloat16; U: (P, C, K8) contiguous, of x's type (bf16.cpp's layout
+// for bfloat16), P = (tile + 2)^2, K8 = K rounded up to a multiple of 8; bias: (K,) float32 (or bfloat16) or None;
+// residual: (N, K, H, W) channels_last of x's type, or None. With inplace, the result is written into residual.
 at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, const c10::optional<at::Tensor>& bias,
                          const c10::optional<at::Tensor>& residual, bool relu, int64_t tile, bool inplace) {
   TORCH_CHECK(tile == 2 || tile == 4, "winograd_conv: tile must be 2 or 4, got ", tile);
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+  const auto dtype = x.scalar_type();
+  const bool bf16 = dtype == at::kBFloat16;
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && (dtype == at::kFloat || bf16) &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "winograd_conv: x must be a float32 channels_last 4-D CPU tensor");
+              "winograd_conv: x must be a float32 or bfloat16 channels_last 4-D CPU tensor");
   const int64_t P = (tile + 2) * (tile + 2), N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K8 = (K + 7) / 8 * 8;
-  TORCH_CHECK(K > 0 && U.device().is_cpu() && U.scalar_type() == at::kFloat && U.dim() == 3 && U.size(0) == P &&
+  TORCH_CHECK(K > 0 && U.device().is_cpu() && U.scalar_type() == dtype && U.dim() == 3 && U.size(0) == P &&
                   U.size(1) == C && U.size(2) == K8 && U.is_contiguous(),
-              "winograd_conv: the transformed weight must be a contiguous float32 (", P, ", ", C, ", ", K8,
-              ") tensor, got ", U.sizes());
-  const float* b = nullptr;
+              "winograd_conv: the transformed weight must be a contiguous ", x.scalar_type(), " (", P, ", ", C, ", ",
+              K8, ") tensor, got ", U.scalar_type(), " ", U.sizes());
+  TORCH_CHECK(!bf16 || C % 2 == 0, "winograd_conv: bfloat16 needs an even number of input channels, got ", C);
+  at::Tensor b32;  // the bias as float32 (a copy only for a bfloat16 bias)
   if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == K && bias->is_contiguous(),
+    TORCH_CHECK((bias->scalar_type() == at::kFloat || (bf16 && bias->scalar_type() == at::kBFloat16)) &&
+                    bias->numel() == K && bias->is_contiguous(),
                 "winograd_conv: bias must be a contiguous float32 tensor of ", K, " values");
-    b = bias->data_ptr<float>();
+    b32 = bias->scalar_type() == at::kFloat ? *bias : bias->to(at::kFloat);
   }
-  const float* res = nullptr;
+  const float* b = b32.defined() ? b32.data_ptr<float>() : nullptr;
   if (residual.has_value()) {
     const auto& r = *residual;
-    TORCH_CHECK(r.sizes() == at::IntArrayRef({N, K, H, W}) && r.scalar_type() == at::kFloat &&
+    TORCH_CHECK(r.sizes() == at::IntArrayRef({N, K, H, W}) && r.scalar_type() == dtype &&
                     r.is_contiguous(at::MemoryFormat::ChannelsLast),
-                "winograd_conv: residual must be a float32 channels_last tensor of the output's shape");
-    res = r.data_ptr<float>();
+                "winograd_conv: residual must be a channels_last tensor of the output's shape and x's type");
   }
-  TORCH_CHECK(!inplace || res, "winograd_conv: inplace needs a residual");
+  TORCH_CHECK(!inplace || residual.has_value(), "winograd_conv: inplace needs a residual");
   at::Tensor out = inplace ? *residual
                            : at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (bf16) {
+    winograd_conv_bf16(x, U, b, residual.has_value() ? &*residual : nullptr, relu, tile, out);
+    return out;
+  }
+  const float* res = residual.has_value() ? residual->data_ptr<float>() : nullptr;
   const Geometry g = geometry(x, K, tile);
   if (tile == 4) run<4>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);
   else run<2>(x.data_ptr<float>(), U.data_ptr<float>(), b, res, relu, out.data_ptr<float>(), g);

@@ -6,6 +6,7 @@
 using namespace hrnet_mm_winograd;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bf16_supported", &bf16_supported, "whether the bfloat16 Winograd convolution runs here (AVX512_BF16)");
   m.def("winograd_weight", &winograd_weight, "packed transformed weight (flip: of the input-gradient convolution)");
   m.def("winograd_conv_weight_grad", &winograd_conv_weight_grad,
         "weight gradient (K, C, 3, 3) of the 3x3 convolution of x given the output gradient dy");

@@ -61,6 +61,11 @@ Geometry geometry(const at::Tensor& x, int64_t K, int64_t tile);
 RawWeight raw_weight(const at::Tensor& weight, int64_t tile, bool flip);
 bool raw_fits(int64_t P, const Geometry& g);
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, int64_t tile, bool flip);
+// bf16.cpp: the bfloat16 forward (x, U, residual and out bfloat16; out (N, K, H, W) channels_last, preallocated;
+// the caller checks the shapes), and whether this processor runs it
+bool bf16_supported();
+void winograd_conv_bf16(const at::Tensor& x, const at::Tensor& U, const float* bias, const at::Tensor* residual,
+                        bool relu, int64_t tile, at::Tensor& out);
 // train.cpp (exported for hrnet_mm.ops.winograd.choose_training_algorithm to time)
 at::Tensor train_forward(const at::Tensor& x, const at::Tensor& weight, int64_t tile);
 at::Tensor train_input_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, int64_t tile);
