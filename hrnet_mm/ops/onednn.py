@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import os
 import sys
 import sysconfig
@@ -26,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import winograd
+from . import extension as extension_tools
 
 _SOURCE = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc', 'onednn_conv.cpp')
 _LIBRARY = 'libdnnl.so.3'
@@ -53,12 +52,13 @@ def library() -> Optional[Tuple[str, str]]:
     return None
 
 
-def build_name() -> str:
-    """``hrnet_mm_onednn_{hash}``: a hash of the source and of the oneDNN it is built against."""
+def build_name(found: Optional[Tuple[str, str]] = None) -> str:
+    """``hrnet_mm_onednn_{hash}``: a hash of the source and of the oneDNN it is built against (``found``, default
+    :func:`library`)."""
     digest = hashlib.sha1()
     with open(_SOURCE, 'rb') as f:
         digest.update(f.read())
-    digest.update(repr(library()).encode())
+    digest.update(repr(found if found is not None else library()).encode())
     return f'hrnet_mm_onednn_{digest.hexdigest()[:10]}'
 
 
@@ -76,35 +76,16 @@ def _load():
         _BUILD_ERROR = 'the onednn-cpu-gomp and onednn-devel-cpu-gomp packages are not installed'
         return None
     include, lib = found
-    name = build_name()
-    directory = os.path.join(os.path.dirname(winograd.build_directory()), name)
-    os.makedirs(directory, exist_ok=True)
-    logger = logging.getLogger('torch.utils.cpp_extension')
-    level, old_path = logger.level, os.environ.get('PATH', '')
-    ninja = winograd._ninja_on_path()  # the pinned ninja, as for the other kernels
-    logger.setLevel(logging.ERROR)
+    name = build_name(found)
     try:
-        if ninja:
-            os.environ['PATH'] = ninja + os.pathsep + old_path
-        from torch.utils import cpp_extension
-        if not os.path.exists(os.path.join(directory, f'{name}.so')):
-            print(f'hrnet_mm: building the direct oneDNN convolution {name} (once; about half a minute)',
-                  file=sys.stderr, flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            return cpp_extension.load(name, winograd.stable_copies([_SOURCE], directory), extra_cflags=['-O2'],
-                                      extra_include_paths=[include],
-                                      extra_ldflags=[f'-L{lib}', f'-l:{_LIBRARY}', f'-Wl,-rpath,{lib}'],
-                                      build_directory=directory, verbose=False)
+        return extension_tools.load(name, os.path.join(extension_tools.root(), name), [_SOURCE],
+                                    what='the direct oneDNN convolution', cflags=['-O2'], include_paths=[include],
+                                    ldflags=[f'-L{lib}', f'-l:{_LIBRARY}', f'-Wl,-rpath,{lib}'])
     except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: torch's operator runs instead
-        lines = str(e).strip().splitlines()
-        _BUILD_ERROR = f'{type(e).__name__}: {lines[-1] if lines else ""}'
+        _BUILD_ERROR = extension_tools.error_line(e)
         warnings.warn(f"hrnet_mm: the direct oneDNN convolution is unavailable, the deploy models call torch's "
                       f'operators ({_BUILD_ERROR})')
         return None
-    finally:
-        logger.setLevel(level)
-        os.environ['PATH'] = old_path
 
 
 def available() -> bool:

@@ -29,14 +29,14 @@ import functools
 import glob
 import hashlib
 import json
-import logging
 import os
-import sys
 import time
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
+
+from . import extension as extension_tools
 
 ONEDNN = 0  # algorithm ids: 0 = oneDNN direct convolution, 2 / 4 = Winograd F(2x2, 3x3) / F(4x4, 3x3)
 TILES = (2, 4)
@@ -127,21 +127,6 @@ def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return y if bias is None else y + bias.to(x).view(1, -1, 1, 1)
 
 
-def _ninja_on_path() -> Optional[str]:
-    """The directory of the ninja that the Python package ``ninja`` installs (pinned by ``make install``), to put
-    first on PATH while building; None when the package is missing (then PATH's ninja builds).
-
-    The build always runs that one, whatever PATH holds (a venv's bin directory is on PATH in an activated shell,
-    not when its python is run by its full path): ninja versions record commands differently in the build's log
-    (1.13 and 1.11 do), and each rebuilds from scratch what the other built, about two minutes."""
-    try:
-        import ninja
-        directory = ninja.BIN_DIR
-    except (ImportError, AttributeError):
-        return None
-    return directory if os.path.isfile(os.path.join(directory, 'ninja')) else None
-
-
 def build_name() -> str:
     """The extension's name on this machine: ``hrnet_mm_cpu_kernels_{avx512|avx2|generic}_{hash}`` (the
     Winograd convolutions and the fused batch norm)."""
@@ -194,94 +179,33 @@ def extension():
 
 @functools.lru_cache(maxsize=None)
 def _load():
-    # torch's extension module logs "No CUDA runtime is found" when imported: irrelevant to a CPU build
-    logger = logging.getLogger('torch.utils.cpp_extension')
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import cpp_extension
-        ext = _build(cpp_extension)
-    finally:
-        logger.setLevel(level)
-    if ext is not None:  # the build registered the operators torch.ops.hrnet_mm.*: now their fake kernels
-        from . import fake
-        fake.register()
-    return ext
-
-
-def _build(cpp_extension):
     global _BUILD_ERROR
     name, flags = _build_flags()
-    extra_path = _ninja_on_path()
-    old_path = os.environ.get('PATH', '')
     try:
-        if extra_path:
-            os.environ['PATH'] = extra_path + os.pathsep + old_path
-        directory = build_directory()
-        sources = _stable_sources(directory)
-        if not os.path.exists(os.path.join(directory, f'{name}.so')):
-            print(f'hrnet_mm: building the CPU kernels {name} for this machine (once; about a minute)',
-                  file=sys.stderr, flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            return cpp_extension.load(name, sources, extra_cflags=flags, extra_ldflags=['-fopenmp'],
-                                      build_directory=directory, verbose=False)
+        ext = extension_tools.load(name, build_directory(), _SOURCES, _HEADERS, 'the CPU kernels', flags,
+                                   ['-fopenmp'])
     except Exception as e:  # noqa: BLE001 - no compiler / ninja / headers: run without Winograd
-        lines = str(e).strip().splitlines()
-        _BUILD_ERROR = f'{type(e).__name__}: {lines[-1] if lines else ""}'
+        _BUILD_ERROR = extension_tools.error_line(e)
         warnings.warn(f'hrnet_mm: Winograd convolutions and fused norms unavailable, the deploy mode uses oneDNN '
                       f'only and training torch\'s layers ({_BUILD_ERROR}). '
                       'They need a C++ compiler and ninja (pip install ninja).')
         return None
-    finally:
-        if extra_path:
-            os.environ['PATH'] = old_path
+    from . import fake  # the build registered the operators torch.ops.hrnet_mm.*: now their fake kernels
+    fake.register()
+    return ext
 
 
 def build_directory() -> str:
-    """Where the kernel is built: ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then one
-    directory per Python and torch version and installation, and one per :func:`build_name`.
-
-    The build's compile and link commands name torch's headers and libraries by their path, and ninja rebuilds
-    everything when a command changes: two environments (a development venv and a CI clone's, say) sharing one
-    directory would rebuild it in turn, each for about two minutes. So each torch installation gets its own."""
-    default = os.path.join(os.path.expanduser('~'), '.cache', 'torch_extensions')
-    base = os.environ.get('TORCH_EXTENSIONS_DIR') or default
-    install = hashlib.sha1(os.path.realpath(os.path.dirname(torch.__file__)).encode()).hexdigest()[:8]
-    tag = f'hrnet_mm-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split("+")[0]}-{install}'
-    directory = os.path.join(base, tag, build_name())
+    """Where the kernel is built: one directory per :func:`build_name` under
+    :func:`hrnet_mm.ops.extension.root` (one per Python and torch version and installation)."""
+    directory = os.path.join(extension_tools.root(), build_name())
     os.makedirs(directory, exist_ok=True)
     return directory
 
 
 def _stable_sources(directory: str) -> list:
-    """Copies of the kernel's sources inside its build directory (:func:`stable_copies`)."""
-    return stable_copies(_SOURCES, directory, _HEADERS)
-
-
-def stable_copies(sources: Sequence[str], directory: str, headers: Sequence[str] = ()) -> list:
-    """Copies of an extension's ``sources`` and ``headers`` inside its build directory; returns the sources'. The
-    build's name carries a hash of the sources, and ninja rebuilds when a source's path changes, so every checkout
-    and install of the same kernel with the same torch (an editable install, another clone, site-packages) shares
-    one build instead of rebuilding in turn."""
-    paths = []
-    for source in tuple(sources) + tuple(headers):
-        path = os.path.join(directory, os.path.basename(source))
-        with open(source, 'rb') as f:
-            text = f.read()
-        try:
-            with open(path, 'rb') as f:
-                same = f.read() == text
-        except OSError:
-            same = False
-        if not same:
-            tmp = f'{path}.{os.getpid()}.tmp'
-            with open(tmp, 'wb') as f:
-                f.write(text)
-            os.replace(tmp, path)  # atomic: a concurrent build sees the old or the new file, never half of one
-        if source in sources:
-            paths.append(path)
-    return paths
+    """Copies of the kernel's sources inside its build directory (:func:`hrnet_mm.ops.extension.stable_copies`)."""
+    return extension_tools.stable_copies(_SOURCES, directory, _HEADERS)
 
 
 @torch.compiler.assume_constant_result  # torch.compile: a fact about the machine, decided while tracing

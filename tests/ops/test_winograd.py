@@ -18,7 +18,7 @@ from conftest import TINY_EXTRA, randomize_, rel_err
 
 from hrnet_mm.deploy import OneDNNConv2d, to_deploy
 from hrnet_mm.models import HRNet
-from hrnet_mm.ops import winograd
+from hrnet_mm.ops import extension, winograd
 
 TOL = {2: 2e-6, 4: 3e-5}
 # bfloat16 (bf16.cpp), largest error over the largest output against float64 of the same bfloat16 operands: a direct
@@ -343,7 +343,7 @@ def test_build_runs_the_pinned_ninja_whatever_path_holds(tmp_path, monkeypatch):
     other.write_text('#!/bin/sh\necho 1.11.1\n')
     other.chmod(0o755)
     monkeypatch.setenv('PATH', str(tmp_path) + os.pathsep + os.environ.get('PATH', ''))
-    assert winograd._ninja_on_path() == ninja.BIN_DIR
+    assert extension.ninja_directory() == ninja.BIN_DIR
 
 
 def test_build_is_shared_by_checkouts_and_named_after_isa_and_source(tmp_path, monkeypatch):
