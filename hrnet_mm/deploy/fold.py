@@ -515,7 +515,7 @@ def to_deploy(model: nn.Module, channels_last: bool = True, compile: bool = Fals
             bfloat16 with ``precision='bf16'`` where the processor has AVX512_BF16). Default: on when ``fuse`` is
             and the kernel builds here (C++ compiler and ninja; built once per machine, about a minute). Outputs
             then differ from the module's by about 1e-5 of their largest value instead of 1e-6 (float32); in
-            bfloat16 a layer's rms error grows up to 5x (F(4x4)), the whole network's by about a third
+            bfloat16 a layer's rms error grows up to 5x (F(4x4)), the whole network's by about a fifth
             (:mod:`hrnet_mm.ops.winograd`).
         precision: ``'fp32'``, ``'bf16'`` or ``'int8'`` (:mod:`hrnet_mm.deploy.precision`): the convolutions in
             bfloat16 (processors with AVX512_BF16 or AMX only) or int8 (per-channel weights, per-layer activation
