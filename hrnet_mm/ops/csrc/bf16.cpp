@@ -70,58 +70,45 @@ inline int32_t pair(const uint16_t* p) {  // two bfloat16 values as one 32-bit l
   return v;
 }
 
-// m[i][0 .. 16) = sum_c v[i][c] * u[c][0 .. 16) for i < R, over C2 pairs of channels: v rows ldv bfloat16 apart,
-// u a 16-column panel in pairs of rows ([C2][16][2]).
-template <int R>
-HRNET_MM_BF16 inline void micro16(const uint16_t* __restrict__ v, int64_t ldv, const uint16_t* __restrict__ u,
-                                  float* __restrict__ m, int64_t ldm, int64_t C2) {
-  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0,
-         c10 = c0, c11 = c0;
-#define HRNET_MM_ROW(i, a) \
-  if (R > i) a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_set1_epi32(pair(v + i * ldv + 2 * c)), b);
-  for (int64_t c = 0; c < C2; ++c) {
-    const __m512bh b = (__m512bh)_mm512_loadu_si512(u + c * 32);
-    HRNET_MM_ROW(0, c0)
-    HRNET_MM_ROW(1, c1)
-    HRNET_MM_ROW(2, c2)
-    HRNET_MM_ROW(3, c3)
-    HRNET_MM_ROW(4, c4)
-    HRNET_MM_ROW(5, c5)
-    HRNET_MM_ROW(6, c6)
-    HRNET_MM_ROW(7, c7)
-    HRNET_MM_ROW(8, c8)
-    HRNET_MM_ROW(9, c9)
-    HRNET_MM_ROW(10, c10)
-    HRNET_MM_ROW(11, c11)
+// The products' registers: 16 columns of float32 accumulators in a 512-bit register (a 16-column panel), or 8 in
+// a 256-bit one (the last panel when K8 % 16 == 8); a panel row holds two bfloat16 values per column.
+struct Zmm {
+  using Acc = __m512;
+  using Pair = __m512bh;
+  static constexpr int kWidth = 16;
+  HRNET_MM_BF16 static Acc zero() { return _mm512_setzero_ps(); }
+  HRNET_MM_BF16 static Pair load(const uint16_t* u) { return (__m512bh)_mm512_loadu_si512(u); }
+  HRNET_MM_BF16 static Acc dot(Acc acc, int32_t a, Pair b) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(a), b);
   }
-#undef HRNET_MM_ROW
-#define HRNET_MM_STORE(i, a) \
-  if (R > i) _mm512_storeu_ps(m + i * ldm, a);
-  HRNET_MM_STORE(0, c0)
-  HRNET_MM_STORE(1, c1)
-  HRNET_MM_STORE(2, c2)
-  HRNET_MM_STORE(3, c3)
-  HRNET_MM_STORE(4, c4)
-  HRNET_MM_STORE(5, c5)
-  HRNET_MM_STORE(6, c6)
-  HRNET_MM_STORE(7, c7)
-  HRNET_MM_STORE(8, c8)
-  HRNET_MM_STORE(9, c9)
-  HRNET_MM_STORE(10, c10)
-  HRNET_MM_STORE(11, c11)
-#undef HRNET_MM_STORE
-}
+  HRNET_MM_BF16 static void store(float* m, Acc acc) { _mm512_storeu_ps(m, acc); }
+};
+struct Ymm {
+  using Acc = __m256;
+  using Pair = __m256bh;
+  static constexpr int kWidth = 8;
+  HRNET_MM_BF16 static Acc zero() { return _mm256_setzero_ps(); }
+  HRNET_MM_BF16 static Pair load(const uint16_t* u) {
+    return (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u));
+  }
+  HRNET_MM_BF16 static Acc dot(Acc acc, int32_t a, Pair b) {
+    return _mm256_dpbf16_ps(acc, (__m256bh)_mm256_set1_epi32(a), b);
+  }
+  HRNET_MM_BF16 static void store(float* m, Acc acc) { _mm256_storeu_ps(m, acc); }
+};
 
-// The same for an 8-column panel ([C2][8][2]), 256-bit registers.
-template <int R>
-HRNET_MM_BF16 inline void micro8(const uint16_t* __restrict__ v, int64_t ldv, const uint16_t* __restrict__ u,
-                                 float* __restrict__ m, int64_t ldm, int64_t C2) {
-  __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0,
-         c10 = c0, c11 = c0;
+// m[i][0 .. width) = sum_c v[i][c] * u[c][0 .. width) for i < R, over C2 pairs of channels: v rows ldv bfloat16
+// apart, u a panel of the register's width in pairs of rows ([C2][width][2]). Twelve named accumulators, as in
+// gemm.h.
+template <int R, class Reg>
+HRNET_MM_BF16 inline void micro(const uint16_t* __restrict__ v, int64_t ldv, const uint16_t* __restrict__ u,
+                                float* __restrict__ m, int64_t ldm, int64_t C2) {
+  typename Reg::Acc c0 = Reg::zero(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+                    c9 = c0, c10 = c0, c11 = c0;
 #define HRNET_MM_ROW(i, a) \
-  if (R > i) a = _mm256_dpbf16_ps(a, (__m256bh)_mm256_set1_epi32(pair(v + i * ldv + 2 * c)), b);
+  if (R > i) a = Reg::dot(a, pair(v + i * ldv + 2 * c), b);
   for (int64_t c = 0; c < C2; ++c) {
-    const __m256bh b = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + c * 16));
+    const typename Reg::Pair b = Reg::load(u + c * 2 * Reg::kWidth);
     HRNET_MM_ROW(0, c0)
     HRNET_MM_ROW(1, c1)
     HRNET_MM_ROW(2, c2)
@@ -137,7 +124,7 @@ HRNET_MM_BF16 inline void micro8(const uint16_t* __restrict__ v, int64_t ldv, co
   }
 #undef HRNET_MM_ROW
 #define HRNET_MM_STORE(i, a) \
-  if (R > i) _mm256_storeu_ps(m + i * ldm, a);
+  if (R > i) Reg::store(m + i * ldm, a);
   HRNET_MM_STORE(0, c0)
   HRNET_MM_STORE(1, c1)
   HRNET_MM_STORE(2, c2)
@@ -154,13 +141,11 @@ HRNET_MM_BF16 inline void micro8(const uint16_t* __restrict__ v, int64_t ldv, co
 }
 
 // out[i][0 .. width) = sum_c v[i][c] * panel[c][0 .. width) for i < rows, twelve rows per micro kernel call.
-template <bool WIDE>
+template <class Reg>
 HRNET_MM_BF16 void row_blocks(const uint16_t* v, int64_t ldv, const uint16_t* panel, float* out, int64_t ldo,
                               int64_t C2, int64_t rows) {
   int64_t r = 0;
-#define HRNET_MM_CALL(R)                                                             \
-  if (WIDE) micro16<R>(v + r * ldv, ldv, panel, out + r * ldo, ldo, C2);             \
-  else micro8<R>(v + r * ldv, ldv, panel, out + r * ldo, ldo, C2);
+#define HRNET_MM_CALL(R) micro<R, Reg>(v + r * ldv, ldv, panel, out + r * ldo, ldo, C2);
   for (; r + 12 <= rows; r += 12) {
     HRNET_MM_CALL(12)
   }
@@ -191,8 +176,8 @@ HRNET_MM_BF16 void row_blocks(const uint16_t* v, int64_t ldv, const uint16_t* pa
 HRNET_MM_BF16 void gemm(const uint16_t* V, int64_t tn, int64_t C, const uint16_t* U, int64_t K8, int64_t k0,
                         int64_t kc8, float* M) {
   for (int64_t k = k0; k < k0 + kc8; k += 16) {
-    if (k + 16 <= K8) row_blocks<true>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
-    else row_blocks<false>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
+    if (k + 16 <= K8) row_blocks<Zmm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
+    else row_blocks<Ymm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
   }
 }
 
@@ -237,25 +222,13 @@ HRNET_MM_BF16 void transform_out(const float* __restrict__ M, int64_t ps, int64_
   }
 }
 
-// forward.cpp's run with bfloat16 data: the same blocks of tiles and slices of output channels.
+// forward.cpp's run with bfloat16 data: the same jobs (blocks), tiles in multiples of the products' 12 rows.
 template <int MT>
 HRNET_MM_BF16 void run(const uint16_t* in, const uint16_t* U, const float* bias, const uint16_t* res, bool relu,
                        uint16_t* out, const Geometry& g) {
   constexpr int64_t P = (MT + 2) * (MT + 2);
-  const int64_t threads = std::max(1, at::get_num_threads());
-  auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-  int64_t TB, kstep;
-  if (P * g.T * g.C <= kBlockFloats / 2) {
-    TB = g.T;
-    kstep = std::max<int64_t>(16, (kBlockFloats - P * g.T * g.C) / (P * g.T) / 16 * 16);
-    kstep = std::min(kstep, round16((g.K8 + threads - 1) / threads));
-  } else {
-    kstep = std::max<int64_t>(16, round16(kBlockFloats / (P * 12) - g.C));
-    TB = std::max<int64_t>(12, kBlockFloats / (P * (g.C + kstep)) / 12 * 12);
-    TB = std::min(TB, g.T);
-  }
-  kstep = std::min(kstep, g.K8);
-  const int64_t nb = (g.T + TB - 1) / TB, nk = (g.K8 + kstep - 1) / kstep;
+  const Blocks b = blocks(P, g, 12);
+  const int64_t TB = b.TB, kstep = b.kstep, nb = b.nb, nk = b.nk;
   // Plane strides of V and M 64 bytes past their TB rows: at a power of two (64 tiles of 32 channels: 4 KB) the
   // planes' rows fall in the same cache sets, and the products of that shape ran at 0.37x the speed of others.
   const int64_t vps = TB * g.C + 32, mps = TB * kstep + 16;

@@ -5,13 +5,9 @@
 #include "transforms.h"
 
 namespace hrnet_mm_winograd {
-template <int MT>
-void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
-         const Geometry& g) {
-  constexpr int64_t P = (MT + 2) * (MT + 2);
+Blocks blocks(int64_t P, const Geometry& g, int64_t rows) {
   const int64_t threads = std::max(1, at::get_num_threads());
   auto round16 = [](int64_t v) { return (v + 15) / 16 * 16; };  // slices start on a 16-column panel
-  // Blocks of TB tiles times slices of kstep output channels (nb x nk jobs).
   int64_t TB, kstep;
   if (P * g.T * g.C <= kBlockFloats / 2) {
     // Few tiles (low-resolution maps): one block holds all of V; slice the output channels so that each slice of
@@ -22,11 +18,19 @@ void run(const float* in, const float* U, const float* bias, const float* res, b
   } else {
     // Many tiles: blocks of tiles sized for the cache, all output channels (or slices of them) per block.
     kstep = std::max<int64_t>(16, round16(kBlockFloats / (P * 12) - g.C));
-    TB = std::max<int64_t>(6, kBlockFloats / (P * (g.C + kstep)) / 6 * 6);
+    TB = std::max<int64_t>(rows, kBlockFloats / (P * (g.C + kstep)) / rows * rows);
     TB = std::min(TB, g.T);
   }
   kstep = std::min(kstep, g.K8);
-  const int64_t nb = (g.T + TB - 1) / TB, nk = (g.K8 + kstep - 1) / kstep;
+  return {TB, kstep, (g.T + TB - 1) / TB, (g.K8 + kstep - 1) / kstep};
+}
+
+template <int MT>
+void run(const float* in, const float* U, const float* bias, const float* res, bool relu, float* out,
+         const Geometry& g) {
+  constexpr int64_t P = (MT + 2) * (MT + 2);
+  const Blocks b = blocks(P, g, 6);
+  const int64_t TB = b.TB, kstep = b.kstep, nb = b.nb, nk = b.nk;
   at::parallel_for(0, nb * nk, 1, [&](int64_t j0, int64_t j1) {
     std::unique_ptr<float[]> Vb(new float[P * TB * g.C]);
     std::unique_ptr<float[]> Mb(new float[P * TB * kstep]);

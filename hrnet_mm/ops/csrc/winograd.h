@@ -56,7 +56,15 @@ struct RawWeight {
 
 constexpr int64_t kBlockFloats = 64 * 1024;  // V and M of one block: 256 KB, half of a Zen 3 core's L2
 
+// The jobs of a forward pass: blocks of TB tiles (a multiple of rows, the product kernel's row block, unless one
+// block holds all T tiles) times slices of kstep output channels, nb x nk of them, sized so that a block's V and M
+// stay in L2.
+struct Blocks {
+  int64_t TB, kstep, nb, nk;
+};
+
 // forward.cpp
+Blocks blocks(int64_t P, const Geometry& g, int64_t rows);
 Geometry geometry(const at::Tensor& x, int64_t K, int64_t tile);
 RawWeight raw_weight(const at::Tensor& weight, int64_t tile, bool flip);
 bool raw_fits(int64_t P, const Geometry& g);
