@@ -291,6 +291,10 @@ class OneDNNConv2d(PackedWeights, nn.Module):
             return self._plain(x, other)  # the fused ops have no backward
         return self._cached(self._plans, signature(x, other), lambda: self._plan(x, other))(x, other)
 
+    def plan_of(self, x: torch.Tensor, other: Optional[torch.Tensor] = None):
+        """The call that :meth:`forward` made for inputs like these (:meth:`_plan`), or None (none made yet)."""
+        return self._plans.get(signature(x, other))
+
     def _plain(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if other is not None:
@@ -369,6 +373,8 @@ def _owns_result(gm: 'torch.fx.GraphModule', node: 'torch.fx.Node') -> bool:
 def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = False) -> 'torch.fx.GraphModule':
     """Traces ``module`` with ``torch.fx`` and replaces every ``Conv2d`` [-> add] [-> ReLU] by one
     :class:`OneDNNConv2d`; ``nn.Identity`` (folded BN) disappears. Fold the BNs first (:func:`fold_batchnorm`).
+    The result is a :class:`hrnet_mm.deploy.replay.PlannedGraphModule`: repeated calls on inputs of one shape
+    call the convolutions' prepared kernels directly.
     ``winograd`` lets the 3x3 stride-1 convolutions use the Winograd kernels where they are faster.
 
     Public attributes of plain types (``out_channels``, ...) are copied to the returned module. Raises whatever
@@ -408,9 +414,10 @@ def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = Fa
         graph.eliminate_dead_code()
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
-    gm.recompile()
-    copy_plain_attributes(module, gm)
-    return gm
+    from .replay import PlannedGraphModule
+    planned = PlannedGraphModule(gm, graph)
+    copy_plain_attributes(module, planned)
+    return planned
 
 
 def copy_plain_attributes(source: nn.Module, target: nn.Module) -> None:

@@ -166,6 +166,10 @@ class Int8Conv2d(PackedWeights, nn.Module):
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self._cached(self._plans, signature(x), lambda: self._plan(x))(x, other)
 
+    def plan_of(self, x: torch.Tensor, other: Optional[torch.Tensor] = None):
+        """The call that :meth:`forward` made for inputs like these (:meth:`_plan`), or None (none made yet)."""
+        return self._plans.get(signature(x))
+
     def _plan(self, x: torch.Tensor):
         """The call ``run(x, other)`` for inputs of ``x``'s :func:`~hrnet_mm.deploy.fold.signature`, made once
         with the packed weight, the quantizer and oneDNN's operators bound."""
