@@ -22,7 +22,16 @@ Blocks blocks(int64_t P, const Geometry& g, int64_t rows) {
     TB = std::min(TB, g.T);
   }
   kstep = std::min(kstep, g.K8);
-  return {TB, kstep, (g.T + TB - 1) / TB, (g.K8 + kstep - 1) / kstep};
+  const int64_t nb = (g.T + TB - 1) / TB;
+  int64_t nk = (g.K8 + kstep - 1) / kstep;
+  if (nb == 1 && nk % threads) {
+    // One block of tiles: slices of the output channels in a multiple of the threads, so that none waits for
+    // another's extra slice (256 channels at 8x6 in 3 slices on 2 threads took 1.5x the time of 4 slices)
+    nk = (nk + threads - 1) / threads * threads;
+    kstep = std::min(g.K8, std::max<int64_t>(16, round16((g.K8 + nk - 1) / nk)));
+    nk = (g.K8 + kstep - 1) / kstep;
+  }
+  return {TB, kstep, nb, nk};
 }
 
 template <int MT>
