@@ -155,7 +155,8 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& U, int64_t K, co
   if (bias.has_value()) {
     TORCH_CHECK((bias->scalar_type() == at::kFloat || (bf16 && bias->scalar_type() == at::kBFloat16)) &&
                     bias->numel() == K && bias->is_contiguous(),
-                "winograd_conv: bias must be a contiguous float32 tensor of ", K, " values");
+                "winograd_conv: bias must be a contiguous tensor of ", K, " values, float32",
+                bf16 ? " or bfloat16" : "");
     b32 = bias->scalar_type() == at::kFloat ? *bias : bias->to(at::kFloat);
   }
   const float* b = b32.defined() ? b32.data_ptr<float>() : nullptr;
