@@ -61,12 +61,18 @@ def test_each_input_signature_records_its_own_replay(model):
     assert len(d._replays) == 4
 
 
-def test_a_hook_added_after_recording_is_called(model):
-    d = to_deploy(model)
-    x = _input()
+def _replaying(model):
+    """A deploy model that has recorded and replayed one input, and that input."""
+    d, x = to_deploy(model), _input()
     with torch.no_grad():
         d(x)
         d(x)
+    return d, x
+
+
+def test_a_hook_added_after_recording_is_called(model):
+    d, x = _replaying(model)
+    with torch.no_grad():
         conv = next(m for m in d.modules() if isinstance(m, OneDNNConv2d))
         seen = []
         handle = conv.register_forward_hook(lambda *args: seen.append(1))
@@ -79,11 +85,8 @@ def test_a_hook_added_after_recording_is_called(model):
 
 
 def test_a_replaced_module_is_called(model):
-    d = to_deploy(model)
-    x = _input()
+    d, x = _replaying(model)
     with torch.no_grad():
-        d(x)
-        d(x)
         name = next(n for n, m in d.named_children() if isinstance(m, OneDNNConv2d))
         old = getattr(d, name)
         new = copy.deepcopy(old)
