@@ -2,12 +2,13 @@
 convolution's prepared kernel directly instead of through ``nn.Module.__call__`` and the per-call lookup of the
 kernel for the input's shape (about 6 us a convolution, 2 ms of a 300-convolution network's forward).
 
-:func:`hrnet_mm.deploy.fold.fuse_onednn` returns a :class:`PlannedGraphModule`. Its first call (without autograd)
-on inputs of a new :func:`~hrnet_mm.deploy.fold.signature` runs the graph node by node and records the kernel that
+:func:`hrnet_mm.deploy.fold.fuse_onednn` returns a :class:`PlannedGraphModule`. Its second call (without autograd)
+on inputs of one :func:`~hrnet_mm.deploy.fold.signature` runs the graph node by node and records the kernel that
 each fused convolution prepared for its inputs (its *plan*); the recorded calls form a second graph module, the
-*replay*, which later calls of that signature run. Everything that could make a replay stale sends the call to the
-graph instead: autograd, a module replaced or given a hook, a module's prepared kernels dropped (``.to()``, a copy),
-module hooks registered globally, non-tensor inputs.
+*replay*, which later calls of that signature run. The first call runs the graph as it is: recording costs about
+one more forward, not worth it for an input size met once. Everything that could make a replay stale sends the
+call to the graph instead: autograd, a module replaced or given a hook, a module's prepared kernels dropped
+(``.to()``, a copy), module hooks registered globally, non-tensor inputs.
 """
 import operator
 from typing import Any, Dict, List, Optional, Tuple
@@ -57,6 +58,9 @@ class _Replay:
 _PLANS = operator.attrgetter('_plans')
 
 
+_UNSEEN, _SEEN = object(), object()  # entries of PlannedGraphModule._replays besides replays (None: refused)
+
+
 def _hooks_anywhere() -> bool:
     return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
@@ -67,7 +71,7 @@ class PlannedGraphModule(fx.GraphModule):
 
     def __init__(self, root: nn.Module, graph: fx.Graph, class_name: str = 'GraphModule') -> None:
         super().__init__(root, graph, class_name)
-        self._replays: Dict[tuple, Optional[_Replay]] = {}
+        self._replays: Dict[tuple, Any] = {}  # signature -> _Replay, _SEEN (once) or None (not recordable)
 
     def recompile(self):
         code = super().recompile()
@@ -80,13 +84,16 @@ class PlannedGraphModule(fx.GraphModule):
         if torch.is_grad_enabled() or _hooks_anywhere() or not all(isinstance(a, torch.Tensor) for a in args):
             return self._graph_forward(*args)
         key = tuple(signature(a) for a in args)
-        replay = self._replays.get(key)
-        if replay is not None and replay.valid():
-            return replay.forward(*args)
-        out, replay = self._record(args)
-        if len(self._replays) >= REPLAY_LIMIT:
+        entry = self._replays.get(key, _UNSEEN)
+        if isinstance(entry, _Replay) and entry.valid():
+            return entry.forward(*args)
+        if entry is _UNSEEN:  # a signature met once (a one-off input size) is not worth recording
+            out, entry = self._graph_forward(*args), _SEEN
+        else:
+            out, entry = self._record(args)
+        if key not in self._replays and len(self._replays) >= REPLAY_LIMIT:
             self._replays.pop(next(iter(self._replays)))
-        self._replays[key] = replay
+        self._replays[key] = entry
         return out
 
     def _record(self, args: tuple) -> Tuple[Any, Optional[_Replay]]:

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_EXTRA, randomize_
 
 from hrnet_mm.deploy import OneDNNConv2d, to_deploy
-from hrnet_mm.deploy.replay import PlannedGraphModule
+from hrnet_mm.deploy.replay import PlannedGraphModule, _Replay
 from hrnet_mm.deploy.runtimes import native_bf16
 from hrnet_mm.models import HRNet
 
@@ -37,16 +37,26 @@ def _equal(a, b):
     return len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-def test_second_call_replays_without_the_modules(model):
+def test_third_call_replays_without_the_modules(model):
+    """The first call of a signature runs the graph, the second records, the third replays."""
     d = to_deploy(model)
     assert isinstance(d, PlannedGraphModule)
     x = _input()
     with torch.no_grad():
         first = d(x)
-        assert len(d._replays) == 1
+        assert len(d._replays) == 1 and not isinstance(next(iter(d._replays.values())), _Replay)
+        second = d(x)
+        assert isinstance(next(iter(d._replays.values())), _Replay)
         with mock.patch.object(OneDNNConv2d, 'forward', side_effect=AssertionError('module called')):
-            second = d(x)
-    assert _equal(first, second) and _equal(second, _graph_outputs(d, x))
+            third = d(x)
+    assert _equal(first, second) and _equal(second, third) and _equal(third, _graph_outputs(d, x))
+
+
+def test_signatures_met_once_are_not_recorded(model):
+    d = to_deploy(model)
+    with torch.no_grad(), mock.patch.object(PlannedGraphModule, '_record', side_effect=AssertionError('recorded')):
+        for h in range(64, 64 + 2 * 10, 2):  # more sizes than the replays kept
+            d(_input(h, 48))
 
 
 def test_each_input_signature_records_its_own_replay(model):
@@ -62,7 +72,7 @@ def test_each_input_signature_records_its_own_replay(model):
 
 
 def _replaying(model):
-    """A deploy model that has recorded and replayed one input, and that input."""
+    """A deploy model that has recorded one input's replay, and that input."""
     d, x = to_deploy(model), _input()
     with torch.no_grad():
         d(x)
@@ -147,6 +157,7 @@ def test_bfloat16_and_int8_models_replay(model, precision):
     graph = next(m for m in d.modules() if isinstance(m, PlannedGraphModule))
     with torch.no_grad():
         first = d(x)
+        d(x)
         conv = type(getattr(graph, 'onednn_conv0'))
         with mock.patch.object(conv, 'forward', side_effect=AssertionError('module called')):
             assert _equal(d(x), first)
