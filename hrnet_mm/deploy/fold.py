@@ -162,6 +162,11 @@ class PackedWeights:
         self._clear_caches()
         return super()._apply(fn, *args, **kwargs)
 
+    def plan_of(self, x: torch.Tensor, other: Optional[torch.Tensor] = None):
+        """The call that ``forward`` made for inputs like these (``_plans[_plan_key(x, other)]``), or None (none
+        made yet); for modules that keep such calls."""
+        return self._plans.get(self._plan_key(x, other))
+
     def _cached(self, cache: Dict[Any, Any], key: Any, make, limit: Optional[int] = None) -> Any:
         """``cache[key]``, made by ``make()`` on a miss (dropping the oldest entry when the cache is full)."""
         value = cache.get(key)
@@ -289,11 +294,10 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (other is not None and other.requires_grad)):
             return self._plain(x, other)  # the fused ops have no backward
-        return self._cached(self._plans, signature(x, other), lambda: self._plan(x, other))(x, other)
+        return self._cached(self._plans, self._plan_key(x, other), lambda: self._plan(x, other))(x, other)
 
-    def plan_of(self, x: torch.Tensor, other: Optional[torch.Tensor] = None):
-        """The call that :meth:`forward` made for inputs like these (:meth:`_plan`), or None (none made yet)."""
-        return self._plans.get(signature(x, other))
+    def _plan_key(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> tuple:
+        return signature(x, other)
 
     def _plain(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> torch.Tensor:
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

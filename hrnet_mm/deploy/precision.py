@@ -164,11 +164,10 @@ class Int8Conv2d(PackedWeights, nn.Module):
             self.groups, list(x.shape)))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self._cached(self._plans, signature(x), lambda: self._plan(x))(x, other)
+        return self._cached(self._plans, self._plan_key(x, other), lambda: self._plan(x))(x, other)
 
-    def plan_of(self, x: torch.Tensor, other: Optional[torch.Tensor] = None):
-        """The call that :meth:`forward` made for inputs like these (:meth:`_plan`), or None (none made yet)."""
-        return self._plans.get(signature(x))
+    def _plan_key(self, x: torch.Tensor, other: Optional[torch.Tensor]) -> tuple:
+        return signature(x)  # the summand is only added: the plan depends on x alone
 
     def _plan(self, x: torch.Tensor):
         """The call ``run(x, other)`` for inputs of ``x``'s :func:`~hrnet_mm.deploy.fold.signature`, made once

@@ -104,7 +104,6 @@ class PlannedGraphModule(fx.GraphModule):
         if any(m._forward_hooks or m._forward_pre_hooks for m in modules.values()):
             return self._graph_forward(*args), None
         plans: Dict[str, Any] = {}
-        graph_module = self
 
         class Recorder(fx.Interpreter):
             def call_module(self, target, call_args, kwargs):
@@ -114,7 +113,7 @@ class PlannedGraphModule(fx.GraphModule):
                     plans[target] = plan_of(*call_args)
                 return out
 
-        out = Recorder(graph_module).run(*args)
+        out = Recorder(self).run(*args)
         if any(plan is None for plan in plans.values()):
             return out, None
         root: Dict[str, Any] = {}
