@@ -99,16 +99,17 @@ struct Ymm {
 
 // m[i][0 .. width) = sum_c v[i][c] * u[c][0 .. width) for i < R, over C2 pairs of channels: v rows ldv bfloat16
 // apart, u a panel of the register's width in pairs of rows ([C2][width][2]). Twelve named accumulators, as in
-// gemm.h.
+// gemm.h. Each step also prefetches one 64-byte line of pf, the next panel (C2 lines), into L2.
 template <int R, class Reg>
 HRNET_MM_BF16 inline void micro(const uint16_t* __restrict__ v, int64_t ldv, const uint16_t* __restrict__ u,
-                                float* __restrict__ m, int64_t ldm, int64_t C2) {
+                                float* __restrict__ m, int64_t ldm, int64_t C2, const char* pf) {
   typename Reg::Acc c0 = Reg::zero(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
                     c9 = c0, c10 = c0, c11 = c0;
 #define HRNET_MM_ROW(i, a) \
   if (R > i) a = Reg::dot(a, pair(v + i * ldv + 2 * c), b);
   for (int64_t c = 0; c < C2; ++c) {
     const typename Reg::Pair b = Reg::load(u + c * 2 * Reg::kWidth);
+    _mm_prefetch(pf + c * 64, _MM_HINT_T1);
     HRNET_MM_ROW(0, c0)
     HRNET_MM_ROW(1, c1)
     HRNET_MM_ROW(2, c2)
@@ -143,9 +144,9 @@ HRNET_MM_BF16 inline void micro(const uint16_t* __restrict__ v, int64_t ldv, con
 // out[i][0 .. width) = sum_c v[i][c] * panel[c][0 .. width) for i < rows, twelve rows per micro kernel call.
 template <class Reg>
 HRNET_MM_BF16 void row_blocks(const uint16_t* v, int64_t ldv, const uint16_t* panel, float* out, int64_t ldo,
-                              int64_t C2, int64_t rows) {
+                              int64_t C2, int64_t rows, const char* pf) {
   int64_t r = 0;
-#define HRNET_MM_CALL(R) micro<R, Reg>(v + r * ldv, ldv, panel, out + r * ldo, ldo, C2);
+#define HRNET_MM_CALL(R) micro<R, Reg>(v + r * ldv, ldv, panel, out + r * ldo, ldo, C2, pf);
   for (; r + 12 <= rows; r += 12) {
     HRNET_MM_CALL(12)
   }
@@ -172,12 +173,15 @@ HRNET_MM_BF16 void row_blocks(const uint16_t* v, int64_t ldv, const uint16_t* pa
 }
 
 // M (tn x kc8, float32) = V (tn x C, bfloat16) @ U[:, k0 : k0 + kc8], panel by panel (the panel of columns k..
-// starts at U + C * k, as in the float32 layout).
+// starts at U + C * k, as in the float32 layout), each prefetching the one after it; next is the first panel after
+// the last one (the next plane's). In a model every layer's U comes from memory (the transformed weights outgrow
+// L3), and a panel (4 KB at 128 channels) is one page, which the hardware prefetchers do not cross.
 HRNET_MM_BF16 void gemm(const uint16_t* V, int64_t tn, int64_t C, const uint16_t* U, int64_t K8, int64_t k0,
-                        int64_t kc8, float* M) {
+                        int64_t kc8, float* M, const uint16_t* next) {
   for (int64_t k = k0; k < k0 + kc8; k += 16) {
-    if (k + 16 <= K8) row_blocks<Zmm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
-    else row_blocks<Ymm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn);
+    const char* pf = reinterpret_cast<const char*>(k + 16 < k0 + kc8 ? U + C * (k + 16) : next);
+    if (k + 16 <= K8) row_blocks<Zmm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn, pf);
+    else row_blocks<Ymm>(V, C, U + C * k, M + (k - k0), kc8, C / 2, tn, pf);
   }
 }
 
@@ -245,7 +249,8 @@ HRNET_MM_BF16 void run(const uint16_t* in, const uint16_t* U, const float* bias,
       }
       const int64_t k0 = kj * kstep, kc8 = std::min(g.K8, k0 + kstep) - k0, kc = std::min(g.K, k0 + kc8) - k0;
       for (int64_t p = 0; p < P; ++p)
-        gemm(Vb.get() + p * vps, tn, g.C, U + p * g.C * g.K8, g.K8, k0, kc8, Mb.get() + p * mps);
+        gemm(Vb.get() + p * vps, tn, g.C, U + p * g.C * g.K8, g.K8, k0, kc8, Mb.get() + p * mps,
+             U + std::min(p + 1, P - 1) * g.C * g.K8 + g.C * k0);
       transform_out<MT>(Mb.get(), mps, kc8, g, t0, t1, k0, kc, bias, res, relu, out);
     }
   });
