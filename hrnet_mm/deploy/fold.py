@@ -371,12 +371,15 @@ def _owns_result(gm: 'torch.fx.GraphModule', node: 'torch.fx.Node') -> bool:
     """Whether ``node`` returns a fresh tensor (not an input, a view or a list element), so it may be overwritten."""
     if node.op == 'call_module':
         return isinstance(gm.get_submodule(node.target), OneDNNConv2d)
-    return node.op == 'call_function' and node.target in (operator.add, torch.add, F.interpolate)
+    from .upsample_add import upsample_add
+    return node.op == 'call_function' and node.target in (operator.add, torch.add, F.interpolate, upsample_add)
 
 
 def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = False) -> 'torch.fx.GraphModule':
     """Traces ``module`` with ``torch.fx`` and replaces every ``Conv2d`` [-> add] [-> ReLU] by one
-    :class:`OneDNNConv2d`; ``nn.Identity`` (folded BN) disappears. Fold the BNs first (:func:`fold_batchnorm`).
+    :class:`OneDNNConv2d`, and every sum with a nearest upsampling [-> ReLU] by one
+    :func:`hrnet_mm.deploy.upsample_add.upsample_add`; ``nn.Identity`` (folded BN) disappears. Fold the BNs first
+    (:func:`fold_batchnorm`).
     The result is a :class:`hrnet_mm.deploy.replay.PlannedGraphModule`: repeated calls on inputs of one shape
     call the convolutions' prepared kernels directly.
     ``winograd`` lets the 3x3 stride-1 convolutions use the Winograd kernels where they are faster.
@@ -418,6 +421,8 @@ def fuse_onednn(module: nn.Module, inplace_add: bool = True, winograd: bool = Fa
         graph.eliminate_dead_code()
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+    from .upsample_add import fuse_upsample_add
+    fuse_upsample_add(gm, inplace=inplace_add)
     from .replay import PlannedGraphModule
     planned = PlannedGraphModule(gm, graph)
     copy_plain_attributes(module, planned)

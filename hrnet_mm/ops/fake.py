@@ -72,6 +72,17 @@ def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return _like(x, x.shape).to(torch.uint8)
 
 
+def upsample_add(x: torch.Tensor, low: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``relu?(x + F.interpolate(low, size=x.shape[-2:], mode='nearest'))``: like ``x``."""
+    torch._check(low.dim() == 4 and low.shape[:2] == x.shape[:2])
+    return _like(x, x.shape)
+
+
+def upsample_add_(x: torch.Tensor, low: torch.Tensor, relu: bool) -> None:
+    """:func:`upsample_add` written into ``x``: nothing returned."""
+    torch._check(low.dim() == 4 and low.shape[:2] == x.shape[:2])
+
+
 def _format(t: torch.Tensor) -> torch.memory_format:
     cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
     return torch.channels_last if cl else torch.contiguous_format
@@ -83,6 +94,6 @@ def register() -> None:
     if _REGISTERED:
         return
     for fn in (winograd_conv3x3, winograd_conv3x3_add_, train_conv3x3, train_conv3x3_backward, batch_norm_act,
-               batch_norm_act_backward, quantize_u8):
+               batch_norm_act_backward, quantize_u8, upsample_add, upsample_add_):
         torch.library.register_fake(f'hrnet_mm::{fn.__name__}')(fn)
     _REGISTERED = True

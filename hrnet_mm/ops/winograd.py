@@ -49,9 +49,11 @@ BF16_TILES = (2, 4)
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
 _CSRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'csrc')
 # one extension: the Winograd convolutions (float32; bfloat16 in bf16.cpp), the fused batch norm of
-# hrnet_mm.ops.fused_norm (norm.cpp) and the int8 deploy model's activation quantization (quantize.cpp)
+# hrnet_mm.ops.fused_norm (norm.cpp), the int8 deploy model's activation quantization (quantize.cpp) and the
+# deploy models' fuse step (upsample_add.cpp)
 _SOURCES = tuple(os.path.join(_CSRC, f) for f in ('forward.cpp', 'bf16.cpp', 'weight_grad.cpp', 'train.cpp',
-                                                  'norm.cpp', 'quantize.cpp', 'module.cpp'))
+                                                  'norm.cpp', 'quantize.cpp', 'upsample_add.cpp',
+                                                  'module.cpp'))
 _HEADERS = tuple(os.path.join(_CSRC, f) for f in ('winograd.h', 'transforms.h', 'gemm.h'))
 _BUILD_ERROR: Optional[str] = None
 

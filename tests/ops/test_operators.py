@@ -19,7 +19,7 @@ from hrnet_mm.models import HRNet
 from hrnet_mm.ops import winograd
 
 OPS = ('winograd_conv3x3', 'winograd_conv3x3_add_', 'train_conv3x3', 'train_conv3x3_backward', 'batch_norm_act',
-       'batch_norm_act_backward')
+       'batch_norm_act_backward', 'upsample_add', 'upsample_add_')
 
 
 def _cl(t):
@@ -62,6 +62,38 @@ def test_deploy_winograd_conv_passes_opcheck_and_equals_conv2d(kernel, tile, res
         assert _passed(opcheck(torch.ops.hrnet_mm.winograd_conv3x3_add_.default, (x, u, 12, b, r.clone(), relu, tile)))
         torch.ops.hrnet_mm.winograd_conv3x3_add_(*args)
         torch.testing.assert_close(r, expected, rtol=1e-4, atol=1e-4)
+
+
+def _upsample_add_reference(x, low, relu):
+    out = x + torch.nn.functional.interpolate(low, size=x.shape[-2:], mode='nearest')
+    return out.relu() if relu else out
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('relu', [False, True])
+@pytest.mark.parametrize('channels,size,low_size', [
+    (32, (16, 12), (8, 6)),  # x2, 16-channel steps
+    (18, (33, 47), (17, 24)),  # odd sizes (torch's float index rule), 18 = 16 + a tail of 2
+    (36, (17, 9), (5, 3)),  # non-integer ratios
+    (7, (10, 10), (10, 10)),  # fewer channels than a step, ratio 1
+    (16, (6, 10), (12, 20)),  # downsampling
+])
+def test_upsample_add_equals_torch_bit_for_bit(kernel, dtype, relu, channels, size, low_size):
+    """``upsample_add`` (new tensor) and ``upsample_add_`` (into ``x``) against interpolate + add + ReLU in torch:
+    bit for bit, as both round the float32 sum to bfloat16 the same way; non-channels_last inputs take torch's
+    operators."""
+    g = torch.Generator().manual_seed(5)
+    x = _cl(torch.randn(2, channels, *size, generator=g).to(dtype))
+    low = _cl(torch.randn(2, channels, *low_size, generator=g).to(dtype))
+    expected = _upsample_add_reference(x, low, relu)
+    out = torch.ops.hrnet_mm.upsample_add(x, low, relu)
+    assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(torch.ops.hrnet_mm.upsample_add(x.contiguous(), low, relu), expected)
+    into = x.clone()
+    torch.ops.hrnet_mm.upsample_add_(into, low, relu)
+    assert torch.equal(into, expected)
+    assert _passed(opcheck(torch.ops.hrnet_mm.upsample_add.default, (x, low, relu)))
+    assert _passed(opcheck(torch.ops.hrnet_mm.upsample_add_.default, (x.clone(), low, relu)))
 
 
 @pytest.mark.parametrize('batch_stats', [True, False])
