@@ -53,7 +53,9 @@ test_evaluator = val_evaluator
 max_epochs = 8
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 randomness = dict(seed=0)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10)]
-optim_wrapper = dict(optimizer=dict(lr=0.02), clip_grad=dict(max_norm=10))
+# half the recipe's rate (0.02 for 16 images a step) and two epochs of warm-up: at 0.02 after 10 iterations, one
+# CI run ended with its loss at 1.06 and box mAP@0.5 at 0.08 (seed 0; seeds 1-5 gave 0.67-0.86 here)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50)]
+optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10))
 default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval=max_epochs))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
