@@ -13,26 +13,6 @@
 #include "winograd.h"
 
 namespace {
-inline float widen(at::BFloat16 v) {  // bfloat16 -> float32: the 16 bits on top
-  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-inline at::BFloat16 narrow(float f) {  // float32 -> bfloat16, round to nearest even; NaN stays NaN
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-  return at::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), at::BFloat16::from_bits());
-}
-
-inline float to_float(float v) { return v; }
-inline float to_float(at::BFloat16 v) { return widen(v); }
-inline void store(float* p, float v) { *p = v; }
-inline void store(at::BFloat16* p, float v) { *p = narrow(v); }
-
 // out[c] = relu?(x[c] + low[c]) over one pixel's C channels (float32: a plain loop that the compiler vectorizes).
 template <typename T, bool Relu>
 inline void pixel(const T* __restrict__ x, const T* __restrict__ low, T* out, int64_t C) {
@@ -63,10 +43,10 @@ inline void pixel(const T* __restrict__ x, const T* __restrict__ low, T* out, in
     }
   }
 #endif
-  for (; c < C; ++c) {
-    float v = to_float(x[c]) + to_float(low[c]);
+  for (; c < C; ++c) {  // c10's conversions: bfloat16 rounded to nearest even, as torch's add rounds it
+    float v = static_cast<float>(x[c]) + static_cast<float>(low[c]);
     if (Relu) v = v < 0.f ? 0.f : v;  // NaN stays NaN, as in torch's ReLU
-    store(out + c, v);
+    out[c] = static_cast<T>(v);
   }
 }
 
