@@ -77,6 +77,21 @@ def kernel_nodes(outputs) -> dict:
     return counts
 
 
+def vm_flags(address: int) -> list:
+    """The VmFlags (``/proc/self/smaps``) of this process's mapping that holds ``address``: ``hg`` marks one
+    advised for transparent huge pages."""
+    with open('/proc/self/smaps') as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if '-' in head and all(c in '0123456789abcdef-' for c in head):
+                start, end = (int(v, 16) for v in head.split('-'))
+                inside = start <= address < end
+            elif inside and line.startswith('VmFlags:'):
+                return line.split()[1:]
+    raise AssertionError(f'no mapping holds {address:#x}')
+
+
 def json_lines(path) -> list:
     """The records of a JSON-lines file (mmengine's ``scalars.json`` and ``<timestamp>.json``)."""
     import json

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hrnet_mm.ops import hugepages
 from hrnet_mm.ops import onednn as onednn_ops
 from hrnet_mm.ops import winograd as winograd_ops
 from hrnet_mm.ops.convert import revert_cpu_kernels
@@ -267,7 +268,9 @@ class OneDNNConv2d(PackedWeights, nn.Module):
 
     def _winograd_weight(self, x: torch.Tensor) -> Tuple[int, Optional[torch.Tensor]]:
         """(tile, transformed weight) when a Winograd kernel is the fastest for ``x``'s shape, else (0, None).
-        The choice is made once per input shape; the transformed weight once per tile (shapes share it)."""
+        The choice is made once per input shape; the transformed weight once per tile (shapes share it), in
+        huge pages where the system has them (:mod:`hrnet_mm.ops.hugepages`: a forward reads every such weight
+        from memory)."""
         def choose() -> int:
             if self._direct(x, None):  # timed against the oneDNN call that would run instead
                 onednn = onednn_ops.conv(x.shape, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -287,8 +290,8 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         tile = self._cached(self._winograd, (x.shape, x.dtype), choose, limit=64)
         if not tile:
             return 0, None
-        return tile, self._cached(self._winograd_u, (tile, x.dtype),
-                                  lambda: winograd_ops.prepare_weight(self.weight, tile, x.dtype))
+        return tile, self._cached(self._winograd_u, (tile, x.dtype), lambda: hugepages.weight_copy(
+            winograd_ops.prepare_weight(self.weight, tile, x.dtype)))
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
