@@ -272,9 +272,11 @@ class OneDNNConv2d(PackedWeights, nn.Module):
         huge pages where the system has them (:mod:`hrnet_mm.ops.hugepages`: a forward reads every such weight
         from memory)."""
         def choose() -> int:
+            weight_memory = None
             if self._direct(x, None):  # timed against the oneDNN call that would run instead
-                onednn = onednn_ops.conv(x.shape, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                         False).run
+                prepared = onednn_ops.conv(x.shape, self.weight, self.bias, self.stride, self.padding,
+                                           self.dilation, False)
+                onednn, weight_memory = prepared.run, prepared.weight_memory
             else:
                 args = (self.padding, self.stride, self.dilation, self.groups)
                 w = self._packed_weight(x)[0]
@@ -282,7 +284,7 @@ class OneDNNConv2d(PackedWeights, nn.Module):
                 def onednn(data: torch.Tensor) -> torch.Tensor:
                     return torch.ops.mkldnn._convolution_pointwise(data, w, self.bias, *args, 'none', [], '')
 
-            tile = winograd_ops.choose_algorithm(x, self.weight, onednn)
+            tile = winograd_ops.choose_algorithm(x, self.weight, onednn, weight_memory)
             if tile:
                 self._packed.pop(x.shape, None)  # the Winograd weight replaces the oneDNN one for this shape
             return tile

@@ -37,6 +37,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from . import extension as extension_tools
+from . import hugepages
 
 ONEDNN = 0  # algorithm ids: 0 = oneDNN direct convolution, 2 / 4 = Winograd F(2x2, 3x3) / F(4x4, 3x3)
 TILES = (2, 4)
@@ -292,20 +293,24 @@ def _cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
-def _fastest(candidates: Dict[int, Callable[[], object]], data: torch.Tensor, evict: torch.Tensor,
-             rounds: int = 5) -> int:
-    """The key of the fastest of ``candidates`` as they run inside a network: each is timed with its weights
-    evicted from the caches by writing ``evict`` (the whole network's weights do not fit either) and its input
-    ``data`` just written (by the layer before). The candidates take turns, round by round, and each keeps its
-    best time: on a shared machine, noise only ever adds time, and a burst of it then hits one round of every
-    candidate instead of all the rounds of one (timing them one after the other picked a different winner for the
-    same shape from one process to the next)."""
+def _fastest(candidates: Dict[int, Callable[[], object]], data: torch.Tensor, evict: Optional[torch.Tensor],
+             rounds: int = 5, flush: Optional[Dict[int, Callable[[], object]]] = None) -> int:
+    """The key of the fastest of ``candidates`` as they run inside a network, where each layer's weights come from
+    memory (the whole network's do not fit in the caches) and its input ``data`` was just written (by the layer
+    before). Before each timed call the weights leave the caches: ``flush[key]()`` drops that candidate's own
+    weights, or, without ``flush``, writing ``evict`` (twice the largest cache) drops everything. The candidates
+    take turns, round by round, and each keeps its best time: on a shared machine, noise only ever adds time, and
+    a burst of it then hits one round of every candidate instead of all the rounds of one (timing them one after
+    the other picked a different winner for the same shape from one process to the next)."""
     best = {key: float('inf') for key in candidates}
     for fn in candidates.values():
         fn()  # first calls allocate and fault in memory
     for _ in range(rounds):
         for key, fn in candidates.items():
-            evict.fill_(0.0)
+            if flush is not None:
+                flush[key]()
+            else:
+                evict.fill_(0.0)
             data.mul_(1.0)
             t0 = time.perf_counter()
             fn()
@@ -313,13 +318,30 @@ def _fastest(candidates: Dict[int, Callable[[], object]], data: torch.Tensor, ev
     return min(best, key=best.get)
 
 
-def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[torch.Tensor], torch.Tensor]) -> int:
+def flush_cache(tensor: torch.Tensor) -> bool:
+    """Drops ``tensor``'s bytes from every cache level (clflush; AArch64: dc civac). False where the build has no
+    such instruction."""
+    return flush_memory(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+
+def flush_memory(address: int, nbytes: int) -> bool:
+    """Drops the bytes ``[address, address + nbytes)`` from every cache level; see :func:`flush_cache`."""
+    ext = _load()
+    return ext is not None and ext.flush_cache(address, nbytes)
+
+
+def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[torch.Tensor], torch.Tensor],
+                     onednn_weight: Optional[Tuple[int, int]] = None) -> int:
     """The fastest of oneDNN (``onednn(x)`` runs it) and the Winograd tiles (:data:`TILES` for float32,
     :data:`BF16_TILES` for bfloat16) for the 3x3 stride-1 convolution of ``x``'s shape and type with ``weight``'s
-    shape, timed once per shape, type and thread count in this process (on random data of those shapes, with the
-    weights out of the caches as in a whole network: Winograd's transformed weights are 1.8x (F(2x2)) and 4x
-    (F(4x4)) the size of the originals, which decides it for low-resolution layers). Returns :data:`ONEDNN`, 2 or
-    4."""
+    shape, timed once per shape, type and thread count in this process, on random data of those shapes and as in a
+    whole network: the input just written, the rest of the working set (the kernels' scratch buffers) in the
+    caches, and the weights not (Winograd's transformed weights are 1.8x (F(2x2)) and 4x (F(4x4)) the size of the
+    originals, which decides it for low-resolution layers). The Winograd weights are in huge pages, as in a deploy
+    model, and flushed from the caches before each timed call, as is oneDNN's when ``onednn_weight`` gives its
+    (address, bytes); without it, or where nothing can flush, every call starts from caches emptied by writing a
+    buffer twice their size, which also empties them of the scratch buffers and leaves them dirty (a
+    candidate's call then took up to twice its time in a network). Returns :data:`ONEDNN`, 2 or 4."""
     bf16 = x.dtype == torch.bfloat16
     if not (bf16_available() if bf16 else available()):
         return ONEDNN
@@ -331,14 +353,19 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
         return _CHOICES[key]
     gen = torch.Generator().manual_seed(0)  # not the global generator: a run's random draws stay its own
     data = torch.randn(n, c, h, w, generator=gen).to(x.dtype).contiguous(memory_format=torch.channels_last)
-    evict = torch.empty(2 * _cache_bytes() // 4)  # twice the largest cache; freed when the choice is made
+    arena = hugepages.Arena()  # the candidates' weights, freed with it when the choice is made
     candidates = {ONEDNN: lambda: onednn(data)}
+    flush = {ONEDNN: (lambda: flush_memory(*onednn_weight)) if onednn_weight else None}
     for tile in BF16_TILES if bf16 else TILES:
         if min(h, w) < tile or (bf16 and c % 2):  # a map smaller than one tile would be mostly padding
             continue
-        u = prepare_weight(torch.randn(tuple(weight.shape), generator=gen), tile, x.dtype)
+        u = arena.copy(prepare_weight(torch.randn(tuple(weight.shape), generator=gen), tile, x.dtype))
         candidates[tile] = functools.partial(conv, data, u, weight.shape[0], None, tile)
-    best = _fastest(candidates, data, evict)
+        flush[tile] = functools.partial(flush_cache, u)
+    if all(f is not None and f() for f in flush.values()):
+        best = _fastest(candidates, data, None, flush=flush)
+    else:
+        best = _fastest(candidates, data, torch.empty(2 * _cache_bytes() // 4))  # freed when the choice is made
     _CHOICES[key] = best
     return best
 

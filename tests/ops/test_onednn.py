@@ -123,6 +123,21 @@ def test_int8_conv_equals_torch_operator_without_bias_and_on_one_thread(ext):
         torch.set_num_threads(threads)
 
 
+def test_weight_memory_holds_the_reordered_weight_and_survives_a_flush(ext):
+    """``weight_memory`` (what hrnet_mm.ops.winograd's timing flushes) spans at least the weight's bytes, and
+    flushing it from the caches changes no result."""
+    from hrnet_mm.ops import winograd
+    x = torch.randn(1, 16, 10, 12).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(24, 16, 3, 3)
+    conv = onednn.conv(x.shape, weight, None, (1, 1), (1, 1), (1, 1), False)
+    address, nbytes = conv.weight_memory
+    assert address != 0 and nbytes >= weight.numel() * 4
+    before = conv.run(x)
+    if winograd.available():
+        winograd.flush_memory(address, nbytes)
+    assert torch.equal(conv.run(x), before)
+
+
 def test_conv_refuses_inputs_it_was_not_made_for(ext):
     q, qweight, w_scale, bias, x_scale, zp = _operands(1, 8, 16, 10, 12, 3)
     conv = onednn.conv(q.shape, qweight, bias, (1, 1), (1, 1), (1, 1), False, onednn.SUMMAND_INTO, w_scale, x_scale,

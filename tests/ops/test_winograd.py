@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY_EXTRA, randomize_, rel_err
+from conftest import TINY_EXTRA, randomize_, rel_err, vm_flags
 
 from hrnet_mm.deploy import OneDNNConv2d, to_deploy
 from hrnet_mm.models import HRNet
-from hrnet_mm.ops import extension, winograd
+from hrnet_mm.ops import extension, hugepages, winograd
 
 TOL = {2: 2e-6, 4: 3e-5}
 # bfloat16 (bf16.cpp), largest error over the largest output against float64 of the same bfloat16 operands: a direct
@@ -252,6 +252,46 @@ def test_choose_algorithm_times_once_per_shape(kernel, monkeypatch):
     with pytest.raises(ValueError, match='algorithm'):
         with winograd.force_algorithm(3):
             pass
+
+
+def test_flush_cache_keeps_the_values(kernel):
+    t = torch.randn(1000)
+    copy = t.clone()
+    assert winograd.flush_cache(t) is (os.uname().machine in ('x86_64', 'aarch64'))
+    assert torch.equal(t, copy)
+
+
+@pytest.mark.parametrize('given', [True, False])
+def test_choose_algorithm_flushes_each_candidates_weight_or_empties_the_caches(kernel, monkeypatch, given):
+    """With oneDNN's weight memory given, each candidate's own weight leaves the caches before its timed call (the
+    Winograd weights in huge pages, as in a deploy model); without it, a buffer twice the caches' size is written
+    before every call instead."""
+    seen = {}
+    real = winograd._fastest
+
+    def spy(candidates, data, evict, rounds=5, flush=None):
+        seen.update(keys=set(candidates), evict=evict, flush=flush)
+        return real(candidates, data, evict, rounds, flush)
+
+    monkeypatch.setattr(winograd, '_fastest', spy)
+    monkeypatch.setattr(winograd, '_CHOICES', {})
+    x, wt = _cl(torch.randn(1, 8, 12, 12)), torch.randn(8, 8, 3, 3)
+    weight_memory = (wt.data_ptr(), wt.numel() * 4) if given else None
+    winograd.choose_algorithm(x, wt, lambda data: F.conv2d(data, wt, padding=1), weight_memory)
+    assert seen['keys'] == {winograd.ONEDNN, *winograd.TILES}
+    if given:
+        assert seen['evict'] is None and set(seen['flush']) == seen['keys']
+    else:
+        assert seen['flush'] is None and seen['evict'].numel() * 4 == 2 * winograd._cache_bytes()
+
+
+@pytest.mark.skipif(not hugepages.available(), reason='transparent huge pages are off here')
+def test_deploy_winograd_weights_are_in_huge_page_memory(kernel):
+    conv = OneDNNConv2d(nn.Conv2d(16, 16, 3, padding=1), winograd=True).eval()
+    with winograd.force_algorithm(4), torch.no_grad():
+        conv(_cl(torch.randn(1, 16, 20, 20)))
+    (u,) = conv._winograd_u.values()
+    assert 'hg' in vm_flags(u.data_ptr())
 
 
 @pytest.mark.parametrize('tile', winograd.TILES)

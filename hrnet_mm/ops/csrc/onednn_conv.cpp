@@ -152,6 +152,11 @@ class Conv {
 
   std::vector<int64_t> output_shape() const { return output_shape_; }
 
+  // (address, bytes) of the reordered weight, for hrnet_mm.ops.winograd's timing to flush from the caches
+  std::pair<int64_t, int64_t> weight_memory() const {
+    return {reinterpret_cast<int64_t>(weight_.get_data_handle()), static_cast<int64_t>(weight_.get_desc().get_size())};
+  }
+
  private:
   int64_t summand_;
   bool int8_;
@@ -174,7 +179,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::arg("w_scale") = pybind11::none(), pybind11::arg("x_scale") = 1.0,
            pybind11::arg("x_zero_point") = 0)
       .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("summand") = pybind11::none())
-      .def_property_readonly("output_shape", &Conv::output_shape);
+      .def_property_readonly("output_shape", &Conv::output_shape)
+      .def_property_readonly("weight_memory", &Conv::weight_memory);
   m.def("version", []() {
     const dnnl_version_t* v = dnnl_version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
