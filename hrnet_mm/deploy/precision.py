@@ -14,7 +14,8 @@ Both start from the float32 deploy model (BN folded, oneDNN convolutions with fu
   per output channel, and quantizes its input to uint8 with one scale and zero point per layer, calibrated on
   the inputs the caller gives (the range each layer's input took over them). oneDNN's int8 convolution (VNNI /
   AMX) accumulates in int32, adds the float32 bias, the residual or multi-resolution sum and the ReLU, and
-  writes float32, so upsampling and the sums outside the convolutions stay exact.
+  writes float32, so upsampling and the sums outside the convolutions stay exact; a convolution whose result
+  only the next one reads writes it as uint8 on that one's grid instead (:meth:`Int8Conv2d.quantize_output`).
 
 Convolutions that could not be fused (a forward that ``torch.fx`` cannot trace) are converted one by one, without
 the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions, mmcv's
@@ -124,6 +125,10 @@ class Int8Conv2d(PackedWeights, nn.Module):
         conv: The float32 convolution (a :class:`OneDNNConv2d`, whose fused ReLU and sum are kept, or an
             ``nn.Conv2d`` with zero padding).
         low, high: The range of ``x`` seen in calibration; the uint8 grid spans it, extended to include 0.
+
+    A convolution whose result only the next one reads may write it already quantized for that one
+    (:meth:`quantize_output`): uint8 on the next one's grid, which then takes it as it is. This saves a float32
+    result and a quantization pass.
     """
 
     _CACHES = ('_packed', '_plans')
@@ -150,13 +155,25 @@ class Int8Conv2d(PackedWeights, nn.Module):
         self.register_buffer('w_zero_point', torch.zeros(weight.shape[0], dtype=torch.int64))
         bias = conv.bias.detach().float() if conv.bias is not None else None
         self.register_buffer('bias', bias)
+        self.out_scale: Optional[float] = None  # set by quantize_output: the result is uint8 on this grid
+        self.out_zero_point = 0
         self._packed: Dict[torch.Size, torch.Tensor] = {}
         self._plans: Dict[tuple, Any] = {}  # signature(x) -> the call that runs it (_plan)
+
+    def quantize_output(self, scale: float, zero_point: int) -> None:
+        """From now on, return the result as uint8 ``clamp(round_half_even(y / scale) + zero_point, 0, 255)``
+        (the input grid of the convolution that reads it) instead of float32 ``y``. Only without a summand."""
+        if self.add:
+            raise ValueError('Int8Conv2d.quantize_output: a convolution with a summand answers in float32')
+        self.out_scale, self.out_zero_point = float(scale), int(zero_point)
+        self._clear_caches()
 
     def extra_repr(self) -> str:
         return (f'{self.qweight.shape[1] * self.groups}, {self.out_channels}, '
                 f'kernel_size={tuple(self.qweight.shape[2:])}, stride={tuple(self.stride)}, relu={self.relu}, '
-                f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}')
+                f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}'
+                + (f', out_scale={self.out_scale:.4g}, out_zero_point={self.out_zero_point}'
+                   if self.out_scale is not None else ''))
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         return self._cached(self._packed, x.shape, lambda: torch.ops.onednn.qconv_prepack(
@@ -171,18 +188,25 @@ class Int8Conv2d(PackedWeights, nn.Module):
 
     def _plan(self, x: torch.Tensor):
         """The call ``run(x, other)`` for inputs of ``x``'s :func:`~hrnet_mm.deploy.fold.signature`, made once
-        with the packed weight, the quantizer and oneDNN's operators bound."""
-        if x.dtype != torch.float32 or x.device.type != 'cpu' or x.dim() != 4:
+        with the packed weight, the quantizer and oneDNN's operators bound. A uint8 ``x`` is taken as already
+        quantized on this layer's grid (the previous layer's :meth:`quantize_output`)."""
+        if x.dtype not in (torch.float32, torch.uint8) or x.device.type != 'cpu' or x.dim() != 4:
             raise TypeError(f'Int8Conv2d takes a float32 (N, C, H, W) CPU tensor, got {x.dtype} {tuple(x.shape)} '
                             f'on {x.device}')
         cl = torch.channels_last
         nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
         quantize, scale, zero_point = _quantizer(), self.x_scale, self.x_zero_point
+        out_scale, out_zero_point = self.out_scale, self.out_zero_point
+        if x.dtype == torch.uint8:
+            def quantize(q: torch.Tensor, *_) -> torch.Tensor:
+                return q
         if self.groups == 1 and onednn_ops.available():  # oneDNN's primitive, made once for this shape
             summand = (onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD) if self.add else 0
             conv = onednn_ops.conv(x.shape, self.qweight, self.bias, self.stride, self.padding, self.dilation,
-                                   self.relu, summand, self.w_scale, scale, zero_point).run
+                                   self.relu, summand, self.w_scale, scale, zero_point, out_scale or 0.0,
+                                   out_zero_point).run
             private = False  # a summand that others read is only read
+            out_scale = None  # oneDNN writes the uint8 result itself
         else:  # torch's operator, which prepares oneDNN's call each time and adds a summand only by writing into it
             head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
             common = (self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
@@ -199,6 +223,8 @@ class Int8Conv2d(PackedWeights, nn.Module):
             q = quantize(x.contiguous(memory_format=cl), scale, zero_point)
             if other is None:
                 y = conv(q)
+                if out_scale is not None:
+                    y = _quantizer()(y, out_scale, out_zero_point)
                 return y.contiguous() if nchw else y
             summand = other.contiguous(memory_format=cl)  # a copy unless channels_last already
             return conv(q, summand.clone() if private and summand is other else summand)
@@ -339,7 +365,37 @@ def to_int8(model: nn.Module, calibration: Iterable[Any]) -> nn.Module:
             _replace(model, name, new)
         else:
             return new
+    _quantize_outputs(model)
     return model
+
+
+def _quantize_outputs(model: nn.Module) -> int:
+    """In every fused graph of ``model``, each :class:`Int8Conv2d` without a summand whose result only another
+    one reads, as its input, writes that result quantized for it (:meth:`Int8Conv2d.quantize_output`): in HRNet
+    the first convolution of every residual block (129 of W32's 305). Returns how many."""
+    count = 0
+    for gm in model.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        calls: Dict[str, int] = {}
+        for node in gm.graph.nodes:
+            if node.op == 'call_module':
+                calls[node.target] = calls.get(node.target, 0) + 1
+        for node in gm.graph.nodes:
+            users = list(node.users)
+            if node.op != 'call_module' or calls[node.target] != 1 or len(users) != 1:
+                continue
+            reader = users[0]
+            conv = gm.get_submodule(node.target)
+            if (reader.op != 'call_module' or calls[reader.target] != 1 or not isinstance(conv, Int8Conv2d)
+                    or conv.add or conv.groups != 1 or not reader.args or reader.args[0] is not node
+                    or node in reader.args[1:] or node in reader.kwargs.values()):
+                continue
+            nxt = gm.get_submodule(reader.target)
+            if isinstance(nxt, Int8Conv2d) and nxt.groups == 1 and not nxt.keep_format:
+                conv.quantize_output(nxt.x_scale, nxt.x_zero_point)
+                count += 1
+    return count
 
 
 def _last_uses(model: nn.Module) -> set:

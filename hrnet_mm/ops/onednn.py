@@ -105,7 +105,8 @@ SUMMAND_NONE, SUMMAND_INTO, SUMMAND_ADD = 0, 1, 2
 
 def conv(input_shape: Sequence[int], weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Sequence[int],
          padding: Sequence[int], dilation: Sequence[int], relu: bool, summand: int = SUMMAND_NONE,
-         w_scale: Optional[torch.Tensor] = None, x_scale: float = 1.0, x_zero_point: int = 0):
+         w_scale: Optional[torch.Tensor] = None, x_scale: float = 1.0, x_zero_point: int = 0,
+         y_scale: float = 0.0, y_zero_point: int = 0):
     """oneDNN's convolution prepared for inputs of ``input_shape`` (N, C, H, W), all tensors channels_last.
 
     Args:
@@ -118,6 +119,8 @@ def conv(input_shape: Sequence[int], weight: torch.Tensor, bias: Optional[torch.
             result into it, :data:`SUMMAND_ADD` reads it into a new output; :data:`SUMMAND_NONE`: no summand.
         w_scale: int8 only: float32 (K,) weight scales.
         x_scale, x_zero_point: int8 only: the input's quantization, ``x = x_scale * (q - x_zero_point)``.
+        y_scale, y_zero_point: int8 without a summand only: with ``y_scale > 0`` the result is uint8, quantized
+            for the next layer as ``clamp(round_half_even(y / y_scale) + y_zero_point, 0, 255)``.
 
     Returns:
         An object whose ``run(x, summand=None)`` returns the (N, K, H', W') result (the summand itself with
@@ -133,4 +136,5 @@ def conv(input_shape: Sequence[int], weight: torch.Tensor, bias: Optional[torch.
     return ext.Conv([int(s) for s in input_shape], weight.detach().cpu(),
                     None if bias is None else bias.detach().float().cpu(), [int(s) for s in stride],
                     [int(p) for p in padding], [int(d) for d in dilation], bool(relu), int(summand),
-                    None if w_scale is None else w_scale.detach().float().cpu(), float(x_scale), int(x_zero_point))
+                    None if w_scale is None else w_scale.detach().float().cpu(), float(x_scale), int(x_zero_point),
+                    float(y_scale), int(y_zero_point))

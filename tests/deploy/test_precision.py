@@ -18,6 +18,7 @@ from hrnet_mm.deploy.fold import OneDNNConv2d
 from hrnet_mm.deploy.precision import Bfloat16Module, Int8Conv2d, PrecisionError, quantize_u8
 from hrnet_mm.deploy.runtimes import native_bf16
 from hrnet_mm.models import HRNet, HRNetV2Neck
+from hrnet_mm.models.blocks import BasicBlock
 
 needs_bf16 = pytest.mark.skipif(not native_bf16(), reason='the processor has no native bfloat16')
 
@@ -82,6 +83,29 @@ def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, r
     assert len(made) == (1 if path == 'direct' else 0)
 
 
+def test_int8_conv_hands_the_next_one_its_input_quantized(int8_path):
+    """A convolution that quantizes its result for the next one (Int8Conv2d.quantize_output) gives it the uint8
+    input that it would have made itself from the float32 result: the same output (torch's operator: the same
+    quantizer, so equal; oneDNN: its own rounding of ties, so equal to int8 rounding)."""
+    torch.manual_seed(0)
+    first = Int8Conv2d(OneDNNConv2d(nn.Conv2d(16, 24, 3, 1, 1), relu=True), -3.0, 3.0)
+    second = Int8Conv2d(OneDNNConv2d(nn.Conv2d(24, 8, 3, 1, 1)), 0.0, 4.0)
+    x = torch.randn(1, 16, 12, 10).contiguous(memory_format=torch.channels_last)
+    expected = second(first(x))
+    first.quantize_output(second.x_scale, second.x_zero_point)
+    q = first(x)
+    assert q.dtype == torch.uint8 and q.is_contiguous(memory_format=torch.channels_last)
+    assert 'out_scale' in repr(first)
+    y = second(q)
+    if int8_path[0] == 'torch-operator':
+        assert torch.equal(y, expected)
+    else:
+        assert rel_err(y, expected) < 1e-2
+    summed = Int8Conv2d(OneDNNConv2d(nn.Conv2d(16, 24, 3, 1, 1), add=True), -3.0, 3.0)
+    with pytest.raises(ValueError, match='summand'):
+        summed.quantize_output(0.1, 0)
+
+
 def test_int8_deploy_of_hrnet_and_neck(int8_path):
     """Every convolution of the backbone and the HRNetV2 neck becomes int8 (no float32 layer left, no warning);
     outputs within 5% of the float32 model's scale on an input it was not calibrated on (a random network, whose
@@ -96,6 +120,9 @@ def test_int8_deploy_of_hrnet_and_neck(int8_path):
     convs = [m for m in d.modules() if isinstance(m, Int8Conv2d)]
     assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert any(m.inplace for m in convs if m.add)
+    quantized = [m for m in convs if m.out_scale is not None]  # each residual block's first convolution, at least
+    assert len(quantized) >= sum(isinstance(m, BasicBlock) for m in model.modules()) and not any(
+        m.add for m in quantized)
     x = _inputs(1, seed=1)[0]
     with torch.no_grad():
         out = d(x)

@@ -102,6 +102,29 @@ def test_float_conv_equals_float64_conv(ext, dtype, tol, shape, kernel, stride, 
     assert ((y.double() - expected).abs().max() / expected.abs().max()).item() < tol
 
 
+@pytest.mark.parametrize('shape,kernel,stride,padding,dilation', GEOMETRIES)
+@pytest.mark.parametrize('relu,y_zero_point', [(True, 0), (False, 131)])
+def test_int8_conv_with_uint8_result_quantizes_the_float_result(ext, shape, kernel, stride, padding, dilation,
+                                                                  relu, y_zero_point):
+    """With ``y_scale`` the result is the float32 one quantized on the next layer's grid, as hrnet_mm's quantizer
+    does (round half to even of y / y_scale): equal but for ties that oneDNN's own float arithmetic (which scales
+    by a product of the scales) puts on the other side, at most one step and rarely."""
+    from hrnet_mm.deploy.precision import quantize_u8
+    n, c, h, w = shape
+    q, qweight, w_scale, bias, x_scale, zp = _operands(n, c, 24, h, w, kernel, seed=3)
+    args = (q.shape, qweight, bias, (stride,) * 2, (padding,) * 2, (dilation,) * 2, relu, onednn.SUMMAND_NONE,
+            w_scale, x_scale, zp)
+    y = onednn.conv(*args).run(q)
+    y_scale = float(y.max() - y.min()) / 200
+    out = onednn.conv(*args, y_scale, y_zero_point).run(q)
+    assert out.dtype == torch.uint8 and out.shape == y.shape and out.is_contiguous(memory_format=torch.channels_last)
+    expected = quantize_u8(y, y_scale, y_zero_point)
+    diff = (out.int() - expected.int()).abs()
+    assert diff.max().item() <= 1 and diff.float().mean().item() < 1e-3
+    with pytest.raises(RuntimeError, match='uint8 output'):
+        onednn.conv(*args[:7], onednn.SUMMAND_ADD, *args[8:], y_scale, y_zero_point)
+
+
 def test_int8_conv_equals_torch_operator_without_bias_and_on_one_thread(ext):
     """The same numbers as torch.ops.onednn.qconv2d_pointwise (both run oneDNN's int8 kernels), with no bias, at
     one thread and at two (oneDNN reads torch's OpenMP thread count at every call)."""

@@ -5,7 +5,8 @@
 //
 // With an int8 weight (K, C, kh, kw), as torch.ops.onednn.qconv2d_pointwise with float32 output:
 //   y = relu?( x_scale * w_scale[k] * sum((q - x_zero_point) * w) + bias[k] [+ summand] )
-// q a uint8 (N, C, H, W) tensor, y float32. With a float32 or bfloat16 weight, as
+// q a uint8 (N, C, H, W) tensor, y float32; or, with y_scale > 0 (and no summand), y quantized for the next
+// layer as uint8 clamp(round_half_even(y / y_scale) + y_zero_point, 0, 255). With a float32 or bfloat16 weight, as
 // torch.ops.mkldnn._convolution_pointwise: y = relu?(conv(x, w) + bias [+ summand]), x and y in the weight's type.
 // All tensors are channels_last. The summand is either added by oneDNN's sum post-op, which writes the result
 // into it (summand mode 1), or read by a binary add post-op into a new output (mode 2).
@@ -43,8 +44,9 @@ class Conv {
  public:
   Conv(std::vector<int64_t> input_shape, torch::Tensor weight, c10::optional<torch::Tensor> bias,
        std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation, bool relu,
-       int64_t summand, c10::optional<torch::Tensor> w_scale, double x_scale, int64_t x_zero_point)
-      : summand_(summand), int8_(weight.scalar_type() == torch::kChar) {
+       int64_t summand, c10::optional<torch::Tensor> w_scale, double x_scale, int64_t x_zero_point, double y_scale,
+       int64_t y_zero_point)
+      : summand_(summand), int8_(weight.scalar_type() == torch::kChar), quantized_out_(y_scale > 0) {
     TORCH_CHECK(input_shape.size() == 4 && weight.dim() == 4 && stride.size() == 2 && padding.size() == 2 &&
                     dilation.size() == 2,
                 "Conv: a 2-D convolution of an (N, C, H, W) input");
@@ -53,6 +55,8 @@ class Conv {
     TORCH_CHECK(type == torch::kChar || type == torch::kFloat || type == torch::kBFloat16,
                 "Conv: the weight must be int8, float32 or bfloat16");
     TORCH_CHECK(weight.size(1) == input_shape[1], "Conv: the weight (K, C, kh, kw) must have the input's C");
+    TORCH_CHECK(!quantized_out_ || (int8_ && summand == 0 && y_zero_point >= 0 && y_zero_point <= 255),
+                "Conv: a uint8 output (y_scale > 0) needs an int8 weight, no summand and 0 <= y_zero_point <= 255");
     const int64_t n = input_shape[0], c = input_shape[1], h = input_shape[2], w = input_shape[3];
     const int64_t k = weight.size(0), kh = weight.size(2), kw = weight.size(3);
     const int64_t oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
@@ -62,9 +66,9 @@ class Conv {
     output_shape_ = {n, k, oh, ow};
     const dt float_type = type == torch::kBFloat16 ? dt::bf16 : dt::f32;
     input_type_ = int8_ ? torch::kByte : type;
-    output_type_ = int8_ ? torch::kFloat : type;
+    output_type_ = quantized_out_ ? torch::kByte : int8_ ? torch::kFloat : type;
     src_ = memory::desc({n, c, h, w}, int8_ ? dt::u8 : float_type, tag::nhwc);
-    dst_ = memory::desc({n, k, oh, ow}, float_type, tag::nhwc);
+    dst_ = memory::desc({n, k, oh, ow}, quantized_out_ ? dt::u8 : float_type, tag::nhwc);
     const dt weight_type = int8_ ? dt::s8 : float_type;
     const memory::desc any_weight({k, c, kh, kw}, weight_type, tag::any);
     const memory::desc bias_desc({k}, dt::f32, tag::a);
@@ -76,6 +80,10 @@ class Conv {
       attr.set_scales_mask(DNNL_ARG_SRC, 0);
       attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel
       attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
+    }
+    if (quantized_out_) {
+      attr.set_scales_mask(DNNL_ARG_DST, 0);
+      attr.set_zero_points_mask(DNNL_ARG_DST, 0);
     }
     dnnl::post_ops ops;
     if (summand == 1) ops.append_sum(1.f);
@@ -106,6 +114,12 @@ class Conv {
       weight_scale_ = filled(memory::desc({k}, dt::f32, tag::x), w_scale->contiguous().data_ptr<float>(),
                              k * sizeof(float));
       src_zero_point_ = filled(memory::desc({1}, dt::s32, tag::x), &src_zero_point, sizeof(int32_t));
+    }
+    if (quantized_out_) {
+      const float dst_scale = static_cast<float>(y_scale);
+      const int32_t dst_zero_point = static_cast<int32_t>(y_zero_point);
+      dst_scale_ = filled(memory::desc({1}, dt::f32, tag::x), &dst_scale, sizeof(float));
+      dst_zero_point_ = filled(memory::desc({1}, dt::s32, tag::x), &dst_zero_point, sizeof(int32_t));
     }
   }
 
@@ -138,6 +152,10 @@ class Conv {
       args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, weight_scale_});
       args.insert({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, src_zero_point_});
     }
+    if (quantized_out_) {
+      args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, dst_scale_});
+      args.insert({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, dst_zero_point_});
+    }
     if (summand_ == 2) {
       const memory added(dst_, cpu_engine(), summand->data_ptr());
       args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, added});
@@ -159,12 +177,12 @@ class Conv {
 
  private:
   int64_t summand_;
-  bool int8_;
+  bool int8_, quantized_out_;
   torch::ScalarType input_type_, output_type_;
   std::vector<int64_t> input_shape_, output_shape_;
   memory::desc src_, dst_, scratchpad_;
   dnnl::convolution_forward primitive_;
-  memory weight_, bias_, src_scale_, weight_scale_, src_zero_point_;
+  memory weight_, bias_, src_scale_, weight_scale_, src_zero_point_, dst_scale_, dst_zero_point_;
 };
 
 }  // namespace
@@ -173,11 +191,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Conv>(m, "Conv", "oneDNN's convolution, prepared for one input shape")
       .def(pybind11::init<std::vector<int64_t>, torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>,
                           std::vector<int64_t>, std::vector<int64_t>, bool, int64_t, c10::optional<torch::Tensor>,
-                          double, int64_t>(),
+                          double, int64_t, double, int64_t>(),
            pybind11::arg("input_shape"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("stride"),
            pybind11::arg("padding"), pybind11::arg("dilation"), pybind11::arg("relu"), pybind11::arg("summand"),
            pybind11::arg("w_scale") = pybind11::none(), pybind11::arg("x_scale") = 1.0,
-           pybind11::arg("x_zero_point") = 0)
+           pybind11::arg("x_zero_point") = 0, pybind11::arg("y_scale") = 0.0, pybind11::arg("y_zero_point") = 0)
       .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("summand") = pybind11::none())
       .def_property_readonly("output_shape", &Conv::output_shape)
       .def_property_readonly("weight_memory", &Conv::weight_memory);
