@@ -195,11 +195,9 @@ class Int8Conv2d(PackedWeights, nn.Module):
                             f'on {x.device}')
         cl = torch.channels_last
         nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
-        quantize, scale, zero_point = _quantizer(), self.x_scale, self.x_zero_point
+        quantize = _quantizer() if x.dtype == torch.float32 else _quantized  # uint8: on this layer's grid
+        scale, zero_point = self.x_scale, self.x_zero_point
         out_scale, out_zero_point = self.out_scale, self.out_zero_point
-        if x.dtype == torch.uint8:
-            def quantize(q: torch.Tensor, *_) -> torch.Tensor:
-                return q
         if self.groups == 1 and onednn_ops.available():  # oneDNN's primitive, made once for this shape
             summand = (onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD) if self.add else 0
             conv = onednn_ops.conv(x.shape, self.qweight, self.bias, self.stride, self.padding, self.dilation,
@@ -236,6 +234,11 @@ def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     ``x``): hrnet_mm's kernel (``torch.ops.hrnet_mm.quantize_u8``, one pass) where it is built, torch's per-tensor
     quantization otherwise (the same integers)."""
     return _quantizer()(x, scale, zero_point)
+
+
+def _quantized(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """The quantizer of an input that arrives quantized already (uint8, on the layer's grid): ``q`` itself."""
+    return q
 
 
 def _quantizer():

@@ -104,8 +104,8 @@ def test_float_conv_equals_float64_conv(ext, dtype, tol, shape, kernel, stride, 
 
 @pytest.mark.parametrize('shape,kernel,stride,padding,dilation', GEOMETRIES)
 @pytest.mark.parametrize('relu,y_zero_point', [(True, 0), (False, 131)])
-def test_int8_conv_with_uint8_result_quantizes_the_float_result(ext, shape, kernel, stride, padding, dilation,
-                                                                  relu, y_zero_point):
+def test_int8_conv_with_uint8_result_quantizes_the_float_one(ext, shape, kernel, stride, padding, dilation, relu,
+                                                             y_zero_point):
     """With ``y_scale`` the result is the float32 one quantized on the next layer's grid, as hrnet_mm's quantizer
     does (round half to even of y / y_scale): equal but for ties that oneDNN's own float arithmetic (which scales
     by a product of the scales) puts on the other side, at most one step and rarely."""
