@@ -1,8 +1,8 @@
 """Tensors in transparent huge pages (2 MiB), for the weights that every deploy forward streams from memory.
 
 A deploy model's transformed Winograd weights outgrow the processor's caches, so each forward reads every one of
-them from memory once (the bf16 W32 256x192 model about 140 MB). In 4 KiB pages that is one page walk per 4 KiB
-panel; in 2 MiB pages a few dozen. :class:`Arena` places tensors in anonymous memory mapped with
+them from memory once. In 4 KiB pages that is a page walk for every 4 KiB panel of the products; in 2 MiB pages
+one for every 512 of them. :class:`Arena` places tensors in anonymous memory mapped with
 ``madvise(MADV_HUGEPAGE)``, which the kernel backs with huge pages when transparent huge pages are enabled in
 ``always`` or ``madvise`` mode (``/sys/kernel/mm/transparent_hugepage/enabled``). Where they are not (another
 operating system, THP off), :meth:`Arena.copy` returns an ordinary copy, so callers need not check.

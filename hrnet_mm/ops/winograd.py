@@ -44,7 +44,7 @@ TILES = (2, 4)
 # bfloat16 (bf16.cpp): both tiles. Rounding the transformed input and weight to bfloat16 gives F(4x4) about 5x the
 # rms error of a direct bfloat16 convolution per layer (F(2x2) 1.3x), but a whole network's error is dominated by
 # the bfloat16 activations between the layers: random-weight W32 1.8e-2 of its largest output against 1.3-1.5e-2,
-# and the task metrics of the README's four demo models within 0.12 points (docs/benchmarks.md)
+# and the task metrics of the README's four demo models within 0.16 points (docs/benchmarks.md)
 BF16_TILES = (2, 4)
 
 # realpath: one build however the package is reached (an editable install may link site-packages to the checkout)
@@ -340,8 +340,8 @@ def choose_algorithm(x: torch.Tensor, weight: torch.Tensor, onednn: Callable[[to
     originals, which decides it for low-resolution layers). The Winograd weights are in huge pages, as in a deploy
     model, and flushed from the caches before each timed call, as is oneDNN's when ``onednn_weight`` gives its
     (address, bytes); without it, or where nothing can flush, every call starts from caches emptied by writing a
-    buffer twice their size, which also empties them of the scratch buffers and leaves them dirty (a
-    candidate's call then took up to twice its time in a network). Returns :data:`ONEDNN`, 2 or 4."""
+    buffer twice their size, which also empties them of the scratch buffers and leaves them dirty, so that every
+    candidate runs far slower than in a network and noise decides more often. Returns :data:`ONEDNN`, 2 or 4."""
     bf16 = x.dtype == torch.bfloat16
     if not (bf16_available() if bf16 else available()):
         return ONEDNN
