@@ -191,26 +191,27 @@ class Int8Conv2d(PackedWeights, nn.Module):
         with the packed weight, the quantizer and oneDNN's operators bound. A uint8 ``x`` is taken as already
         quantized on this layer's grid (the previous layer's :meth:`quantize_output`)."""
         if x.dtype not in (torch.float32, torch.uint8) or x.device.type != 'cpu' or x.dim() != 4:
-            raise TypeError(f'Int8Conv2d takes a float32 (N, C, H, W) CPU tensor, got {x.dtype} {tuple(x.shape)} '
-                            f'on {x.device}')
+            raise TypeError(f'Int8Conv2d takes a float32 (or uint8, quantized for it) (N, C, H, W) CPU tensor, '
+                            f'got {x.dtype} {tuple(x.shape)} on {x.device}')
         cl = torch.channels_last
         nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
         quantize = _quantizer() if x.dtype == torch.float32 else _quantized  # uint8: on this layer's grid
         scale, zero_point = self.x_scale, self.x_zero_point
         out_scale, out_zero_point = self.out_scale, self.out_zero_point
+        requantize = None  # the scale the float32 result of torch's operator is quantized with (quantize_output)
         if self.groups == 1 and onednn_ops.available():  # oneDNN's primitive, made once for this shape
             summand = (onednn_ops.SUMMAND_INTO if self.inplace else onednn_ops.SUMMAND_ADD) if self.add else 0
             conv = onednn_ops.conv(x.shape, self.qweight, self.bias, self.stride, self.padding, self.dilation,
                                    self.relu, summand, self.w_scale, scale, zero_point, out_scale or 0.0,
                                    out_zero_point).run
-            private = False  # a summand that others read is only read
-            out_scale = None  # oneDNN writes the uint8 result itself
+            private = False  # a summand that others read is only read; oneDNN writes a uint8 result itself
         else:  # torch's operator, which prepares oneDNN's call each time and adds a summand only by writing into it
             head = (scale, zero_point, self._packed_weight(x), self.w_scale, self.w_zero_point)
             common = (self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32)
             plain, binary = torch.ops.onednn.qconv2d_pointwise.default, torch.ops.onednn.qconv2d_pointwise.binary
             attr, unary = ('relu', 'relu') if self.relu else ('none', None)
             private = not self.inplace
+            requantize = out_scale
 
             def conv(q: torch.Tensor, summand: Optional[torch.Tensor] = None) -> torch.Tensor:
                 if summand is None:
@@ -221,8 +222,8 @@ class Int8Conv2d(PackedWeights, nn.Module):
             q = quantize(x.contiguous(memory_format=cl), scale, zero_point)
             if other is None:
                 y = conv(q)
-                if out_scale is not None:
-                    y = _quantizer()(y, out_scale, out_zero_point)
+                if requantize is not None:
+                    y = _quantizer()(y, requantize, out_zero_point)
                 return y.contiguous() if nchw else y
             summand = other.contiguous(memory_format=cl)  # a copy unless channels_last already
             return conv(q, summand.clone() if private and summand is other else summand)
@@ -372,11 +373,10 @@ def to_int8(model: nn.Module, calibration: Iterable[Any]) -> nn.Module:
     return model
 
 
-def _quantize_outputs(model: nn.Module) -> int:
+def _quantize_outputs(model: nn.Module) -> None:
     """In every fused graph of ``model``, each :class:`Int8Conv2d` without a summand whose result only another
     one reads, as its input, writes that result quantized for it (:meth:`Int8Conv2d.quantize_output`): in HRNet
-    the first convolution of every residual block (129 of W32's 305). Returns how many."""
-    count = 0
+    the first convolution of every residual block."""
     for gm in model.modules():
         if not isinstance(gm, torch.fx.GraphModule):
             continue
@@ -397,8 +397,6 @@ def _quantize_outputs(model: nn.Module) -> int:
             nxt = gm.get_submodule(reader.target)
             if isinstance(nxt, Int8Conv2d) and nxt.groups == 1 and not nxt.keep_format:
                 conv.quantize_output(nxt.x_scale, nxt.x_zero_point)
-                count += 1
-    return count
 
 
 def _last_uses(model: nn.Module) -> set:
