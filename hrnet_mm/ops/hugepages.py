@@ -10,6 +10,7 @@ operating system, THP off), :meth:`Arena.copy` returns an ordinary copy, so call
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 from typing import Optional
 
@@ -59,12 +60,10 @@ class Arena:
     def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape`` and ``dtype`` in huge-page memory (an ordinary
         ``torch.empty`` where huge pages are not :func:`available`)."""
-        numel = 1
-        for size in shape:
-            numel *= int(size)
+        numel = math.prod(int(size) for size in shape)
         if not available() or numel == 0:
             return torch.empty(shape, dtype=dtype)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         if self._buffer is None or self._offset + nbytes > self._end:
             self._map(nbytes)
         start = self._offset

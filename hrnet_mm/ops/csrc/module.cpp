@@ -1,6 +1,7 @@
 // The Python module of hrnet_mm's CPU kernels: the weight transform and the training passes that
-// hrnet_mm.ops.winograd times one by one, and the cache flush that its deploy timing uses. The operators (torch.ops.hrnet_mm) are registered with the dispatcher by
-// forward.cpp (the deploy convolution), train.cpp and norm.cpp.
+// hrnet_mm.ops.winograd times one by one, and the cache flush that its deploy timing uses. The operators
+// (torch.ops.hrnet_mm) are registered with the dispatcher by forward.cpp (the deploy convolution), train.cpp and
+// norm.cpp.
 #include "winograd.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <emmintrin.h>
