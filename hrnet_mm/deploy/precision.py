@@ -11,11 +11,12 @@ Both start from the float32 deploy model (BN folded, oneDNN convolutions with fu
   processor without native bfloat16 (:func:`hrnet_mm.deploy.runtimes.native_bf16`), where oneDNN would emulate it
   slower than float32.
 * ``'int8'`` (:func:`to_int8`): static post-training quantization. Every convolution gets int8 weights, symmetric
-  per output channel, and quantizes its input to uint8 with one scale and zero point per layer, calibrated on
-  the inputs the caller gives (the range each layer's input took over them). oneDNN's int8 convolution (VNNI /
-  AMX) accumulates in int32, adds the float32 bias, the residual or multi-resolution sum and the ReLU, and
-  writes float32, so upsampling and the sums outside the convolutions stay exact; a convolution whose result
-  only the next one reads writes it as uint8 on that one's grid instead (:meth:`Int8Conv2d.quantize_output`).
+  per output channel (7 bits on an x86 processor without VNNI or AMX: :class:`Int8Conv2d`), and quantizes its
+  input to uint8 with one scale and zero point per layer, calibrated on the inputs the caller gives (the range
+  each layer's input took over them). oneDNN's int8 convolution (VNNI / AMX) accumulates in int32, adds the
+  float32 bias, the residual or multi-resolution sum and the ReLU, and writes float32, so upsampling and the sums
+  outside the convolutions stay exact; a convolution whose result only the next one reads writes it as uint8 on
+  that one's grid instead (:meth:`Int8Conv2d.quantize_output`).
 
 Convolutions that could not be fused (a forward that ``torch.fx`` cannot trace) are converted one by one, without
 the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions, mmcv's
@@ -37,7 +38,7 @@ from hrnet_mm.ops import winograd as winograd_ops
 from .fold import OneDNNConv2d, PackedWeights
 from .fold import _is_ours as _is_hrnet_mm
 from .fold import copy_plain_attributes, onednn_available, signature
-from .runtimes import native_bf16
+from .runtimes import native_bf16, native_int8
 
 PRECISIONS = ('fp32', 'bf16', 'int8')
 _ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'f32': 'fp32', 'bf16': 'bf16', 'bfloat16': 'bf16', 'int8': 'int8'}
@@ -118,8 +119,11 @@ class Int8Conv2d(PackedWeights, nn.Module):
 
     ``x`` (float32, (N, C, H, W), channels_last for full speed) is quantized as ``q = clamp(round(x / x_scale) +
     x_zero_point, 0, 255)`` (:func:`quantize_u8`); the weight ``w`` (K, C/groups, kh, kw) is stored as
-    ``round(w / w_scale[k])`` in int8 with ``w_scale[k] = max |w[k]| / 127``. The product accumulates in int32 and
-    is written in float32 with the float32 bias, the optional summand ``other`` (float32, (N, K, H', W')) and ReLU.
+    ``round(w / w_scale[k])`` in int8 with ``w_scale[k] = max |w[k]| / w_max``: ``w_max`` is 127, or 63 on an x86
+    processor without an int8 dot-product instruction (:func:`~hrnet_mm.deploy.runtimes.native_int8`), where
+    oneDNN adds pairs of products in int16 and larger weights would saturate them. The product accumulates in
+    int32 and is written in float32 with the float32 bias, the optional summand ``other`` (float32, (N, K, H',
+    W')) and ReLU.
 
     Args:
         conv: The float32 convolution (a :class:`OneDNNConv2d`, whose fused ReLU and sum are kept, or an
@@ -147,9 +151,10 @@ class Int8Conv2d(PackedWeights, nn.Module):
         scale = (high - low) / 255 if high > low else 1.0
         self.x_scale = scale
         self.x_zero_point = int(min(max(round(-low / scale), 0), 255))
-        w_scale = weight.abs().amax(dim=(1, 2, 3)) / 127
+        self.w_max = 127 if native_int8() else 63  # 2 * 255 * 63 < 2 ** 15: vpmaddubsw's int16 pairs never saturate
+        w_scale = weight.abs().amax(dim=(1, 2, 3)) / self.w_max
         w_scale = torch.where(w_scale > 0, w_scale, torch.ones_like(w_scale))
-        qweight = torch.clamp(torch.round(weight / w_scale.view(-1, 1, 1, 1)), -127, 127).to(torch.int8)
+        qweight = torch.round(weight / w_scale.view(-1, 1, 1, 1)).clamp(-self.w_max, self.w_max).to(torch.int8)
         self.register_buffer('qweight', qweight.contiguous(memory_format=torch.channels_last))
         self.register_buffer('w_scale', w_scale.to(torch.float32))
         self.register_buffer('w_zero_point', torch.zeros(weight.shape[0], dtype=torch.int64))
@@ -171,7 +176,7 @@ class Int8Conv2d(PackedWeights, nn.Module):
     def extra_repr(self) -> str:
         return (f'{self.qweight.shape[1] * self.groups}, {self.out_channels}, '
                 f'kernel_size={tuple(self.qweight.shape[2:])}, stride={tuple(self.stride)}, relu={self.relu}, '
-                f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}'
+                f'add={self.add}, x_scale={self.x_scale:.4g}, x_zero_point={self.x_zero_point}, w_max={self.w_max}'
                 + (f', out_scale={self.out_scale:.4g}, out_zero_point={self.out_zero_point}'
                    if self.out_scale is not None else ''))
 
@@ -193,6 +198,10 @@ class Int8Conv2d(PackedWeights, nn.Module):
         if x.dtype not in (torch.float32, torch.uint8) or x.device.type != 'cpu' or x.dim() != 4:
             raise TypeError(f'Int8Conv2d takes a float32 (or uint8, quantized for it) (N, C, H, W) CPU tensor, '
                             f'got {x.dtype} {tuple(x.shape)} on {x.device}')
+        if getattr(self, 'w_max', 127) > 63 and not native_int8():
+            raise RuntimeError('this int8 model was made on a processor with an int8 dot-product instruction (VNNI '
+                               'or AMX); this one has none, and its int8 convolutions would saturate on these '
+                               'weights: make the int8 model again here (to_deploy(..., precision="int8"))')
         cl = torch.channels_last
         nchw = self.keep_format and not x.is_contiguous(memory_format=cl)
         quantize = _quantizer() if x.dtype == torch.float32 else _quantized  # uint8: on this layer's grid
@@ -391,12 +400,17 @@ def _quantize_outputs(model: nn.Module) -> None:
             reader = users[0]
             conv = gm.get_submodule(node.target)
             if (reader.op != 'call_module' or calls[reader.target] != 1 or not isinstance(conv, Int8Conv2d)
-                    or conv.add or conv.groups != 1 or not reader.args or reader.args[0] is not node
-                    or node in reader.args[1:] or node in reader.kwargs.values()):
+                    or conv.add or conv.groups != 1 or not _reads_as_input(reader, node)):
                 continue
             nxt = gm.get_submodule(reader.target)
             if isinstance(nxt, Int8Conv2d) and nxt.groups == 1 and not nxt.keep_format:
                 conv.quantize_output(nxt.x_scale, nxt.x_zero_point)
+
+
+def _reads_as_input(reader: torch.fx.Node, node: torch.fx.Node) -> bool:
+    """Whether ``reader`` reads ``node`` as its first argument and nowhere else."""
+    return (bool(reader.args) and reader.args[0] is node and node not in reader.args[1:]
+            and node not in reader.kwargs.values())
 
 
 def _last_uses(model: nn.Module) -> set:

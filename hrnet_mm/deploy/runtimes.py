@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -42,6 +43,16 @@ def cpu_flags() -> frozenset:
 def native_bf16() -> bool:
     """Whether the processor computes in bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
     return bool({'avx512_bf16', 'amx_bf16'} & cpu_flags())
+
+
+def native_int8() -> bool:
+    """Whether oneDNN's int8 convolutions accumulate uint8 x int8 products in int32 on this processor: an x86 one
+    with a dot-product instruction (AVX512_VNNI, AVX_VNNI or AMX-INT8), or one of another architecture. Without
+    one an x86 processor multiplies with ``vpmaddubsw``, which adds each pair of products in int16 and saturates
+    where ``|q_x1 w_1 + q_x2 w_2|`` exceeds 32767 (uint8 activations with int8 weights above 64)."""
+    if platform.machine().lower() not in ('x86_64', 'amd64', 'i386', 'i686', 'x86'):
+        return True
+    return bool({'avx512_vnni', 'avx_vnni', 'amx_int8'} & cpu_flags())
 
 
 def openvino_available() -> bool:

@@ -83,6 +83,28 @@ def test_int8_conv_equals_float_conv_of_the_quantized_operands(stride, kernel, r
     assert len(made) == (1 if path == 'direct' else 0)
 
 
+@pytest.mark.parametrize('dot_product', [True, False])
+def test_int8_weights_never_saturate_oneDNN_without_dot_products(dot_product, int8_path, monkeypatch):
+    """Without VNNI or AMX, oneDNN adds pairs of uint8 x int8 products in int16 (vpmaddubsw): the weights then
+    take 7 bits (|q_w| <= 63, 2 * 255 * 63 < 2 ** 15), and the convolution is still exactly that of its quantized
+    operands where the processor has no dot product; a model made with 8-bit weights refuses to run there."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 16, 3, 1, 1)
+    x = (torch.rand(1, 32, 9, 7) * 4).contiguous(memory_format=torch.channels_last)  # mostly large activations
+    with monkeypatch.context() as patch:
+        patch.setattr(precision_mod, 'native_int8', lambda: dot_product)
+        q = Int8Conv2d(OneDNNConv2d(conv), 0.0, float(x.max()))
+    assert q.w_max == (127 if dot_product else 63) and int(q.qweight.abs().max()) == q.w_max
+    assert f'w_max={q.w_max}' in repr(q)
+    if dot_product and not precision_mod.native_int8():  # it would saturate here: the model says so instead
+        with pytest.raises(RuntimeError, match='dot-product instruction.*make the int8 model again here'):
+            q(x)
+        return
+    xd = (quantize_u8(x, q.x_scale, q.x_zero_point).float() - q.x_zero_point) * q.x_scale
+    wd = q.qweight.float() * q.w_scale.view(-1, 1, 1, 1)
+    assert rel_err(q(x), F.conv2d(xd, wd, conv.bias, 1, 1)) < 1e-5
+
+
 def test_int8_conv_hands_the_next_one_its_input_quantized(int8_path):
     """A convolution that quantizes its result for the next one (Int8Conv2d.quantize_output) gives it the uint8
     input that it would have made itself from the float32 result: the same output (torch's operator: the same
@@ -109,8 +131,9 @@ def test_int8_conv_hands_the_next_one_its_input_quantized(int8_path):
 def test_int8_deploy_of_hrnet_and_neck(int8_path):
     """Every convolution of the backbone and the HRNetV2 neck becomes int8 (no float32 layer left, no warning);
     outputs within 5% of the float32 model's scale on an input it was not calibrated on (a random network, whose
-    activations are wider-tailed than a trained one's), and the summands written in place where nothing reads
-    them later."""
+    activations are wider-tailed than a trained one's; 10% with the 7-bit weights of a processor without an int8
+    dot product: simulated in float32, 3.2% and 5.6% on this network), and the summands written in place where
+    nothing reads them later."""
     bb = _tiny()
     model = randomize_(nn.Sequential(bb, HRNetV2Neck(bb.out_channels, out_channels=16))).eval()
     with warnings.catch_warnings():
@@ -127,7 +150,7 @@ def test_int8_deploy_of_hrnet_and_neck(int8_path):
     with torch.no_grad():
         out = d(x)
         for a, b in zip(out, model(x)):
-            assert rel_err(a, b) < 5e-2
+            assert rel_err(a, b) < (5e-2 if precision_mod.native_int8() else 1e-1)
         # saved whole after a call (its packed weights are not saved) and loaded: the same integers, the same output
         buffer = io.BytesIO()
         torch.save(d, buffer)

@@ -306,7 +306,9 @@ def test_cascade_equals_mmdet(tmp_path, name):
         assert len(got['bboxes']) == len(ref.bboxes) > 0
         dist = np.abs(got['bboxes'][:, None] - ref.bboxes.numpy()[None]).max(-1)
         match = dist.argmin(1)
-        assert dist.min(1).max() < 1e-2 and len(set(match)) == len(match)
+        # pixels of a 320-wide image: HTC's three stages, each fed the last one's boxes, reach 0.0103 px with
+        # onnxruntime's AVX2 kernels (0.01 px is enough with AVX-512)
+        assert dist.min(1).max() < 2e-2 and len(set(match)) == len(match)
         assert np.array_equal(got['labels'], ref.labels.numpy()[match])
         assert np.abs(got['scores'] - ref.scores.numpy()[match]).max() < 1e-4
         if 'masks' in ref:

@@ -19,7 +19,8 @@ from conftest import TINY_EXTRA, grads_l2, kernel_nodes, randomize_, rel_err
 from hrnet_mm.models import HRNet
 from hrnet_mm.ops import uses_cpu_kernels, winograd
 
-TOL = {0: 2e-6, 2: 2e-6, 4: 3e-5}
+# tile 0 is oneDNN's: its float32 weight gradient of 2x48x40 positions reaches 2.0e-6 with its AVX2 kernels
+TOL = {0: 4e-6, 2: 2e-6, 4: 3e-5}
 
 
 @pytest.fixture
