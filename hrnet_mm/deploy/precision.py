@@ -16,7 +16,8 @@ Both start from the float32 deploy model (BN folded, oneDNN convolutions with fu
   each layer's input took over them). oneDNN's int8 convolution (VNNI / AMX) accumulates in int32, adds the
   float32 bias, the residual or multi-resolution sum and the ReLU, and writes float32, so upsampling and the sums
   outside the convolutions stay exact; a convolution whose result only the next one reads writes it as uint8 on
-  that one's grid instead (:meth:`Int8Conv2d.quantize_output`).
+  that one's grid instead (:meth:`Int8Conv2d.quantize_output`), and a result that several read on one grid is
+  quantized once for all of them (:class:`QuantizeU8`).
 
 Convolutions that could not be fused (a forward that ``torch.fx`` cannot trace) are converted one by one, without
 the fused ReLU and sum. Layers that neither form handles (linear layers, transposed convolutions, mmcv's
@@ -239,6 +240,27 @@ class Int8Conv2d(PackedWeights, nn.Module):
         return run
 
 
+class QuantizeU8(nn.Module):
+    """``x`` (float32, (N, C, H, W)) quantized once to uint8 on one grid (:func:`quantize_u8`, channels_last) for
+    the several :class:`Int8Conv2d` that read it on that grid (:func:`_share_quantizations`), which then take it
+    as it is instead of each quantizing it again.
+
+    Args:
+        scale, zero_point: The grid, ``x = scale * (q - zero_point)``: the readers' ``x_scale`` and
+            ``x_zero_point``.
+    """
+
+    def __init__(self, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def extra_repr(self) -> str:
+        return f'scale={self.scale:.4g}, zero_point={self.zero_point}'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _quantizer()(x.contiguous(memory_format=torch.channels_last), self.scale, self.zero_point)
+
+
 def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """``clamp(round_half_even(x / scale) + zero_point, 0, 255)`` as uint8, in ``x``'s memory format (float32 CPU
     ``x``): hrnet_mm's kernel (``torch.ops.hrnet_mm.quantize_u8``, one pass) where it is built, torch's per-tensor
@@ -379,6 +401,7 @@ def to_int8(model: nn.Module, calibration: Iterable[Any]) -> nn.Module:
         else:
             return new
     _quantize_outputs(model)
+    _share_quantizations(model)
     return model
 
 
@@ -411,6 +434,41 @@ def _reads_as_input(reader: torch.fx.Node, node: torch.fx.Node) -> bool:
     """Whether ``reader`` reads ``node`` as its first argument and nowhere else."""
     return (bool(reader.args) and reader.args[0] is node and node not in reader.args[1:]
             and node not in reader.kwargs.values())
+
+
+def _share_quantizations(model: nn.Module) -> None:
+    """In every fused graph of ``model``, a float32 result that several :class:`Int8Conv2d` read as their input on
+    one grid (the same calibrated range: in HRNet each branch's output, which every other branch's fuse
+    convolution reads) is quantized once, by a :class:`QuantizeU8` inserted after it, and they read its uint8
+    result."""
+    for gm in model.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        changed = False
+        order = {node: i for i, node in enumerate(gm.graph.nodes)}
+        for node in list(gm.graph.nodes):
+            grids: Dict[Tuple[float, int], List[torch.fx.Node]] = {}
+            for reader in node.users:
+                if reader.op != 'call_module' or not _reads_as_input(reader, node):
+                    continue
+                conv = gm.get_submodule(reader.target)
+                if isinstance(conv, Int8Conv2d) and conv.groups == 1 and not conv.keep_format:
+                    grids.setdefault((conv.x_scale, conv.x_zero_point), []).append(reader)
+            for (scale, zero_point), readers in grids.items():
+                if len(readers) < 2:
+                    continue
+                name = f'quantize_{node.name}'
+                while hasattr(gm, name):
+                    name += '_'
+                gm.add_submodule(name, QuantizeU8(scale, zero_point))
+                with gm.graph.inserting_before(min(readers, key=order.get)):  # hot in cache for the first one
+                    quantized = gm.graph.call_module(name, (node,))
+                for reader in readers:
+                    reader.replace_input_with(node, quantized)
+                changed = True
+        if changed:
+            gm.graph.lint()
+            gm.recompile()
 
 
 def _last_uses(model: nn.Module) -> set:

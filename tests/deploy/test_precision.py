@@ -128,6 +128,36 @@ def test_int8_conv_hands_the_next_one_its_input_quantized(int8_path):
         summed.quantize_output(0.1, 0)
 
 
+def test_int8_deploy_quantizes_a_shared_input_once(int8_path, monkeypatch):
+    """A result that several convolutions read on one grid (each branch's output, read by every other branch's
+    fuse convolution) is quantized once, by a QuantizeU8 in the graph, and the outputs are the same integers'
+    results as when each convolution quantizes it itself (bit-equal)."""
+    model, calibration, x = _tiny(), _inputs(2), _inputs(1, seed=1)[0]
+    calls = []
+    quantizer = precision_mod._quantizer
+    monkeypatch.setattr(precision_mod, '_quantizer', lambda: lambda *a: calls.append(a[1:]) or quantizer()(*a))
+    shared = to_deploy(model, precision='int8', calibration=calibration)
+    monkeypatch.setattr(precision_mod, '_share_quantizations', lambda model: None)
+    separate = to_deploy(model, precision='int8', calibration=calibration)
+    sharers = [m for m in shared.modules() if isinstance(m, precision_mod.QuantizeU8)]
+    # each branch's output in stage 3 (two modules of three branches: two fuse convolutions read it) and stage 4
+    # (two of four: three read it); the stem's output (the bottleneck's first and shortcut convolutions) and the
+    # last branch before each of the two later transitions (the next block and the new branch's convolution)
+    assert len(sharers) == 2 * 3 + 2 * 4 + 1 + 2 and 'zero_point=' in repr(sharers[0])
+    assert sorted(len(n.users) for gm in shared.modules() if isinstance(gm, torch.fx.GraphModule)
+                  for n in gm.graph.nodes if n.op == 'call_module' and n.target.startswith('quantize_')
+                  ) == [2] * 9 + [3] * 8
+    assert not any(isinstance(m, precision_mod.QuantizeU8) for m in separate.modules())
+    with torch.no_grad():
+        calls.clear()
+        y = shared(x)
+        n_shared = len(calls)
+        calls.clear()
+        expected = separate(x)
+    assert len(calls) - n_shared == 9 * 1 + 8 * 2  # each sharer saves all but one of its readers' passes
+    assert all(torch.equal(a, b) for a, b in zip(y, expected))
+
+
 def test_int8_deploy_of_hrnet_and_neck(int8_path):
     """Every convolution of the backbone and the HRNetV2 neck becomes int8 (no float32 layer left, no warning);
     outputs within 5% of the float32 model's scale on an input it was not calibrated on (a random network, whose
