@@ -439,8 +439,8 @@ def _reads_as_input(reader: torch.fx.Node, node: torch.fx.Node) -> bool:
 def _share_quantizations(model: nn.Module) -> None:
     """In every fused graph of ``model``, a float32 result that several :class:`Int8Conv2d` read as their input on
     one grid (the same calibrated range: in HRNet each branch's output, which every other branch's fuse
-    convolution reads) is quantized once, by a :class:`QuantizeU8` inserted after it, and they read its uint8
-    result."""
+    convolution reads) is quantized once, by a :class:`QuantizeU8` placed just before the first of them (so its
+    uint8 result is still in cache for that one), and they all read that result."""
     for gm in model.modules():
         if not isinstance(gm, torch.fx.GraphModule):
             continue
