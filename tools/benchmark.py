@@ -95,7 +95,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hrnet_mm  # noqa: E402
 from hrnet_mm.deploy import allocator_tuned, to_deploy, tune_cpu_allocator  # noqa: E402
-from hrnet_mm.deploy.runtimes import native_bf16  # noqa: E402
+from hrnet_mm.deploy.runtimes import native_bf16, native_int8  # noqa: E402
 from hrnet_mm.models import HRModule, HRNet  # noqa: E402
 from hrnet_mm.models.arch import get_preset  # noqa: E402
 
@@ -721,6 +721,7 @@ def environment(device: torch.device) -> Dict[str, str]:
     info['winograd'] = winograd_state() if device.type == 'cpu' else 'cpu-only'
     if device.type == 'cpu':
         info['onednn'] = onednn_state()
+        info['int8_weights'] = '8-bit' if native_int8() else '7-bit(no_VNNI)'  # hrnet_mm-deploy-int8's weights
     return info
 
 

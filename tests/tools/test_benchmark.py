@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY_EXTRA, randomize_
 
+from hrnet_mm.deploy.runtimes import native_int8
+
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 benchmark = pytest.importorskip('benchmark')
 
@@ -96,6 +98,7 @@ def test_environment_names_the_processor_and_its_vector_isa():
     env = benchmark.environment(torch.device('cpu'))
     assert env['processor'] and env['processor'] == benchmark.processor_name()
     assert env['cpu_isa'] == torch.backends.cpu.get_cpu_capability()
+    assert env['int8_weights'] == ('8-bit' if native_int8() else '7-bit(no_VNNI)')  # Int8Conv2d.w_max
     if os.path.exists('/proc/cpuinfo'):
         with open('/proc/cpuinfo') as f:
             names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
