@@ -469,7 +469,6 @@ def _share_quantizations(model: nn.Module) -> None:
         if changed:
             gm.graph.lint()
             gm.recompile()
-            gm._replays = {}  # replays recorded on the old graph (PlannedGraphModule)
 
 
 def _last_uses(model: nn.Module) -> set:

@@ -8,7 +8,7 @@ each fused convolution prepared for its inputs (its *plan*); the recorded calls 
 *replay*, which later calls of that signature run. The first call runs the graph as it is: recording costs about
 one more forward, not worth it for an input size met once. Everything that could make a replay stale sends the
 call to the graph instead: autograd, a module replaced or given a hook, a module's prepared kernels dropped
-(``.to()``, a copy), module hooks registered globally, non-tensor inputs.
+(``.to()``, a copy), module hooks registered globally, non-tensor inputs; a recompiled graph drops its replays.
 """
 import operator
 from typing import Any, Dict, List, Optional, Tuple
@@ -71,10 +71,10 @@ class PlannedGraphModule(fx.GraphModule):
 
     def __init__(self, root: nn.Module, graph: fx.Graph, class_name: str = 'GraphModule') -> None:
         super().__init__(root, graph, class_name)
-        self._replays: Dict[tuple, Any] = {}  # signature -> _Replay, _SEEN (once) or None (not recordable)
 
     def recompile(self):
         code = super().recompile()
+        self._replays: Dict[tuple, Any] = {}  # signature -> _Replay, _SEEN (once) or None; a new graph drops all
         cls = type(self)  # fx gives each instance a class of its own, with the generated forward
         cls._graph_forward = cls.forward
         cls.forward = PlannedGraphModule._planned_forward

@@ -108,6 +108,22 @@ def test_a_replaced_module_is_called(model):
         assert not _equal(changed, d(x))
 
 
+def test_a_changed_graph_drops_its_replays(model):
+    """A pass that rewrites the graph (new nodes, the same modules) and recompiles it: the next calls run the new
+    graph, not a replay recorded on the old one."""
+    d, x = _replaying(model)
+    with torch.no_grad():
+        before = d(x)
+        output = next(n for n in d.graph.nodes if n.op == 'output')
+        with d.graph.inserting_before(output):
+            doubled = d.graph.call_function(torch.mul, (output.args[0][0], 2.0))
+        output.args = ((doubled, *output.args[0][1:]),)
+        d.recompile()
+        assert not d._replays
+        after = d(x)
+    assert torch.equal(after[0], 2.0 * before[0]) and _equal(after[1:], before[1:])
+
+
 def test_grad_mode_copies_conversions_and_pickles_leave_no_stale_replay(model):
     d = to_deploy(model)
     x = _input()
