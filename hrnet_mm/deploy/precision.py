@@ -152,7 +152,7 @@ class Int8Conv2d(PackedWeights, nn.Module):
         scale = (high - low) / 255 if high > low else 1.0
         self.x_scale = scale
         self.x_zero_point = int(min(max(round(-low / scale), 0), 255))
-        self.w_max = 127 if native_int8() else 63  # 2 * 255 * 63 < 2 ** 15: vpmaddubsw's int16 pairs never saturate
+        self.w_max = int8_weight_max()
         w_scale = weight.abs().amax(dim=(1, 2, 3)) / self.w_max
         w_scale = torch.where(w_scale > 0, w_scale, torch.ones_like(w_scale))
         qweight = torch.round(weight / w_scale.view(-1, 1, 1, 1)).clamp(-self.w_max, self.w_max).to(torch.int8)
@@ -199,7 +199,7 @@ class Int8Conv2d(PackedWeights, nn.Module):
         if x.dtype not in (torch.float32, torch.uint8) or x.device.type != 'cpu' or x.dim() != 4:
             raise TypeError(f'Int8Conv2d takes a float32 (or uint8, quantized for it) (N, C, H, W) CPU tensor, '
                             f'got {x.dtype} {tuple(x.shape)} on {x.device}')
-        if getattr(self, 'w_max', 127) > 63 and not native_int8():
+        if getattr(self, 'w_max', 127) > int8_weight_max():
             raise RuntimeError('this int8 model was made on a processor with an int8 dot-product instruction (VNNI '
                                'or AMX); this one has none, and its int8 convolutions would saturate on these '
                                'weights: make the int8 model again here (to_deploy(..., precision="int8"))')
@@ -259,6 +259,13 @@ class QuantizeU8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _quantizer()(x.contiguous(memory_format=torch.channels_last), self.scale, self.zero_point)
+
+
+def int8_weight_max() -> int:
+    """The largest ``|q_w|`` of :class:`Int8Conv2d`'s weights on this processor: 127, or 63 where oneDNN adds pairs
+    of uint8 x int8 products in int16 (no int8 dot product: :func:`~hrnet_mm.deploy.runtimes.native_int8`), since
+    ``2 * 255 * 63 < 2 ** 15``."""
+    return 127 if native_int8() else 63
 
 
 def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hrnet_mm.deploy.runtimes import native_bf16, native_int8
+from hrnet_mm.deploy.precision import int8_weight_max
+from hrnet_mm.deploy.runtimes import native_bf16
 from hrnet_mm.ops import onednn
 
 
@@ -30,7 +31,7 @@ def _operands(n, c, k, h, w, kernel, seed=0):
     bias = torch.randn(k, generator=g)
     x_scale, x_zero_point = float(x.max() - x.min()) / 255, 100
     q = torch.clamp(torch.round(x / x_scale) + x_zero_point, 0, 255).to(torch.uint8)
-    w_max = 127 if native_int8() else 63  # as Int8Conv2d: 7 bits where oneDNN adds pairs of products in int16
+    w_max = int8_weight_max()  # as Int8Conv2d: 7 bits where oneDNN adds pairs of products in int16
     w_scale = weight.abs().amax(dim=(1, 2, 3)) / w_max
     qweight = torch.clamp(torch.round(weight / w_scale.view(-1, 1, 1, 1)), -w_max, w_max).to(torch.int8)
     return q.contiguous(memory_format=torch.channels_last), qweight, w_scale, bias, x_scale, x_zero_point
