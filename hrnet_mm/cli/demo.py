@@ -128,7 +128,7 @@ def ensure_data(data_root: str, kinds: List[str]) -> None:
         cli = {'coco': 'coco', 'cityscapes': 'cityscapes', 'coco_keypoints': 'coco-keypoints',
                'imagenet': 'imagenet', 'coco_people': 'coco-people'}[kind]
         from ..datasets.__main__ import main as data_main
-        data_main([cli, folder] + (['--train', '48'] if kind == 'coco' else []))  # 8 epochs of 48 images
+        data_main([cli, folder])
 
 
 def run_task(key: str, root: str, work_root: str) -> Dict[str, object]:

@@ -32,7 +32,7 @@ def make_coco_people(root: str, splits: Dict[str, int], seed: int = 0):
 # kind: (generator, folder under data/demo, default train count, default val count, what a count means, split
 # names: the set's own (COFW and OneHand10K call their second split "test"))
 KINDS: Dict[str, Tuple[Callable, str, int, int, str, Tuple[str, str]]] = {
-    'coco': (make_coco_detection, 'coco', 16, 8, 'images', ('train', 'val')),
+    'coco': (make_coco_detection, 'coco', 48, 8, 'images', ('train', 'val')),
     'coco-keypoints': (make_coco_keypoints, 'coco_keypoints', 128, 16, 'images', ('train', 'val')),
     'cityscapes': (make_cityscapes_seg, 'cityscapes', 48, 12, 'images', ('train', 'val')),
     'imagenet': (make_imagenet_folder, 'imagenet', 100, 10, 'images per class', ('train', 'val')),

@@ -67,7 +67,7 @@ def make_coco_detection(root: str, splits: Dict[str, int] = None, size: Tuple[in
 
     Args:
         root: Output folder.
-        splits: ``{split name: number of images}``; default ``{'train': 16, 'val': 8}``.
+        splits: ``{split name: number of images}``; default ``{'train': 48, 'val': 8}``.
         size: ``(height, width)`` of every image.
         seed: Seed of the generator; the same seed writes the same files.
         max_objects: Objects per image (1..max_objects).
@@ -76,7 +76,7 @@ def make_coco_detection(root: str, splits: Dict[str, int] = None, size: Tuple[in
     Returns:
         ``{split: annotation file path}``.
     """
-    splits = splits or {'train': 16, 'val': 8}
+    splits = splits or {'train': 48, 'val': 8}
     h, w = size
     os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
     out = {}
