@@ -1,6 +1,8 @@
-"""The demo (`make demo`): smoke mode, log parsing, and one task end to end."""
+"""The demo (`make demo`): smoke mode, log parsing, and the pose task end to end with the detector-to-pose
+pipeline."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,16 +37,74 @@ def test_every_demo_task_has_its_config():
 
 
 @pytest.mark.slow
-def test_demo_detection_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.cli.demo', '--task', 'det', '--root', str(tmp_path),
-                           '--work-dir', str(tmp_path / 'work')], capture_output=True, text=True, timeout=900)
+def test_demo_pose_end_to_end(tmp_path):
+    """``make demo TASK=pose`` in a fresh folder (``python -m hrnet_mm.cli.demo --task pose``): writes the data,
+    trains the pose demo through mmpose's runner and scores it, draws its predictions and curves, then trains the
+    person detector on multi-person scenes and runs the detector-to-pose pipeline in PyTorch and, exported, in
+    ``hrnet_mm_runtime``. The pose checkpoint then goes through ``tools/test.py --deploy int8``. The other tasks'
+    demos are trained and scored by the README's quickstarts, which run the same configs through the same tools
+    (tests/project/test_docs.py)."""
+    from hrnet_mm.cli.demo import coco_keypoint_ap, compare_keypoint_results
+    work = tmp_path / 'work'
+    proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.cli.demo', '--task', 'pose', '--root', str(tmp_path),
+                           '--work-dir', str(work)], capture_output=True, text=True, timeout=900, env=_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert 'hrnet_mm demo results' in proc.stdout and 'COCO bbox mAP' in proc.stdout
-    assert (tmp_path / 'data' / 'demo' / 'coco' / 'annotations' / 'instances_train.json').exists()
+    assert 'hrnet_mm demo results' in proc.stdout and 'COCO keypoint AP' in proc.stdout
+    assert (tmp_path / 'data' / 'demo' / 'coco_keypoints' / 'annotations' / 'person_keypoints_train.json').exists()
     from PIL import Image
-    pictures = sorted((tmp_path / 'work' / 'det' / 'pictures').glob('*.png'))
+    pictures = sorted((work / 'pose' / 'pictures').glob('*.png'))
     assert [p.name for p in pictures][-1] == 'training_curves.png' and len(pictures) == 3, pictures
     for p in pictures:
         with Image.open(p) as im:
             assert im.format == 'PNG' and min(im.size) > 32
         assert str(p) in proc.stdout
+
+    # OKS AP over thresholds 0.5:0.95 with the ground-truth boxes. The figures' limbs are placed at random angles
+    # (arms over 115 degrees), so a fixed mean pose misses wrists, elbows and knees by much more than their OKS
+    # tolerance (a few pixels at these areas) and scores AP near 0. The demo measures ~0.9.
+    ap = demo.parse_test_metrics((work / 'pose' / 'test.log').read_text())['coco/AP']
+    assert ap > 0.5, ap
+    ckpt = (work / 'pose' / 'last_checkpoint').read_text().strip()
+    _int8_deploy_scores_like_the_checkpoint(tmp_path, ckpt, ap)
+
+    # Detector to pose on the held-out scenes (2-4 figures in 160x320; 25 people in 8 scenes). Without a detector
+    # (the whole scene as one box) at most one person per scene could match, and the pose model would see a
+    # squeezed scene: AP near 0. Measured: AP 0.93, AP50 1.0.
+    gt = str(tmp_path / 'data' / 'demo' / 'coco_people' / 'annotations' / 'person_keypoints_val.json')
+    people = work / 'people'
+    scene_ap = coco_keypoint_ap(gt, str(people / 'keypoints_val.json'))
+    assert scene_ap['detections'] >= 20 and scene_ap['AP50'] > 0.8 and scene_ap['AP'] > 0.5, scene_ap
+    # The same pipeline exported to ONNX and run by hrnet_mm_runtime (onnxruntime, no PyTorch): the same people and
+    # AP, keypoints equal up to the JSON's rounding (0.001 px). mmpose's decoding moves each maximum a quarter
+    # heatmap pixel (1 crop pixel) towards the higher neighbour; where the two neighbours are equal to within
+    # onnxruntime's error the direction may differ, so a few keypoints may be a crop pixel (< 2 px here) apart.
+    onnx = str(people / 'onnx' / 'keypoints_val.json')
+    diff = compare_keypoint_results(str(people / 'keypoints_val.json'), onnx)
+    onnx_ap = coco_keypoint_ap(gt, onnx)
+    print(f'detector to pose: {scene_ap}; ONNX pipeline: {diff}, {onnx_ap}')
+    assert diff['people_a'] == diff['people_b'] and diff['within_0.01px'] > 0.98, diff
+    assert diff['keypoint_px'] < 2 and diff['score'] < 0.01, diff
+    assert abs(onnx_ap['AP'] - scene_ap['AP']) < 1e-3, (onnx_ap, scene_ap)
+    assert len(list((people / 'pytorch_vs_onnx').glob('*.png'))) == 8
+
+
+def _int8_deploy_scores_like_the_checkpoint(cwd, ckpt: str, ap: float) -> None:
+    """``tools/test.py --deploy int8``: the deploy model calibrated on 32 training images and scored by mmpose's
+    evaluator loses at most 0.02 AP (the issue's budget is 1 point on a full set; 16 test images here, whose AP
+    moves in steps of about 0.01)."""
+    config = demo._config_path(demo.TASKS['pose'].config)
+    proc = subprocess.run([sys.executable, os.path.join(demo.REPO, 'tools', 'test.py'), config, ckpt, '--work-dir',
+                           'work_int8', '--deploy', 'int8'], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'testing the deploy model in int8 (calibrated on 32 training images)' in proc.stdout + proc.stderr
+    (path,) = [p for p in (cwd / 'work_int8').glob('*/*.json') if p.name != 'scalars.json']
+    int8_ap = json.loads(path.read_text().splitlines()[-1])['coco/AP']
+    print(f'int8 deploy: AP {int8_ap} (checkpoint {ap})')
+    assert int8_ap > ap - 0.02, (int8_ap, ap)
+
+
+def _env() -> dict:
+    # One OpenMP thread per process: these tiny models gain little from a second thread, and on a busy 2-core
+    # machine two threads spin against other processes.
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
