@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers of make test/test-fast/test-core (0: one process). Two keep both cores of a 2-core machine
+# busy: the end-to-end tests run their tools in single-threaded subprocesses.
+PYTEST_JOBS ?= 2
 
 .PHONY: install test test-fast test-core lint demo demo-smoke env clean
 
@@ -10,13 +13,13 @@ install:  ## create .venv with the pinned stack (idempotent; fast when nothing c
 	@bash tools/install_stack.sh
 
 test: install  ## the whole test suite (lint included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 test-fast: install  ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_JOBS) -m "not slow" $(PYTEST_ARGS)
 
 test-core: install  ## the architecture, kernels and deploy tests without the slow ones (about 6 minutes)
-	$(PY) -m pytest -m "not slow" tests/models tests/ops tests/deploy $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_JOBS) -m "not slow" tests/models tests/ops tests/deploy $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m flake8 hrnet_mm hrnet_mm_runtime tools tests configs _hrnet_mm_config_hook.py setup.py
