@@ -18,7 +18,7 @@ test: install  ## the whole test suite (lint included)
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -n $(PYTEST_JOBS) -m "not slow" $(PYTEST_ARGS)
 
-test-core: install  ## the architecture, kernels and deploy tests without the slow ones (about 6 minutes)
+test-core: install  ## the architecture, kernels and deploy tests without the slow ones (6 min in one process)
 	$(PY) -m pytest -n $(PYTEST_JOBS) -m "not slow" tests/models tests/ops tests/deploy $(PYTEST_ARGS)
 
 lint: install
