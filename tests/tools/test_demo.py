@@ -2,13 +2,13 @@
 pipeline."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, json_lines, single_thread_env
 
 from hrnet_mm.cli import demo
 
@@ -47,7 +47,8 @@ def test_demo_pose_end_to_end(tmp_path):
     from hrnet_mm.cli.demo import coco_keypoint_ap, compare_keypoint_results
     work = tmp_path / 'work'
     proc = subprocess.run([sys.executable, '-m', 'hrnet_mm.cli.demo', '--task', 'pose', '--root', str(tmp_path),
-                           '--work-dir', str(work)], capture_output=True, text=True, timeout=900, env=_env())
+                           '--work-dir', str(work)], capture_output=True, text=True, timeout=900,
+                          env=single_thread_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'hrnet_mm demo results' in proc.stdout and 'COCO keypoint AP' in proc.stdout
     assert (tmp_path / 'data' / 'demo' / 'coco_keypoints' / 'annotations' / 'person_keypoints_train.json').exists()
@@ -93,18 +94,12 @@ def _int8_deploy_scores_like_the_checkpoint(cwd, ckpt: str, ap: float) -> None:
     evaluator loses at most 0.02 AP (the issue's budget is 1 point on a full set; 16 test images here, whose AP
     moves in steps of about 0.01)."""
     config = demo._config_path(demo.TASKS['pose'].config)
-    proc = subprocess.run([sys.executable, os.path.join(demo.REPO, 'tools', 'test.py'), config, ckpt, '--work-dir',
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'test.py'), config, ckpt, '--work-dir',
                            'work_int8', '--deploy', 'int8'], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=_env())
+                          env=single_thread_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'testing the deploy model in int8 (calibrated on 32 training images)' in proc.stdout + proc.stderr
     (path,) = [p for p in (cwd / 'work_int8').glob('*/*.json') if p.name != 'scalars.json']
-    int8_ap = json.loads(path.read_text().splitlines()[-1])['coco/AP']
+    int8_ap = json_lines(path)[-1]['coco/AP']
     print(f'int8 deploy: AP {int8_ap} (checkpoint {ap})')
     assert int8_ap > ap - 0.02, (int8_ap, ap)
-
-
-def _env() -> dict:
-    # One OpenMP thread per process: these tiny models gain little from a second thread, and on a busy 2-core
-    # machine two threads spin against other processes.
-    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')

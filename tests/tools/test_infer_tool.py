@@ -9,11 +9,11 @@ import importlib.util
 import os
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, single_thread_env
 from PIL import Image
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
@@ -24,15 +24,8 @@ POSE_CONFIG = os.path.join(DEMO, 'td-hm_hrnet-tiny_1xb8-12e_demo-coco-128x96.py'
 CLS_CONFIG = os.path.join(DEMO, 'hrnet-tiny_1xb8-6e_demo-imagenet.py')
 
 
-def _env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env['OMP_NUM_THREADS'] = '1'  # tiny models; a second thread only competes on a busy 2-core machine
-    env['MKL_NUM_THREADS'] = '1'
-    return env
-
-
 def _run(cwd, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=single_thread_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -21,29 +21,21 @@ from typing import Dict
 
 import numpy as np
 import pytest
-from conftest import ROOT, json_lines, training_loss_fell
+from conftest import ROOT, json_lines, single_thread_env, training_loss_fell
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 MIM = os.path.join(os.path.dirname(sys.executable), 'mim')
 
 
-def _env() -> Dict[str, str]:
-    env = dict(os.environ)
-    # One OpenMP thread per run: these tiny models gain little from a second thread, and on a busy 2-core machine
-    # two threads spin against other processes (measured 0.65 s/iter instead of 0.09 s/iter for the pose demo).
-    env['OMP_NUM_THREADS'] = '1'
-    env['MKL_NUM_THREADS'] = '1'
-    return env
-
-
 def _mim(cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([MIM, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([MIM, *args], cwd=cwd, env=single_thread_env(), capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, f'mim {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}'
     return proc
 
 
 def _tool(cwd, tool: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', tool), *args], cwd=cwd, env=_env(),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', tool), *args], cwd=cwd, env=single_thread_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f'{tool} {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}'
     return proc
@@ -135,7 +127,7 @@ def test_dekr_bottom_up_finds_several_people_above_chance(tmp_path):
           '128', '--out', 'dekr.onnx')
     proc = subprocess.run([sys.executable, '-m', 'hrnet_mm_runtime', 'dekr.onnx', str(data / 'val'), '--out-dir',
                            'runtime_pictures', '--pred-out', 'runtime.json'], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env=_env())
+                          text=True, timeout=600, env=single_thread_env())
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / 'people.json') as f, open(tmp_path / 'runtime.json') as g:
         want, got = json.load(f), json.load(g)
