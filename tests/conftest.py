@@ -117,10 +117,16 @@ def training_loss_fell(scalars) -> tuple:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that use the compiled CPU kernels (the ``kernel`` fixture) carry the ``kernels`` marker."""
+    """Tests that use the compiled CPU kernels (the ``kernel`` fixture) carry the ``kernels`` marker.
+
+    Under pytest-xdist the ``slow`` tests (minutes each) run first: the workers take tests in collection order,
+    so a long test collected last would run alone while the other worker idles. The sort is stable, and every
+    worker computes the same order, as xdist requires."""
     for item in items:
         if 'kernel' in getattr(item, 'fixturenames', ()):
             item.add_marker(pytest.mark.kernels)
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 @pytest.fixture
