@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FENCE = re.compile(r'^```(\w*)\s*$')
@@ -331,8 +331,10 @@ def run_block(report: Report, block: Block, sandbox: Sandbox) -> None:
                 return
 
 
-def check(paths: List[str], run: bool, scratch: Optional[str]) -> Report:
-    """Checks the given markdown files; executes run/config blocks when ``run``."""
+def check(paths: List[str], run: bool, scratch: Optional[str],
+          select: Optional[Callable[[Block], bool]] = None) -> Report:
+    """Checks the given markdown files; executes run/config blocks when ``run`` (only those for which
+    ``select(block)`` is true, when given)."""
     report = Report()
     sandboxes: Dict[str, Sandbox] = {}
     scratch_root = scratch or tempfile.mkdtemp(prefix='hrnet_mm_docs_')
@@ -348,7 +350,7 @@ def check(paths: List[str], run: bool, scratch: Optional[str]) -> Report:
                 if block.mode == 'skip':
                     continue
                 check_static(report, block)
-                if run and block.mode in ('run', 'config'):
+                if run and block.mode in ('run', 'config') and (select is None or select(block)):
                     if path not in sandboxes:
                         sandboxes[path] = Sandbox(scratch_root, path)
                     run_block(report, block, sandboxes[path])

@@ -78,13 +78,14 @@ def test_demo_pose_end_to_end(tmp_path):
     # The same pipeline exported to ONNX and run by hrnet_mm_runtime (onnxruntime, no PyTorch): the same people and
     # AP, keypoints equal up to the JSON's rounding (0.001 px). mmpose's decoding moves each maximum a quarter
     # heatmap pixel (1 crop pixel) towards the higher neighbour; where the two neighbours are equal to within
-    # onnxruntime's error the direction may differ, so a few keypoints may be a crop pixel (< 2 px here) apart.
+    # onnxruntime's error the direction may differ, so a few keypoints may be two crop pixels apart: up to 2.4
+    # image pixels for the tallest figures (120 px, a 150 px box with mmpose's 1.25 padding in a 128 px crop).
     onnx = str(people / 'onnx' / 'keypoints_val.json')
     diff = compare_keypoint_results(str(people / 'keypoints_val.json'), onnx)
     onnx_ap = coco_keypoint_ap(gt, onnx)
     print(f'detector to pose: {scene_ap}; ONNX pipeline: {diff}, {onnx_ap}')
     assert diff['people_a'] == diff['people_b'] and diff['within_0.01px'] > 0.98, diff
-    assert diff['keypoint_px'] < 2 and diff['score'] < 0.01, diff
+    assert diff['keypoint_px'] < 3 and diff['score'] < 0.01, diff
     assert abs(onnx_ap['AP'] - scene_ap['AP']) < 1e-3, (onnx_ap, scene_ap)
     assert len(list((people / 'pytorch_vs_onnx').glob('*.png'))) == 8
 
