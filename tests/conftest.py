@@ -99,6 +99,16 @@ def single_thread_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 
 
+def run_tool(cwd, tool: str, *args: str, timeout: int = 600):
+    """Runs ``tools/<tool> *args`` in ``cwd`` as a user would (a fresh process, ``single_thread_env``) and asserts
+    that it succeeded; returns the ``subprocess.CompletedProcess``."""
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', tool), *args], cwd=cwd, env=single_thread_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f'{tool} {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}'
+    return proc
+
+
 def json_lines(path) -> list:
     """The records of a JSON-lines file (mmengine's ``scalars.json`` and ``<timestamp>.json``)."""
     import json

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, json_lines, single_thread_env
+from conftest import json_lines, run_tool, single_thread_env
 
 from hrnet_mm.cli import demo
 
@@ -95,10 +95,7 @@ def _int8_deploy_scores_like_the_checkpoint(cwd, ckpt: str, ap: float) -> None:
     evaluator loses at most 0.02 AP (the issue's budget is 1 point on a full set; 16 test images here, whose AP
     moves in steps of about 0.01)."""
     config = demo._config_path(demo.TASKS['pose'].config)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'test.py'), config, ckpt, '--work-dir',
-                           'work_int8', '--deploy', 'int8'], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=single_thread_env())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run_tool(cwd, 'test.py', config, ckpt, '--work-dir', 'work_int8', '--deploy', 'int8')
     assert 'testing the deploy model in int8 (calibrated on 32 training images)' in proc.stdout + proc.stderr
     (path,) = [p for p in (cwd / 'work_int8').glob('*/*.json') if p.name != 'scalars.json']
     int8_ap = json_lines(path)[-1]['coco/AP']

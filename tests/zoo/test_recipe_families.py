@@ -21,7 +21,7 @@ from typing import Dict
 
 import numpy as np
 import pytest
-from conftest import ROOT, json_lines, single_thread_env, training_loss_fell
+from conftest import ROOT, json_lines, run_tool, single_thread_env, training_loss_fell
 
 DEMO = os.path.join(ROOT, 'configs', 'demo')
 MIM = os.path.join(os.path.dirname(sys.executable), 'mim')
@@ -34,13 +34,6 @@ def _mim(cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return proc
 
 
-def _tool(cwd, tool: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', tool), *args], cwd=cwd, env=single_thread_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f'{tool} {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}'
-    return proc
-
-
 def _train_and_test(cwd, pkg: str, config: str, use_mim: bool = False) -> Dict[str, object]:
     """``tools/train.py`` (or ``mim train``) of the demo config ``config`` in ``cwd``, checks that the loss fell,
     then ``tools/test.py`` (``mim test``) of the last checkpoint; returns the test metrics."""
@@ -48,7 +41,7 @@ def _train_and_test(cwd, pkg: str, config: str, use_mim: bool = False) -> Dict[s
     if use_mim:
         _mim(cwd, 'train', pkg, config, '--gpus', '0', '--work-dir', 'work')
     else:
-        _tool(cwd, 'train.py', config, '--work-dir', 'work')
+        run_tool(cwd, 'train.py', config, '--work-dir', 'work')
     with open(os.path.join(cwd, 'work', 'last_checkpoint')) as f:
         ckpt = f.read().strip()
     assert os.path.isfile(os.path.join(cwd, ckpt)), ckpt
@@ -59,7 +52,7 @@ def _train_and_test(cwd, pkg: str, config: str, use_mim: bool = False) -> Dict[s
     if use_mim:
         _mim(cwd, 'test', pkg, config, '--checkpoint', ckpt, '--gpus', '0', '--work-dir', 'work_test')
     else:
-        _tool(cwd, 'test.py', config, ckpt, '--work-dir', 'work_test')
+        run_tool(cwd, 'test.py', config, ckpt, '--work-dir', 'work_test')
     (metrics,) = [p for p in glob.glob(os.path.join(cwd, 'work_test', '*', '*.json'))
                   if os.path.basename(p) != 'scalars.json']
     result = json_lines(metrics)[-1]
@@ -115,16 +108,16 @@ def test_dekr_bottom_up_finds_several_people_above_chance(tmp_path):
     with open(tmp_path / 'work' / 'last_checkpoint') as f:
         ckpt = f.read().strip()
     data = tmp_path / 'data' / 'demo' / 'coco_keypoints_multi'
-    proc = _tool(tmp_path, 'infer.py', os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), ckpt,
-                 str(data / 'val'), '--out-dir', 'pictures', '--pred-out', 'people.json')
+    proc = run_tool(tmp_path, 'infer.py', os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py'), ckpt,
+                    str(data / 'val'), '--out-dir', 'pictures', '--pred-out', 'people.json')
     assert 'image(s) written' in proc.stdout and 'detector' not in proc.stderr.lower()
     ap = coco_keypoint_ap(str(data / 'annotations' / 'person_keypoints_val.json'), str(tmp_path / 'people.json'))
     print(f'DEKR through tools/infer.py: {ap}')
     assert ap['AP50'] > 0.5 and ap['detections'] >= 2 * len(os.listdir(data / 'val')) * 0.8, ap
     # Exported whole and run by the PyTorch-free runtime on the same pictures: the same people and keypoints.
     config = os.path.join(DEMO, 'dekr_hrnet-tiny_1xb4-15e_demo-coco-128x128.py')
-    _tool(tmp_path, os.path.join('deploy', 'export_onnx.py'), config, ckpt, '--exporter', 'torchscript', '--shape',
-          '128', '--out', 'dekr.onnx')
+    run_tool(tmp_path, os.path.join('deploy', 'export_onnx.py'), config, ckpt, '--exporter', 'torchscript',
+             '--shape', '128', '--out', 'dekr.onnx')
     proc = subprocess.run([sys.executable, '-m', 'hrnet_mm_runtime', 'dekr.onnx', str(data / 'val'), '--out-dir',
                            'runtime_pictures', '--pred-out', 'runtime.json'], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env=single_thread_env())
